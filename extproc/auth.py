@@ -1,0 +1,75 @@
+"""Client authentication and model authorization.
+
+API keys are only ever held as SHA-256 hex digests; the raw key from the
+`Authorization` header is hashed and dropped. Errors never echo the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from extproc.config import GatewayConfig
+from extproc.errors import GatewayError
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 hex digest of an API key, as stored in the config."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """An authenticated caller and the models it may use (None: all)."""
+
+    name: str
+    allowed_models: frozenset[str] | None
+
+    def may_use(self, model: str) -> bool:
+        """True when this tenant is allowed to call `model`."""
+        return self.allowed_models is None or model in self.allowed_models
+
+
+def _unauthorized(message: str) -> GatewayError:
+    return GatewayError(
+        401, "invalid_api_key", message, headers={"www-authenticate": 'Bearer realm="llm-gateway"'}
+    )
+
+
+class Authenticator:
+    """Maps `Authorization: Bearer KEY` to a tenant, or raises 401."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.enabled = config.auth.enabled
+        self._anonymous = Tenant(config.auth.anonymous_tenant, None)
+        self._by_hash: dict[str, Tenant] = {}
+        for tenant in config.tenants:
+            allowed = None if "*" in tenant.allowed_models else frozenset(tenant.allowed_models)
+            entry = Tenant(tenant.name, allowed)
+            for digest in tenant.api_key_sha256:
+                self._by_hash[digest] = entry
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        """Return the tenant for an `Authorization` header value."""
+        if not self.enabled:
+            return self._anonymous
+        if not authorization:
+            raise _unauthorized("missing API key: send it as 'Authorization: Bearer YOUR_KEY'")
+        scheme, _, key = authorization.strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise _unauthorized("malformed Authorization header: expected 'Bearer YOUR_KEY'")
+        tenant = self._by_hash.get(hash_key(key))
+        if tenant is None:
+            raise _unauthorized("invalid API key")
+        return tenant
+
+
+def forbid_model(tenant: Tenant, model: str) -> GatewayError:
+    """The 403 for a model the tenant may not use."""
+    return GatewayError(
+        403,
+        "model_not_allowed",
+        f"this API key is not allowed to use model '{model}'",
+        "model",
+    )

@@ -1,0 +1,150 @@
+"""The `extproc` command line: serve, check-config, config-schema, render-envoy, hash-key.
+
+Each sub-command is a small function; exit codes: 0 success, 1 runtime failure,
+2 bad usage or an unusable configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from extproc.config import ConfigError, GatewayConfig, load_config
+
+log = logging.getLogger("extproc")
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.config, resolve_credentials=not args.skip_credentials)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    config = loaded.config
+    print(
+        f"{args.config}: OK ({len(config.providers)} providers, {len(config.models)} models, "
+        f"{len(config.tenants)} tenants, auth {'on' if config.auth.enabled else 'OFF'})"
+    )
+    return 0
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(GatewayConfig.model_json_schema(), indent=2))
+    return 0
+
+
+def _cmd_render_envoy(args: argparse.Namespace) -> int:
+    from extproc.envoy_config import render_yaml
+
+    try:
+        loaded = load_config(args.config, resolve_credentials=False)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 2
+    text = render_yaml(loaded.config)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_hash_key(args: argparse.Namespace) -> int:
+    from extproc.auth import hash_key
+
+    key = args.key
+    if key is None:
+        key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.readline()
+    key = key.strip()
+    if not key:
+        print("no key given", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s: %s", exc.source, problem)
+        return 2
+    from extproc.serve import serve
+
+    try:
+        asyncio.run(serve(loaded))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _cmd_run_local(args: argparse.Namespace) -> int:
+    from extproc.devrun import run_local
+
+    return run_local(Path(args.config), fake_port=args.fake_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all sub-commands."""
+    parser = argparse.ArgumentParser(prog="extproc", description="LLM gateway ext_proc service")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the ext_proc gRPC service")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a config file and report every problem")
+    p.add_argument("config")
+    p.add_argument(
+        "--skip-credentials",
+        action="store_true",
+        help="do not require provider credentials (env vars / files) to be present",
+    )
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("config-schema", help="print the config JSON schema")
+    p.set_defaults(func=_cmd_config_schema)
+
+    p = sub.add_parser("render-envoy", help="write the Envoy bootstrap for a config")
+    p.add_argument("--config", required=True)
+    p.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
+    p.set_defaults(func=_cmd_render_envoy)
+
+    p = sub.add_parser("hash-key", help="print the SHA-256 of an API key for the config")
+    p.add_argument("key", nargs="?", help="the key (default: read from stdin / prompt)")
+    p.set_defaults(func=_cmd_hash_key)
+
+    p = sub.add_parser(
+        "run-local", help="run fake provider + processor + Envoy together (what `make run` does)"
+    )
+    p.add_argument("--config", default="examples/gateway.yaml")
+    p.add_argument("--fake-port", type=int, default=18000)
+    p.set_defaults(func=_cmd_run_local)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `extproc` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

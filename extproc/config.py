@@ -1,0 +1,379 @@
+"""Gateway configuration: one YAML file, validated completely when it loads.
+
+Owns the pydantic models, credential resolution and the error report used by
+`extproc check-config`. Nothing here runs per request: the processor turns the
+validated config into plain lookup tables (see `runtime.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    """Base model: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderType(StrEnum):
+    """Wire APIs the gateway knows about."""
+
+    OPENAI = "openai"
+    AZURE = "azure"
+    VLLM = "vllm"
+    OLLAMA = "ollama"
+    TOGETHER = "together"
+    ANTHROPIC = "anthropic"
+    GOOGLE = "google"
+    BEDROCK = "bedrock"
+
+
+# Provider types whose translation is not built yet. Config that uses them is
+# rejected at load time with a clear message rather than failing per request.
+NOT_YET_SUPPORTED = {ProviderType.ANTHROPIC, ProviderType.GOOGLE, ProviderType.BEDROCK}
+
+
+class HttpProtocol(StrEnum):
+    """Upstream HTTP protocol choice for a provider cluster."""
+
+    AUTO = "auto"  # ALPN (h2, then http/1.1) for https; HTTP/1.1 for http
+    HTTP1 = "http1"
+    HTTP2 = "http2"
+
+
+class ProviderConfig(_Strict):
+    """One upstream provider: where it is, how to authenticate, how long to wait."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    type: ProviderType
+    base_url: str
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    api_version: str | None = Field(
+        default=None, description="Azure only: the `api-version` query parameter."
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    http_protocol: HttpProtocol = HttpProtocol.AUTO
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("base_url must start with http:// or https://")
+        if not parts.hostname:
+            raise ValueError("base_url must name a host")
+        if parts.query or parts.fragment:
+            raise ValueError("base_url must not carry a query or fragment")
+        try:
+            parts.port  # noqa: B018 - raises on an invalid port
+        except ValueError as exc:
+            raise ValueError(f"base_url has an invalid port: {exc}") from None
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_type_specifics(self) -> ProviderConfig:
+        if self.type in NOT_YET_SUPPORTED:
+            raise ValueError(
+                f"provider type '{self.type.value}' is not supported yet: "
+                "only openai, azure, vllm, ollama and together are implemented"
+            )
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("set at most one of api_key_env and api_key_file")
+        if self.type is ProviderType.AZURE:
+            if not self.api_version:
+                raise ValueError("azure providers need api_version (e.g. '2024-10-21')")
+            if not (self.api_key_env or self.api_key_file):
+                raise ValueError("azure providers need api_key_env or api_key_file")
+        elif self.api_version is not None:
+            raise ValueError("api_version is only valid for azure providers")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        """`http` or `https`."""
+        return urlsplit(self.base_url).scheme
+
+    @property
+    def host(self) -> str:
+        """Host name of the base URL (no port)."""
+        return urlsplit(self.base_url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """Port of the base URL, defaulting by scheme."""
+        parts = urlsplit(self.base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def authority(self) -> str:
+        """The `Host` header value the provider expects."""
+        parts = urlsplit(self.base_url)
+        return parts.netloc.rsplit("@", 1)[-1]
+
+    @property
+    def base_path(self) -> str:
+        """Path prefix of the base URL, without a trailing slash ('' for none)."""
+        return urlsplit(self.base_url).path.rstrip("/")
+
+    @property
+    def cluster_name(self) -> str:
+        """Envoy cluster that carries this provider's traffic."""
+        return f"provider_{self.name}"
+
+
+class TargetConfig(_Strict):
+    """One place a model can be served: a provider and its name for the model."""
+
+    provider: str
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    weight: Annotated[int, Field(ge=1, le=10000)] = 1
+
+
+class ModelConfig(_Strict):
+    """A model name clients send, mapped to an ordered list of targets."""
+
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    targets: Annotated[list[TargetConfig], Field(min_length=1)]
+    kind: Literal["chat", "embeddings"] = "chat"
+    owned_by: str = "llm-gateway"
+
+
+class TenantConfig(_Strict):
+    """A caller: hashed API keys and the models it may use."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    api_key_sha256: Annotated[list[str], Field(min_length=1)]
+    allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _check_hashes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not SHA256_PATTERN.match(value):
+                raise ValueError(
+                    "api_key_sha256 entries must be 64 lower-case hex characters "
+                    "(use `extproc hash-key` to make one)"
+                )
+        return values
+
+
+class AuthConfig(_Strict):
+    """Client authentication switch."""
+
+    enabled: bool = True
+    # Tenant used for every request when auth is disabled (local development).
+    anonymous_tenant: str = "anonymous"
+
+
+class LimitsConfig(_Strict):
+    """Request bounds enforced before anything reaches a provider."""
+
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 10 * 1024 * 1024
+    max_json_depth: Annotated[int, Field(ge=4, le=512)] = 64
+    default_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
+
+
+class ListenerConfig(_Strict):
+    """The Envoy listener applications call."""
+
+    address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+
+
+class EnvoyAdminConfig(_Strict):
+    """Envoy's own admin interface (keep it on loopback)."""
+
+    address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9901
+
+
+class ProcessorConfig(_Strict):
+    """Where the ext_proc service listens and how Envoy talks to it."""
+
+    unix_socket: Path | None = Path("/tmp/llm-gateway/extproc.sock")
+    tcp_address: str | None = None  # "127.0.0.1:50051"
+    admin_address: str = "127.0.0.1"
+    admin_port: Annotated[int, Field(ge=1, le=65535)] = 9090
+    message_timeout_ms: Annotated[int, Field(ge=10, le=60000)] = 2000
+    shutdown_grace_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
+
+    @field_validator("tcp_address")
+    @classmethod
+    def _check_tcp(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("tcp_address must look like HOST:PORT")
+        return value
+
+    @model_validator(mode="after")
+    def _need_one(self) -> ProcessorConfig:
+        if self.unix_socket is None and self.tcp_address is None:
+            raise ValueError("set unix_socket, tcp_address or both")
+        return self
+
+
+class GatewayConfig(_Strict):
+    """The whole gateway configuration file."""
+
+    listener: ListenerConfig = ListenerConfig()
+    envoy_admin: EnvoyAdminConfig = EnvoyAdminConfig()
+    processor: ProcessorConfig = ProcessorConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    providers: Annotated[list[ProviderConfig], Field(min_length=1)]
+    models: Annotated[list[ModelConfig], Field(min_length=1)]
+    tenants: list[TenantConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        problems: list[str] = []
+        provider_names = [p.name for p in self.providers]
+        problems += _duplicates("providers", provider_names)
+        problems += _duplicates("models", [m.name for m in self.models])
+        problems += _duplicates("tenants", [t.name for t in self.tenants])
+        known = set(provider_names)
+        for i, model in enumerate(self.models):
+            for j, target in enumerate(model.targets):
+                if target.provider not in known:
+                    problems.append(
+                        f"models.{i}.targets.{j}.provider: unknown provider '{target.provider}'"
+                    )
+        model_names = {m.name for m in self.models}
+        seen_hashes: set[str] = set()
+        for i, tenant in enumerate(self.tenants):
+            for name in tenant.allowed_models:
+                if name != "*" and name not in model_names:
+                    problems.append(f"tenants.{i}.allowed_models: unknown model '{name}'")
+            for digest in tenant.api_key_sha256:
+                if digest in seen_hashes:
+                    problems.append(f"tenants.{i}.api_key_sha256: key used by two tenants")
+                seen_hashes.add(digest)
+        if self.auth.enabled and not self.tenants:
+            problems.append("tenants: auth is enabled but no tenant is configured")
+        if self.listener.port == self.envoy_admin.port and (
+            self.listener.address == self.envoy_admin.address
+        ):
+            problems.append("envoy_admin.port: same address and port as the listener")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _duplicates(where: str, names: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        if name in seen:
+            out.append(f"{where}: duplicate name '{name}'")
+        seen.add(name)
+    return out
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; `problems` lists every reason."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus the provider credentials it refers to."""
+
+    config: GatewayConfig
+    credentials: dict[str, SecretStr]  # provider name -> key (absent: no key)
+    source: str
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    """Validate already-parsed YAML/JSON data; raise ConfigError listing every problem."""
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+
+
+def _format_error(error: Any) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"])
+    # Cross-field problems arrive joined as one "Value error, a; b" message.
+    message = message.removeprefix("Value error, ")
+    return f"{path}: {message}"
+
+
+def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedConfig:
+    """Read, parse and validate a config file; resolve credentials from env or files."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, ["file is not valid UTF-8"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"invalid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["top level must be a mapping"])
+    config = parse_config(data, source)
+    credentials: dict[str, SecretStr] = {}
+    if resolve_credentials:
+        problems: list[str] = []
+        for i, provider in enumerate(config.providers):
+            try:
+                key = _read_credential(provider)
+            except ValueError as exc:
+                problems.append(f"providers.{i}: {exc}")
+                continue
+            if key is not None:
+                credentials[provider.name] = key
+        if problems:
+            raise ConfigError(source, problems)
+    return LoadedConfig(config=config, credentials=credentials, source=source)
+
+
+def _read_credential(provider: ProviderConfig) -> SecretStr | None:
+    if provider.api_key_env:
+        value = os.environ.get(provider.api_key_env)
+        if not value:
+            raise ValueError(f"environment variable {provider.api_key_env} is not set or empty")
+        return SecretStr(value.strip())
+    if provider.api_key_file:
+        try:
+            value = provider.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read api_key_file {provider.api_key_file}: {exc.strerror}"
+            ) from None
+        if not value:
+            raise ValueError(f"api_key_file {provider.api_key_file} is empty")
+        return SecretStr(value)
+    return None

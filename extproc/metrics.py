@@ -1,0 +1,53 @@
+"""Prometheus metrics of the processor, in their own registry.
+
+Label values come from config (model, provider) or are status codes, so the
+label sets stay bounded; client input never becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """The processor's counters and histograms."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests_total",
+            "Requests answered, by model, provider and HTTP status.",
+            ["model", "provider", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Seconds from request headers to response headers, by model and provider.",
+            ["model", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "gateway_errors_total",
+            "Errors answered by the gateway itself, by error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.streams_active = Gauge(
+            "gateway_extproc_streams_active",
+            "ext_proc streams (one per HTTP request) currently open.",
+            registry=self.registry,
+        )
+        self.processor_failures = Counter(
+            "gateway_processor_exceptions_total",
+            "Unexpected exceptions inside the processor (answered with a 500).",
+            registry=self.registry,
+        )
+
+    def observe(self, model: str, provider: str, status: int, seconds: float | None) -> None:
+        """Count one answered request and, when known, its latency."""
+        self.requests.labels(model, provider, str(status)).inc()
+        if seconds is not None:
+            self.latency.labels(model, provider).observe(seconds)

@@ -1,0 +1,32 @@
+"""Provider adapters: one module per upstream wire API, one small interface.
+
+`adapter_for(provider_type)` returns the adapter class for a configured type.
+"""
+
+from __future__ import annotations
+
+from extproc.config import ProviderType
+from extproc.providers.azure import AzureOpenAIAdapter
+from extproc.providers.base import Endpoint, ProviderAdapter, UpstreamRequest
+from extproc.providers.openai import OpenAIAdapter
+
+_ADAPTERS: dict[ProviderType, type[ProviderAdapter]] = {
+    ProviderType.OPENAI: OpenAIAdapter,
+    ProviderType.VLLM: OpenAIAdapter,
+    ProviderType.OLLAMA: OpenAIAdapter,
+    ProviderType.TOGETHER: OpenAIAdapter,
+    ProviderType.AZURE: AzureOpenAIAdapter,
+}
+
+
+def adapter_for(provider_type: ProviderType) -> type[ProviderAdapter]:
+    """The adapter class for a provider type; NotImplementedError if there is none."""
+    try:
+        return _ADAPTERS[provider_type]
+    except KeyError:
+        raise NotImplementedError(
+            f"provider type '{provider_type.value}' has no adapter yet"
+        ) from None
+
+
+__all__ = ["Endpoint", "ProviderAdapter", "UpstreamRequest", "adapter_for"]

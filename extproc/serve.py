@@ -1,0 +1,55 @@
+"""The processor's lifecycle: start gRPC and admin servers, drain on SIGTERM.
+
+On SIGTERM/SIGINT the admin server reports not-ready, the gRPC server refuses
+new streams and in-flight ones get `shutdown_grace_seconds` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from extproc.admin import AdminState, start_admin
+from extproc.config import LoadedConfig
+from extproc.runtime import Gateway
+from extproc.server import ProcessorServer, install_signal_handlers
+
+log = logging.getLogger("extproc.serve")
+
+# Room for protobuf framing and headers around the largest allowed body.
+MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+
+
+async def serve(loaded: LoadedConfig) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    config = loaded.config
+    gateway = Gateway(loaded)
+    processor = config.processor
+    server = ProcessorServer(gateway, config.limits.max_body_bytes + MESSAGE_OVERHEAD_BYTES)
+    server.bind(processor.unix_socket, processor.tcp_address)
+    state = AdminState()
+    admin = await start_admin(state, gateway.metrics, processor.admin_address, processor.admin_port)
+    await server.start()
+    state.ready = True
+    stop = asyncio.Event()
+    install_signal_handlers(stop.set)
+    log.info(
+        "extproc serving on %s (admin http://%s:%d, %d models, auth %s)",
+        ", ".join(server.addresses),
+        processor.admin_address,
+        processor.admin_port,
+        len(gateway.models),
+        "on" if gateway.auth.enabled else "OFF",
+    )
+    await stop.wait()
+    state.draining = True
+    log.info(
+        "shutting down: draining %d in-flight streams (grace %.0fs)",
+        server.servicer.active,
+        processor.shutdown_grace_seconds,
+    )
+    await server.stop(processor.shutdown_grace_seconds)
+    await admin.cleanup()
+    if processor.unix_socket is not None and processor.unix_socket.exists():
+        processor.unix_socket.unlink()
+    log.info("stopped")

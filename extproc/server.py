@@ -1,0 +1,206 @@
+"""The ext_proc gRPC servicer and server lifecycle.
+
+A thin loop: each `ProcessingRequest` is handed to the request's
+`RequestPipeline`, and the action it returns becomes a `ProcessingResponse`.
+No business decisions here; nothing a client sends can crash the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from extproc.errors import GatewayError, internal_error
+from extproc.pipeline import Action, Continue, RequestPipeline, Respond
+from extproc.runtime import Gateway
+
+log = logging.getLogger("extproc.server")
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_EMPTY_HEADERS = pb.HeadersResponse()
+_EMPTY_BODY = pb.BodyResponse()
+
+
+def headers_to_dict(header_map: Any) -> dict[str, str]:
+    """Envoy's HeaderMap (values in `raw_value`) as a dict of lower-case names."""
+    out: dict[str, str] = {}
+    for header in header_map.headers:
+        value = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+        key = header.key.lower()
+        if key in out:
+            out[key] = f"{out[key]},{value}"
+        else:
+            out[key] = value
+    return out
+
+
+def _header_mutation(set_headers: dict[str, str], remove: list[str]) -> pb.HeaderMutation:
+    return pb.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v.encode("utf-8")),
+                append_action=_OVERWRITE,
+            )
+            for k, v in set_headers.items()
+        ],
+        remove_headers=remove,
+    )
+
+
+def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
+    """Translate a pipeline action into the ProcessingResponse for `phase`."""
+    if isinstance(action, Respond):
+        return pb.ProcessingResponse(
+            immediate_response=pb.ImmediateResponse(
+                status=http_status_pb2.HttpStatus(code=action.status),
+                headers=_header_mutation(action.headers, []),
+                body=action.body,
+                details=action.details,
+            )
+        )
+    if not (action.set_headers or action.remove_headers or action.body is not None) and not (
+        action.metadata or action.clear_route_cache
+    ):
+        common = None
+    else:
+        common = pb.CommonResponse(
+            # clear_route_cache is honoured only alongside a header mutation.
+            header_mutation=_header_mutation(action.set_headers, action.remove_headers),
+            body_mutation=pb.BodyMutation(body=action.body) if action.body is not None else None,
+            clear_route_cache=action.clear_route_cache,
+        )
+    response = pb.ProcessingResponse()
+    if phase.endswith("_trailers"):
+        getattr(response, phase).CopyFrom(pb.TrailersResponse())
+    elif phase in ("request_headers", "response_headers"):
+        getattr(response, phase).CopyFrom(
+            pb.HeadersResponse(response=common) if common else _EMPTY_HEADERS
+        )
+    else:
+        getattr(response, phase).CopyFrom(
+            pb.BodyResponse(response=common) if common else _EMPTY_BODY
+        )
+    if action.metadata:
+        metadata = struct_pb2.Struct()
+        metadata.update(action.metadata)
+        response.dynamic_metadata.CopyFrom(metadata)
+    return response
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """Envoy ext_proc servicer: one `RequestPipeline` per stream."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.active = 0
+
+    async def Process(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        """Handle one HTTP request's phases, in order, as Envoy sends them."""
+        pipeline = RequestPipeline(self.gateway)
+        metrics = self.gateway.metrics
+        metrics.streams_active.inc()
+        self.active += 1
+        try:
+            async for request in request_iterator:
+                phase = request.WhichOneof("request")
+                action = self._handle(pipeline, phase, request)
+                if action is None:
+                    continue
+                yield to_response(phase or "", action)
+                if isinstance(action, Respond):
+                    return
+        finally:
+            self.active -= 1
+            metrics.streams_active.dec()
+
+    def _handle(
+        self, pipeline: RequestPipeline, phase: str | None, request: pb.ProcessingRequest
+    ) -> Action | None:
+        try:
+            if phase == "request_headers":
+                msg = request.request_headers
+                return pipeline.on_request_headers(headers_to_dict(msg.headers), msg.end_of_stream)
+            if phase == "request_body":
+                return pipeline.on_request_body(
+                    request.request_body.body, request.request_body.end_of_stream
+                )
+            if phase == "response_headers":
+                return pipeline.on_response_headers(
+                    headers_to_dict(request.response_headers.headers)
+                )
+            if phase in ("response_body", "request_trailers", "response_trailers"):
+                # Not requested by the default processing mode; pass through.
+                return Continue()
+            return None
+        except GatewayError as error:
+            return pipeline.fail(error)
+        except Exception:
+            # Log the failure without request content: bodies and headers may
+            # carry secrets. The client gets a generic 500.
+            log.exception("processor failed in phase %s", phase)
+            self.gateway.metrics.processor_failures.inc()
+            return pipeline.fail(internal_error())
+
+
+def _unix_target(path: Path) -> str:
+    return f"unix:{path}"
+
+
+class ProcessorServer:
+    """Owns the grpc.aio server: bind, serve, drain on shutdown."""
+
+    def __init__(self, gateway: Gateway, max_message_bytes: int) -> None:
+        self.gateway = gateway
+        self.servicer = ExternalProcessor(gateway)
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, self.server)
+        self.addresses: list[str] = []
+
+    def bind(self, unix_socket: Path | None, tcp_address: str | None) -> None:
+        """Listen on a unix socket and/or a TCP address."""
+        if unix_socket is not None:
+            unix_socket.parent.mkdir(parents=True, exist_ok=True)
+            if unix_socket.exists() or unix_socket.is_symlink():
+                unix_socket.unlink()
+            target = _unix_target(unix_socket)
+            self.server.add_insecure_port(target)
+            self.addresses.append(target)
+        if tcp_address is not None:
+            port = self.server.add_insecure_port(tcp_address)
+            host = tcp_address.rpartition(":")[0]
+            self.addresses.append(f"{host}:{port}")
+
+    async def start(self) -> None:
+        """Start serving."""
+        await self.server.start()
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new streams, let in-flight ones finish for up to `grace` seconds."""
+        await self.server.stop(grace)
+
+
+def install_signal_handlers(stop: Callable[[], None]) -> None:
+    """Call `stop` on SIGTERM and SIGINT (once each; the loop keeps running)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)

@@ -1,0 +1,208 @@
+"""Unit tests of the per-request pipeline: decisions per phase, no gRPC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from extproc.auth import hash_key
+from extproc.config import LoadedConfig, parse_config
+from extproc.errors import GatewayError
+from extproc.pipeline import Continue, RequestPipeline, Respond
+from extproc.runtime import Gateway
+
+KEY = "sk-unit-key"
+LIMITED = "sk-unit-limited"
+
+
+def gateway(**limits: Any) -> Gateway:
+    config = parse_config(
+        {
+            "limits": {"max_body_bytes": 4096, **limits},
+            "providers": [
+                {"name": "oa", "type": "openai", "base_url": "https://api.example.com/v1"},
+                {
+                    "name": "az",
+                    "type": "azure",
+                    "base_url": "https://res.openai.azure.com",
+                    "api_version": "2024-10-21",
+                    "api_key_env": "AZ",
+                },
+                {"name": "local", "type": "ollama", "base_url": "http://127.0.0.1:11434/v1"},
+            ],
+            "models": [
+                {"name": "gpt", "targets": [{"provider": "oa", "model": "gpt-upstream"}]},
+                {"name": "same", "targets": [{"provider": "oa", "model": "same"}]},
+                {"name": "azgpt", "targets": [{"provider": "az", "model": "dep 1"}]},
+                {"name": "llama", "targets": [{"provider": "local", "model": "llama3"}]},
+                {
+                    "name": "emb",
+                    "kind": "embeddings",
+                    "targets": [{"provider": "oa", "model": "emb-up"}],
+                },
+            ],
+            "tenants": [
+                {"name": "t", "api_key_sha256": [hash_key(KEY)]},
+                {"name": "l", "api_key_sha256": [hash_key(LIMITED)], "allowed_models": ["gpt"]},
+            ],
+        }
+    )
+    creds = {"oa": SecretStr("sk-upstream-oa"), "az": SecretStr("az-upstream")}
+    return Gateway(LoadedConfig(config, creds, "test"))
+
+
+def headers(
+    path: str = "/v1/chat/completions", method: str = "POST", key: str | None = KEY, **extra: str
+) -> dict[str, str]:
+    out = {":path": path, ":method": method, **extra}
+    if key is not None:
+        out["authorization"] = f"Bearer {key}"
+    return out
+
+
+def run(gw: Gateway, body: dict[str, Any] | bytes, hdrs: dict[str, str] | None = None) -> Continue:
+    pipe = RequestPipeline(gw)
+    assert isinstance(pipe.on_request_headers(hdrs or headers(), False), Continue)
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    action = pipe.on_request_body(raw, True)
+    assert isinstance(action, Continue)
+    return action
+
+
+def fails(
+    gw: Gateway, body: dict[str, Any] | bytes, hdrs: dict[str, str] | None = None
+) -> GatewayError:
+    pipe = RequestPipeline(gw)
+    with pytest.raises(GatewayError) as info:
+        pipe.on_request_headers(hdrs or headers(), False)
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        pipe.on_request_body(raw, True)
+    return info.value
+
+
+CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "hi 😀"}]}
+
+
+def test_openai_request_is_routed_and_rewritten() -> None:
+    action = run(gateway(), CHAT)
+    assert action.metadata == {
+        "gw": {"provider": "oa", "model": "gpt", "upstream_model": "gpt-upstream"}
+    }
+    assert action.clear_route_cache
+    assert action.set_headers[":path"] == "/v1/chat/completions"
+    assert action.set_headers["authorization"] == "Bearer sk-upstream-oa"
+    assert action.body is not None
+    sent = orjson.loads(action.body)
+    assert sent["model"] == "gpt-upstream"
+    assert sent["messages"] == CHAT["messages"]
+    assert action.set_headers["content-length"] == str(len(action.body))
+    assert "x-gateway-timeout" in action.remove_headers
+
+
+def test_unchanged_body_is_not_rewritten() -> None:
+    action = run(gateway(), {**CHAT, "model": "same"})
+    assert action.body is None
+    assert "content-length" not in action.set_headers
+
+
+def test_azure_path_and_key() -> None:
+    action = run(gateway(), {**CHAT, "model": "azgpt"})
+    assert (
+        action.set_headers[":path"]
+        == "/openai/deployments/dep%201/chat/completions?api-version=2024-10-21"
+    )
+    assert action.set_headers["api-key"] == "az-upstream"
+    assert "authorization" in action.remove_headers
+    assert "authorization" not in action.set_headers
+
+
+def test_keyless_provider_drops_client_authorization() -> None:
+    action = run(gateway(), {**CHAT, "model": "llama"})
+    assert "authorization" in action.remove_headers
+    assert action.set_headers[":path"] == "/v1/chat/completions"
+
+
+def test_embeddings_path() -> None:
+    action = run(gateway(), {"model": "emb", "input": "x"}, headers("/v1/embeddings"))
+    assert action.set_headers[":path"] == "/v1/embeddings"
+
+
+def test_timeout_defaults_header_and_field() -> None:
+    gw = gateway(default_timeout_seconds=30)
+    assert run(gw, CHAT).set_headers["x-envoy-upstream-rq-timeout-ms"] == "30000"
+    hdrs = headers(**{"x-gateway-timeout": "2.5"})
+    assert run(gw, CHAT, hdrs).set_headers["x-envoy-upstream-rq-timeout-ms"] == "2500"
+    action = run(gw, {**CHAT, "model": "same", "timeout": 7})
+    assert action.set_headers["x-envoy-upstream-rq-timeout-ms"] == "7000"
+    assert action.body is not None and "timeout" not in orjson.loads(action.body)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({**CHAT, "model": "ghost"}, 404, "model_not_found"),
+        ({**CHAT, "model": ""}, 400, "invalid_model_id"),
+        ({**CHAT, "model": "emb"}, 400, "invalid_model_kind"),
+        ({**CHAT, "temperature": 3}, 400, "invalid_temperature"),
+        ({**CHAT, "timeout": 0}, 400, "invalid_timeout"),
+        (b"not json", 400, "invalid_json"),
+        (b"", 400, "invalid_json"),
+        (b"x" * 5000, 413, "payload_too_large"),
+    ],
+)
+def test_body_errors(body: Any, status: int, code: str) -> None:
+    err = fails(gateway(), body)
+    assert (err.status, err.code) == (status, code)
+
+
+def test_header_errors() -> None:
+    gw = gateway()
+    assert fails(gw, CHAT, headers(key=None)).status == 401
+    assert fails(gw, CHAT, headers(key="sk-wrong")).status == 401
+    assert fails(gw, CHAT, headers(**{"content-length": "999999"})).status == 413
+    assert fails(gw, CHAT, headers(**{"x-gateway-timeout": "700"})).code == "invalid_timeout"
+    assert fails(gw, CHAT, headers(method="GET")).status == 405
+    assert fails(gw, CHAT, headers(path="/v1/nope")).code == "unknown_url"
+
+
+def test_model_not_allowed_for_tenant() -> None:
+    err = fails(gateway(), {**CHAT, "model": "llama"}, headers(key=LIMITED))
+    assert (err.status, err.code) == (403, "model_not_allowed")
+
+
+def test_models_listing_is_filtered_by_tenant() -> None:
+    gw = gateway()
+    full = RequestPipeline(gw).on_request_headers(headers("/v1/models", "GET"), True)
+    limited = RequestPipeline(gw).on_request_headers(headers("/v1/models", "GET", LIMITED), True)
+    assert isinstance(full, Respond) and isinstance(limited, Respond)
+    names = [m["id"] for m in orjson.loads(full.body)["data"]]
+    assert names == [m.name for m in gw.config.models]
+    assert [m["id"] for m in orjson.loads(limited.body)["data"]] == ["gpt"]
+    one = RequestPipeline(gw).on_request_headers(headers("/v1/models/gpt", "GET"), True)
+    assert isinstance(one, Respond) and orjson.loads(one.body)["id"] == "gpt"
+    with pytest.raises(GatewayError) as info:
+        RequestPipeline(gw).on_request_headers(headers("/v1/models/llama", "GET", LIMITED), True)
+    assert info.value.status == 404
+
+
+def test_health_needs_no_key() -> None:
+    action = RequestPipeline(gateway()).on_request_headers(headers("/health", "GET", None), True)
+    assert isinstance(action, Respond) and action.status == 200
+
+
+def test_error_response_is_openai_shaped() -> None:
+    pipe = RequestPipeline(gateway())
+    answer = pipe.fail(GatewayError(400, "invalid_top_p", "bad", "top_p"))
+    assert answer.status == 400
+    assert answer.headers["content-type"] == "application/json"
+    assert orjson.loads(answer.body) == {
+        "error": {
+            "message": "bad",
+            "type": "invalid_request_error",
+            "param": "top_p",
+            "code": "invalid_top_p",
+        }
+    }

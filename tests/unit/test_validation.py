@@ -1,0 +1,239 @@
+"""Unit tests of request validation (rules from the design brief's table)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from extproc.errors import GatewayError
+from extproc.validation import (
+    check_chat_request,
+    check_embeddings_request,
+    check_model_id,
+    check_timeout,
+    json_depth_exceeds,
+    parse_json_body,
+)
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "m", "messages": MESSAGES}
+    body.update(fields)
+    return body
+
+
+def error_of(fn: Any, *args: Any) -> GatewayError:
+    with pytest.raises(GatewayError) as info:
+        fn(*args)
+    return info.value
+
+
+# -- numeric bounds, property-based -------------------------------------------------
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@given(finite)
+def test_temperature_bounds(value: float) -> None:
+    if 0.0 <= value <= 2.0:
+        check_chat_request(chat(temperature=value))
+    else:
+        assert error_of(check_chat_request, chat(temperature=value)).code == "invalid_temperature"
+
+
+@given(
+    st.integers(min_value=-(10**6), max_value=10**6),
+    st.sampled_from(["max_tokens", "max_completion_tokens"]),
+)
+def test_max_tokens_bounds(value: int, name: str) -> None:
+    if 1 <= value <= 128_000:
+        check_chat_request(chat(**{name: value}))
+    else:
+        err = error_of(check_chat_request, chat(**{name: value}))
+        assert (err.code, err.param, err.status) == ("invalid_max_tokens", name, 400)
+
+
+@given(finite)
+def test_top_p_bounds(value: float) -> None:
+    if 0.0 < value <= 1.0:
+        check_chat_request(chat(top_p=value))
+    else:
+        assert error_of(check_chat_request, chat(top_p=value)).code == "invalid_top_p"
+
+
+@given(st.integers(min_value=-1000, max_value=1000))
+def test_top_k_bounds(value: int) -> None:
+    if value >= 1:
+        check_chat_request(chat(top_k=value))
+    else:
+        assert error_of(check_chat_request, chat(top_k=value)).code == "invalid_top_k"
+
+
+@given(finite)
+def test_timeout_bounds(value: float) -> None:
+    if 0 < value <= 600:
+        assert check_timeout(value, "t") == value
+    else:
+        assert error_of(check_timeout, value, "t").code == "invalid_timeout"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("temperature", "0.5", "invalid_temperature"),
+        ("temperature", True, "invalid_temperature"),
+        ("max_tokens", 10.5, "invalid_max_tokens"),
+        ("max_tokens", "100", "invalid_max_tokens"),
+        ("max_tokens", False, "invalid_max_tokens"),
+        ("top_p", 0, "invalid_top_p"),
+        ("top_k", 1.5, "invalid_top_k"),
+    ],
+)
+def test_wrong_types_are_rejected(field: str, value: Any, code: str) -> None:
+    assert error_of(check_chat_request, chat(**{field: value})).code == code
+
+
+def test_whole_float_max_tokens_is_an_integer() -> None:
+    check_chat_request(chat(max_tokens=100.0))
+
+
+def test_nulls_mean_defaults() -> None:
+    check_chat_request(chat(temperature=None, top_p=None, max_tokens=None, top_k=None))
+
+
+@pytest.mark.parametrize("value", ["abc", "", "nan", "inf", "0", "-1", "601"])
+def test_timeout_header_strings(value: str) -> None:
+    assert error_of(check_timeout, value, "header").code == "invalid_timeout"
+
+
+def test_timeout_header_string_number() -> None:
+    assert check_timeout(" 2.5 ", "header") == 2.5
+
+
+# -- messages ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "code"),
+    [
+        ([], "empty_messages"),
+        (None, "empty_messages"),
+        ("hello", "invalid_message"),
+        (["hello"], "invalid_message"),
+        ([{"role": "wizard", "content": "x"}], "invalid_message"),
+        ([{"role": "user"}], "invalid_message"),
+        ([{"role": "user", "content": ""}], "invalid_message"),
+        ([{"role": "user", "content": " \t\n\u3000 "}], "invalid_message"),
+        ([{"role": "user", "content": []}], "invalid_message"),
+        ([{"role": "user", "content": [{"type": "text", "text": "  "}]}], "invalid_message"),
+        ([{"role": "user", "content": [{"type": "video", "url": "x"}]}], "invalid_message"),
+        ([{"role": "user", "content": [{"type": "image_url"}]}], "invalid_message"),
+        ([{"role": "user", "content": 42}], "invalid_message"),
+    ],
+)
+def test_bad_messages(messages: Any, code: str) -> None:
+    body = {"model": "m"}
+    if messages is not None:
+        body["messages"] = messages
+    assert error_of(check_chat_request, body).code == code
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["😀", "مرحبا بالعالم", "\u200b", "a\u200db", [{"type": "text", "text": "hi"}]],
+)
+def test_unusual_but_valid_content(content: Any) -> None:
+    check_chat_request(chat(messages=[{"role": "user", "content": content}]))
+
+
+def test_assistant_tool_call_without_content() -> None:
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+        {"role": "tool", "tool_call_id": "1", "content": "sunny"},
+    ]
+    check_chat_request(chat(messages=messages))
+
+
+def test_error_param_names_the_message() -> None:
+    err = error_of(
+        check_chat_request, chat(messages=[MESSAGES[0], {"role": "user", "content": " "}])
+    )
+    assert err.param == "messages[1].content"
+
+
+# -- model ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [None, "", "   ", 42, "x" * 257, ["m"]])
+def test_bad_model_ids(model: Any) -> None:
+    body = {} if model is None else {"model": model}
+    assert error_of(check_model_id, body).code == "invalid_model_id"
+
+
+def test_model_id_at_limit() -> None:
+    assert check_model_id({"model": "x" * 256}) == "x" * 256
+
+
+# -- body decoding -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "invalid_json"),
+        (b"{", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'"text"', "invalid_json"),
+        (b'{"a": NaN}', "invalid_json"),
+        (b'{"a": "\xff\xfe"}', "invalid_encoding"),
+        (b'{"a": "\xc3"}', "invalid_encoding"),
+        (b'{"a": "\\ud800"}', "invalid_encoding"),
+        (b"[" * 2000 + b"]" * 2000, "invalid_json"),
+    ],
+)
+def test_bad_bodies(raw: bytes, code: str) -> None:
+    assert error_of(parse_json_body, raw, 64).code == code
+
+
+def test_depth_limit_is_configurable() -> None:
+    nested = b'{"a":' * 10 + b"1" + b"}" * 10
+    assert parse_json_body(nested, 10)
+    assert error_of(parse_json_body, nested, 9).code == "invalid_json"
+
+
+@given(st.integers(min_value=1, max_value=40), st.integers(min_value=1, max_value=40))
+def test_depth_measure(depth: int, limit: int) -> None:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    assert json_depth_exceeds(value, limit) is (depth > limit)
+
+
+def test_emoji_and_rtl_survive_decoding() -> None:
+    text = "😀 שלום \u200b\u202e"
+    assert parse_json_body(('{"t": "' + text + '"}').encode(), 8)["t"] == text
+
+
+# -- embeddings ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["hi", ["a", "b"], [1, 2, 3], [[1, 2], [3]]])
+def test_embedding_inputs(value: Any) -> None:
+    check_embeddings_request({"model": "e", "input": value})
+
+
+@pytest.mark.parametrize("value", [None, "", [], ["a", ""], [1, "a"], [[]], {"a": 1}, 5])
+def test_bad_embedding_inputs(value: Any) -> None:
+    body = {"model": "e"} if value is None else {"model": "e", "input": value}
+    assert error_of(check_embeddings_request, body).code == "invalid_input"
+
+
+def test_no_infinite_floats_pass_as_numbers() -> None:
+    assert error_of(check_chat_request, chat(temperature=math.inf)).code == "invalid_temperature"
