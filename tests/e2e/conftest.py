@@ -1,0 +1,213 @@
+"""End-to-end harness: the fake provider, the processor and the real Envoy binary.
+
+One stack per test session (plus `fresh_stack` for tests that stop processes).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from extproc.auth import hash_key
+from extproc.config import load_config
+from extproc.devrun import start_envoy, start_processor, stop_process, wait_until_ok
+from extproc.envoy_config import render_yaml
+from extproc.fakes import FakeProviderServer
+
+FULL_KEY = "sk-test-full-access"
+LIMITED_KEY = "sk-test-limited"
+UPSTREAM_KEYS = {
+    "TEST_OPENAI_KEY": "sk-upstream-openai-secret",
+    "TEST_AZURE_KEY": "azure-upstream-secret",
+    "TEST_TOGETHER_KEY": "together-upstream-secret",
+}
+AZURE_API_VERSION = "2024-10-21"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_config(fake_url: str, workdir: Path, **overrides: Any) -> dict[str, Any]:
+    """A test config with every provider type of this issue pointing at the fake."""
+    config: dict[str, Any] = {
+        "listener": {"address": "127.0.0.1", "port": free_port()},
+        "envoy_admin": {"address": "127.0.0.1", "port": free_port()},
+        "processor": {
+            "unix_socket": str(workdir / "extproc.sock"),
+            "admin_address": "127.0.0.1",
+            "admin_port": free_port(),
+            "shutdown_grace_seconds": 20,
+        },
+        "limits": {"max_body_bytes": 10 * 1024 * 1024, "default_timeout_seconds": 60},
+        "auth": {"enabled": True},
+        "providers": [
+            {
+                "name": "p-openai",
+                "type": "openai",
+                "base_url": f"{fake_url}/v1",
+                "api_key_env": "TEST_OPENAI_KEY",
+            },
+            {
+                "name": "p-azure",
+                "type": "azure",
+                "base_url": fake_url,
+                "api_version": AZURE_API_VERSION,
+                "api_key_env": "TEST_AZURE_KEY",
+            },
+            {"name": "p-vllm", "type": "vllm", "base_url": f"{fake_url}/vllm/v1"},
+            {"name": "p-ollama", "type": "ollama", "base_url": f"{fake_url}/ollama/v1"},
+            {
+                "name": "p-together",
+                "type": "together",
+                "base_url": f"{fake_url}/together/v1",
+                "api_key_env": "TEST_TOGETHER_KEY",
+            },
+        ],
+        "models": [
+            {"name": "chat-openai", "targets": [{"provider": "p-openai", "model": "gpt-up"}]},
+            {"name": "chat-azure", "targets": [{"provider": "p-azure", "model": "my-deploy"}]},
+            {"name": "chat-vllm", "targets": [{"provider": "p-vllm", "model": "llama-up"}]},
+            {"name": "same-name", "targets": [{"provider": "p-vllm", "model": "same-name"}]},
+            {"name": "chat-ollama", "targets": [{"provider": "p-ollama", "model": "llama3.1"}]},
+            {
+                "name": "chat-together",
+                "targets": [{"provider": "p-together", "model": "meta/llama-up"}],
+            },
+            {
+                "name": "embed-openai",
+                "kind": "embeddings",
+                "targets": [{"provider": "p-openai", "model": "text-embedding-up"}],
+            },
+            {
+                "name": "embed-azure",
+                "kind": "embeddings",
+                "targets": [{"provider": "p-azure", "model": "embed-deploy"}],
+            },
+        ],
+        "tenants": [
+            {"name": "full", "api_key_sha256": [hash_key(FULL_KEY)]},
+            {
+                "name": "limited",
+                "api_key_sha256": [hash_key(LIMITED_KEY)],
+                "allowed_models": ["chat-openai"],
+            },
+        ],
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@dataclass
+class Stack:
+    """A running fake provider + processor + Envoy."""
+
+    fake: FakeProviderServer
+    workdir: Path
+    config: dict[str, Any]
+    config_path: Path
+    bootstrap_path: Path
+    processor: subprocess.Popen[bytes] | None = None
+    envoy: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        listener = self.config["listener"]
+        return f"http://{listener['address']}:{listener['port']}"
+
+    @property
+    def admin_url(self) -> str:
+        processor = self.config["processor"]
+        return f"http://{processor['admin_address']}:{processor['admin_port']}"
+
+    @property
+    def envoy_admin_url(self) -> str:
+        admin = self.config["envoy_admin"]
+        return f"http://{admin['address']}:{admin['port']}"
+
+    def client(self, key: str = FULL_KEY, **kwargs: Any) -> openai.OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("timeout", 30)
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, **kwargs)
+
+    def start_processor(self) -> None:
+        log = self.workdir / "processor.log"
+        self.logs.append(log)
+        self.processor = start_processor(self.config_path, UPSTREAM_KEYS, log_file=log)
+        wait_until_ok(f"{self.admin_url}/readyz", 30, self.processor)
+
+    def start_envoy(self) -> None:
+        log = self.workdir / "envoy.log"
+        self.logs.append(log)
+        self.envoy = start_envoy(self.bootstrap_path, log_file=log)
+        wait_until_ok(f"{self.base_url}/health", 30, self.envoy)
+
+    def stop(self) -> None:
+        stop_process(self.envoy)
+        stop_process(self.processor)
+
+    def dump_logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in self.logs
+            if p.exists()
+        )
+
+
+def make_stack(tmp: Path, **overrides: Any) -> Stack:
+    fake = FakeProviderServer(port=0)
+    fake.start()
+    config = gateway_config(fake.base_url, tmp, **overrides)
+    config_path = tmp / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    bootstrap = tmp / "envoy.yaml"
+    bootstrap.write_text(
+        render_yaml(load_config(config_path, resolve_credentials=False).config), encoding="utf-8"
+    )
+    stack = Stack(fake, tmp, config, config_path, bootstrap)
+    try:
+        stack.start_processor()
+        stack.start_envoy()
+    except Exception:
+        stack.stop()
+        fake.stop()
+        raise
+    return stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The shared stack: do not stop its processes in a test."""
+    s = make_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.stop()
+    s.fake.stop()
+
+
+@pytest.fixture
+def fake(stack: Stack) -> Iterator[FakeProviderServer]:
+    """The shared stack's fake provider, reset before each test."""
+    stack.fake.clear()
+    yield stack.fake
+    stack.fake.clear()
+
+
+@pytest.fixture
+def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A private stack for tests that stop or restart processes."""
+    s = make_stack(tmp_path)
+    yield s
+    s.stop()
+    s.fake.stop()

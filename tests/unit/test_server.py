@@ -1,0 +1,146 @@
+"""Servicer tests over a real in-process gRPC channel (no Envoy)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from google.protobuf import json_format
+
+from extproc.auth import hash_key
+from extproc.config import LoadedConfig, parse_config
+from extproc.runtime import Gateway
+from extproc.server import ProcessorServer
+
+KEY = "sk-server-test"
+
+
+def make_gateway() -> Gateway:
+    config = parse_config(
+        {
+            "providers": [{"name": "oa", "type": "openai", "base_url": "http://up/v1"}],
+            "models": [{"name": "m", "targets": [{"provider": "oa", "model": "m-up"}]}],
+            "tenants": [{"name": "t", "api_key_sha256": [hash_key(KEY)]}],
+        }
+    )
+    return Gateway(LoadedConfig(config, {}, "test"))
+
+
+def header_msg(
+    path: str, method: str = "POST", eos: bool = False, **extra: str
+) -> pb.ProcessingRequest:
+    values = {":path": path, ":method": method, "authorization": f"Bearer {KEY}", **extra}
+    return pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[
+                    base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in values.items()
+                ]
+            ),
+            end_of_stream=eos,
+        )
+    )
+
+
+def body_msg(body: bytes) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))
+
+
+@pytest.fixture
+async def stub(tmp_path: Path) -> AsyncIterator[tuple[Any, ProcessorServer]]:
+    server = ProcessorServer(make_gateway(), 16 * 1024 * 1024)
+    sock = tmp_path / "p.sock"
+    server.bind(sock, None)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"unix:{sock}")
+    yield pb_grpc.ExternalProcessorStub(channel), server
+    await channel.close()
+    await server.stop(0)
+
+
+async def exchange(stub: Any, *messages: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
+    async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+        for m in messages:
+            yield m
+
+    return [r async for r in stub.Process(requests())]
+
+
+async def test_chat_request_flow(stub: tuple[Any, ProcessorServer]) -> None:
+    client, _ = stub
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    first, second = await exchange(client, header_msg("/v1/chat/completions"), body_msg(body))
+    assert first.WhichOneof("response") == "request_headers"
+    assert second.WhichOneof("response") == "request_body"
+    common = second.request_body.response
+    assert common.clear_route_cache
+    assert orjson.loads(common.body_mutation.body)["model"] == "m-up"
+    set_headers = {
+        h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers
+    }
+    assert set_headers[":path"] == "/v1/chat/completions"
+    assert set_headers["content-length"] == str(len(common.body_mutation.body))
+    # All header values travel in raw_value only.
+    assert all(not h.header.value for h in common.header_mutation.set_headers)
+    assert "authorization" in common.header_mutation.remove_headers
+    metadata = json_format.MessageToDict(second.dynamic_metadata)
+    assert metadata["gw"]["provider"] == "oa"
+
+
+async def test_immediate_error_ends_the_stream(stub: tuple[Any, ProcessorServer]) -> None:
+    client, _ = stub
+    answers = await exchange(
+        client, header_msg("/v1/chat/completions"), body_msg(b"{nope"), body_msg(b"ignored")
+    )
+    # The stream ends with the immediate response; the extra message gets no answer.
+    assert [a.WhichOneof("response") for a in answers] == ["request_headers", "immediate_response"]
+    immediate = answers[1].immediate_response
+    assert immediate.status.code == 400
+    assert orjson.loads(immediate.body)["error"]["code"] == "invalid_json"
+
+
+async def test_models_answered_in_header_phase(stub: tuple[Any, ProcessorServer]) -> None:
+    client, _ = stub
+    (answer,) = await exchange(client, header_msg("/v1/models", "GET", eos=True))
+    assert answer.immediate_response.status.code == 200
+    assert [m["id"] for m in orjson.loads(answer.immediate_response.body)["data"]] == ["m"]
+
+
+async def test_unexpected_exception_becomes_500_and_server_survives(
+    stub: tuple[Any, ProcessorServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, server = stub
+
+    def boom(*args: Any) -> Any:
+        raise RuntimeError("secret-laden internal detail")
+
+    monkeypatch.setattr("extproc.pipeline.RequestPipeline.on_request_body", boom)
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    _, answer = await exchange(client, header_msg("/v1/chat/completions"), body_msg(body))
+    immediate = answer.immediate_response
+    assert immediate.status.code == 500
+    assert b"secret-laden" not in immediate.body
+    assert orjson.loads(immediate.body)["error"]["code"] == "internal_error"
+    monkeypatch.undo()
+    (ok,) = await exchange(client, header_msg("/v1/models", "GET", eos=True))
+    assert ok.immediate_response.status.code == 200
+
+
+async def test_unrequested_phases_pass_through(stub: tuple[Any, ProcessorServer]) -> None:
+    client, _ = stub
+    answers = await exchange(
+        client,
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=b"x", end_of_stream=True)),
+        pb.ProcessingRequest(response_trailers=pb.HttpTrailers()),
+        pb.ProcessingRequest(),  # no phase at all: ignored
+    )
+    assert [a.WhichOneof("response") for a in answers] == ["response_body", "response_trailers"]
