@@ -82,6 +82,7 @@ class RequestPipeline:
         "endpoint",
         "finished",
         "gateway",
+        "client_envoy_headers",
         "header_timeout",
         "model",
         "started",
@@ -100,6 +101,7 @@ class RequestPipeline:
         self.target: Target | None = None
         self.status: int | None = None
         self.finished = False
+        self.client_envoy_headers: list[str] = []
 
     # -- request headers -------------------------------------------------
 
@@ -116,6 +118,9 @@ class RequestPipeline:
             self.tenant = self.gateway.auth.authenticate(headers.get("authorization"))
             self.endpoint = endpoint
             self._check_length(headers.get("content-length"))
+            # x-envoy-* headers steer Envoy's router (timeouts, retries): only the
+            # gateway may set them, so any a client sent are dropped upstream.
+            self.client_envoy_headers = [h for h in headers if h.startswith("x-envoy-")]
             raw_timeout = headers.get(TIMEOUT_HEADER)
             if raw_timeout is not None:
                 self.header_timeout = check_timeout(raw_timeout, f"the {TIMEOUT_HEADER} header")
@@ -223,8 +228,9 @@ class RequestPipeline:
         headers["x-envoy-upstream-rq-timeout-ms"] = str(max(1, int(timeout * 1000)))
         if upstream.body is not None:
             headers["content-length"] = str(len(upstream.body))
-        if TIMEOUT_HEADER not in action.remove_headers:
-            action.remove_headers.append(TIMEOUT_HEADER)
+        remove = action.remove_headers
+        remove.append(TIMEOUT_HEADER)
+        remove.extend(h for h in self.client_envoy_headers if h not in headers)
         return action
 
     # -- response --------------------------------------------------------

@@ -30,6 +30,14 @@ UPSTREAM_KEYS = {
     "TEST_TOGETHER_KEY": "together-upstream-secret",
 }
 AZURE_API_VERSION = "2024-10-21"
+_OPEN_CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
 
 
 def free_port() -> int:
@@ -138,9 +146,12 @@ class Stack:
         return f"http://{admin['address']}:{admin['port']}"
 
     def client(self, key: str = FULL_KEY, **kwargs: Any) -> openai.OpenAI:
+        """An openai SDK client on the listener; closed after the test."""
         kwargs.setdefault("max_retries", 0)
         kwargs.setdefault("timeout", 30)
-        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, **kwargs)
+        client = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=key, **kwargs)
+        _OPEN_CLIENTS.append(client)
+        return client
 
     def start_processor(self) -> None:
         log = self.workdir / "processor.log"

@@ -206,3 +206,12 @@ def test_error_response_is_openai_shaped() -> None:
             "code": "invalid_top_p",
         }
     }
+
+
+def test_client_envoy_headers_are_dropped() -> None:
+    hdrs = headers(**{"x-envoy-max-retries": "50", "x-envoy-upstream-rq-timeout-ms": "1"})
+    action = run(gateway(), CHAT, hdrs)
+    assert "x-envoy-max-retries" in action.remove_headers
+    # The gateway's own timeout wins over the client's.
+    assert action.set_headers["x-envoy-upstream-rq-timeout-ms"] == "120000"
+    assert "x-envoy-upstream-rq-timeout-ms" not in action.remove_headers

@@ -1,0 +1,630 @@
+"""Tests of the fake upstream provider itself, talked to directly (no Envoy)."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from email.message import Message
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from extproc.fakes import (
+    Behaviour,
+    FakeProviderServer,
+    embedding_vector,
+    openai_error,
+    split_reply,
+)
+
+# Emoji with ZWJ + skin tone, RTL Hebrew/Arabic, zero-width space/joiner, combining accent, CJK.
+TRICKY_TEXT = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth\u200d e\u0301 漢字 🇺🇦"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FakeProviderServer]:
+    with FakeProviderServer(port=0) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server: FakeProviderServer) -> Iterator[FakeProviderServer]:
+    server.clear()
+    yield server
+    server.clear()
+
+
+@pytest.fixture
+def client(fake: FakeProviderServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=fake.base_url + "/v1", api_key="sk-test", max_retries=0, timeout=5
+    ) as sdk:
+        yield sdk
+
+
+def http(
+    fake: FakeProviderServer,
+    path: str,
+    body: Any = None,
+    *,
+    method: str | None = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Message, bytes]:
+    """Plain urllib request: (status, case-insensitive headers, body), also for HTTP errors."""
+    data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+    request = urllib.request.Request(
+        fake.base_url + path,
+        data=data,
+        method=method or ("POST" if data is not None else "GET"),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers, error.read()
+
+
+def sse_events(body: bytes) -> list[bytes]:
+    assert body.endswith(b"\n\n")
+    events = body.split(b"\n\n")[:-1]
+    assert all(event.startswith(b"data: ") for event in events)
+    return [event[len(b"data: ") :] for event in events]
+
+
+def chat_body(text: Any = "hello world", **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-test", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+
+def test_chat_non_stream_shape_via_sdk(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-test",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "hello there world"},
+        ],
+    )
+    assert completion.id.startswith("chatcmpl-fake-")
+    assert completion.object == "chat.completion"
+    assert completion.model == "gpt-test"
+    assert completion.system_fingerprint == "fp_fake"
+    (choice,) = completion.choices
+    assert choice.index == 0
+    assert choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
+    assert choice.message.content == "echo: hello there world"
+    assert choice.message.refusal is None
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == 8  # words across all messages
+    assert completion.usage.completion_tokens == 4
+    assert completion.usage.total_tokens == 12
+
+
+def test_chat_non_stream_exact_wire_shape(fake: FakeProviderServer) -> None:
+    status, headers, body = http(fake, "/v1/chat/completions", chat_body("a b c"))
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert headers["x-request-id"] == "req_fake_1"
+    payload = orjson.loads(body)
+    assert isinstance(payload.pop("created"), int)
+    assert payload == {
+        "id": "chatcmpl-fake-1",
+        "object": "chat.completion",
+        "model": "gpt-test",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "echo: a b c", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def test_chat_echo_round_trips_unicode_byte_exact(
+    fake: FakeProviderServer, client: openai.OpenAI
+) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": TRICKY_TEXT}]
+    )
+    assert completion.choices[0].message.content == "echo: " + TRICKY_TEXT
+
+    _, _, body = http(fake, "/v1/chat/completions", chat_body(TRICKY_TEXT))
+    assert ("echo: " + TRICKY_TEXT).encode() in body  # raw UTF-8, not \u escapes
+    assert fake.requests[-1].json["messages"][0]["content"] == TRICKY_TEXT
+
+
+def test_chat_content_parts_are_joined(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-test",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "look: "},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+                    {"type": "text", "text": "שלום"},
+                ],
+            }
+        ],
+    )
+    assert completion.choices[0].message.content == "echo: look: שלום"
+
+
+def test_path_prefix_is_tolerated(fake: FakeProviderServer) -> None:
+    status, _, body = http(fake, "/some/gateway/prefix/v1/chat/completions", chat_body("x"))
+    assert status == 200
+    assert orjson.loads(body)["choices"][0]["message"]["content"] == "echo: x"
+
+
+def test_reply_override(fake: FakeProviderServer, client: openai.OpenAI) -> None:
+    fake.set_behaviour(reply="fixed answer")
+    completion = client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "ignored"}]
+    )
+    assert completion.choices[0].message.content == "fixed answer"
+
+
+def test_chat_validation_errors(fake: FakeProviderServer) -> None:
+    status, _, body = http(fake, "/v1/chat/completions", {"model": "gpt-test"})
+    assert status == 400
+    assert orjson.loads(body)["error"]["param"] == "messages"
+
+    status, _, body = http(fake, "/v1/chat/completions", {"messages": [{"role": "user"}]})
+    assert status == 400
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+    status, _, body = http(fake, "/v1/chat/completions", raw=b"{not json")
+    assert status == 400
+    assert "parse the JSON body" in orjson.loads(body)["error"]["message"]
+
+
+# -- streaming -------------------------------------------------------------------------------
+
+
+def test_stream_wire_shape_and_done(fake: FakeProviderServer) -> None:
+    status, headers, body = http(fake, "/v1/chat/completions", chat_body("one two", stream=True))
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/event-stream")
+    assert "Content-Length" not in headers
+    events = sse_events(body)
+    assert events[-1] == b"[DONE]"
+    chunks = [orjson.loads(event) for event in events[:-1]]
+    for chunk in chunks:
+        assert chunk["id"] == "chatcmpl-fake-1"
+        assert chunk["object"] == "chat.completion.chunk"
+        assert chunk["model"] == "gpt-test"
+        assert "usage" not in chunk
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks]
+    finishes = [chunk["choices"][0]["finish_reason"] for chunk in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert [d["content"] for d in deltas[1:-1]] == ["echo:", " one", " two"]
+    assert deltas[-1] == {}
+    assert finishes == [None, None, None, None, "stop"]
+    assert fake.stream_started == fake.stream_finished == 1
+
+
+def test_stream_via_sdk_concatenates_to_reply(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": TRICKY_TEXT}], stream=True
+    )
+    with stream:
+        chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: " + TRICKY_TEXT
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
+
+
+def test_stream_usage_chunk_when_requested(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-test",
+        messages=[{"role": "user", "content": "count these words"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    with stream:
+        chunks = list(stream)
+    *content, last = chunks
+    assert last.choices == []
+    assert last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (3, 4)
+    assert last.usage.total_tokens == 7
+    assert all(c.usage is None for c in content)
+    assert content[-1].choices[0].finish_reason == "stop"
+
+
+def test_stream_explicit_chunks_and_chunk_count(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(stream_chunks=["Hel", "lo", " 👋"])
+    _, _, body = http(fake, "/v1/chat/completions", chat_body(stream=True))
+    chunks = [orjson.loads(e) for e in sse_events(body)[:-1]]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]] == ["Hel", "lo", " 👋"]
+
+    fake.set_behaviour(reply="abcdefghij", stream_chunk_count=4)
+    _, _, body = http(fake, "/v1/chat/completions", chat_body(stream=True))
+    pieces = [orjson.loads(e)["choices"][0]["delta"]["content"] for e in sse_events(body)[1:-2]]
+    assert pieces == ["ab", "cde", "fg", "hij"]
+
+
+def test_split_reply_keeps_every_character() -> None:
+    for text in ["", "one", "  lead and trail  ", "a\n\nb\tc", TRICKY_TEXT]:
+        assert "".join(split_reply(text)) == text
+        assert "".join(split_reply(text, 7)) == text
+        assert len(split_reply(text, 7)) == 7
+    assert split_reply("echo: a  b ") == ["echo:", " a", "  b", " "]
+
+
+def test_chunk_interval_paces_the_stream(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(reply="a b c", chunk_interval_s=0.05)
+    started = time.monotonic()
+    http(fake, "/v1/chat/completions", chat_body(stream=True))
+    # role, 3 content chunks, finish, [DONE] => 5 pauses (minus timer slack)
+    assert time.monotonic() - started >= 0.2
+
+
+def test_stream_gate_holds_the_stream(fake: FakeProviderServer, client: openai.OpenAI) -> None:
+    gate = threading.Event()
+    fake.set_behaviour(stream_chunks=["first", " second", " third"], stream_gate=gate)
+    stream = client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    with stream:
+        iterator = iter(stream)
+        assert next(iterator).choices[0].delta.role == "assistant"
+        assert next(iterator).choices[0].delta.content == "first"
+        time.sleep(0.05)
+        assert fake.stream_started == 1
+        assert fake.stream_finished == 0  # the client got data before the provider finished
+        gate.set()
+        rest = list(iterator)
+    assert "".join(c.choices[0].delta.content or "" for c in rest) == " second third"
+    assert fake.stream_finished == 1
+    assert fake.stream_aborted == 0
+
+
+def test_gated_stream_notices_client_disconnect(
+    fake: FakeProviderServer, client: openai.OpenAI
+) -> None:
+    gate = threading.Event()
+    fake.set_behaviour(stream_chunks=["first", " second"], stream_gate=gate)
+    stream = client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    iterator = iter(stream)
+    next(iterator)
+    next(iterator)
+    stream.close()
+    wait_until(lambda: fake.stream_aborted == 1)
+    assert fake.stream_finished == 0
+
+
+# -- embeddings and models -------------------------------------------------------------------
+
+
+def test_embeddings_via_sdk_default_base64(fake: FakeProviderServer, client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="text-embedding-test", input=["alpha", TRICKY_TEXT])
+    assert fake.requests[-1].json["encoding_format"] == "base64"  # the SDK's default
+    assert result.model == "text-embedding-test"
+    assert [d.index for d in result.data] == [0, 1]
+    assert result.data[0].embedding == embedding_vector("alpha", 8)
+    assert result.data[1].embedding == embedding_vector(TRICKY_TEXT, 8)
+    assert result.data[0].embedding != result.data[1].embedding
+    assert result.usage.prompt_tokens == result.usage.total_tokens == 1 + len(TRICKY_TEXT.split())
+
+
+def test_embeddings_float_format_and_inputs(fake: FakeProviderServer) -> None:
+    body: dict[str, Any] = {"model": "e", "input": "one two", "encoding_format": "float"}
+    status, headers, raw = http(fake, "/v1/embeddings", body)
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    payload = orjson.loads(raw)
+    assert payload == {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": embedding_vector("one two", 8)}],
+        "model": "e",
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
+    }
+
+    _, _, raw = http(fake, "/v1/embeddings", {"model": "e", "input": [1, 2, 3]})
+    payload = orjson.loads(raw)
+    assert len(payload["data"]) == 1  # a single token array
+    assert payload["usage"]["prompt_tokens"] == 3
+
+    _, _, raw = http(
+        fake, "/v1/embeddings", {"model": "e", "input": [[1, 2], [3]], "dimensions": 3}
+    )
+    payload = orjson.loads(raw)
+    assert [len(d["embedding"]) for d in payload["data"]] == [3, 3]
+
+    body = {"model": "e", "input": "x", "encoding_format": "base64", "dimensions": 20}
+    _, _, raw = http(fake, "/v1/embeddings", body)
+    encoded = orjson.loads(raw)["data"][0]["embedding"]
+    decoded = list(struct.unpack("<20f", base64.b64decode(encoded)))
+    assert decoded == embedding_vector("x", 20)
+
+    status, _, raw = http(fake, "/v1/embeddings", {"model": "e", "input": [{"bad": 1}]})
+    assert status == 400
+    assert orjson.loads(raw)["error"]["param"] == "input"
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    models = client.models.list()
+    assert [(m.id, m.object, m.owned_by) for m in models.data] == [("fake-model", "model", "fake")]
+
+
+def test_unknown_route_is_openai_404(fake: FakeProviderServer) -> None:
+    status, _, body = http(fake, "/v1/chat/completions", method="GET")
+    assert status == 404
+    assert orjson.loads(body) == {
+        "error": {
+            "message": "Invalid URL (GET /v1/chat/completions)",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    assert http(fake, "/v1/nope", {})[0] == 404
+
+
+# -- Azure -----------------------------------------------------------------------------------
+
+
+def test_azure_paths_via_sdk(fake: FakeProviderServer) -> None:
+    with openai.AzureOpenAI(
+        azure_endpoint=fake.base_url,
+        api_version="2024-10-21",
+        api_key="azure-key",
+        max_retries=0,
+        timeout=5,
+    ) as azure:
+        completion = azure.chat.completions.create(
+            model="my-gpt-deployment", messages=[{"role": "user", "content": "hi azure"}]
+        )
+        embeddings = azure.embeddings.create(model="my-embedding-deployment", input="x")
+    assert completion.model == "my-gpt-deployment"
+    assert completion.choices[0].message.content == "echo: hi azure"
+    assert embeddings.model == "my-embedding-deployment"
+    assert embeddings.data[0].embedding == embedding_vector("x", 8)
+
+    chat, embed = fake.requests
+    assert chat.path == "/openai/deployments/my-gpt-deployment/chat/completions"
+    assert chat.deployment == "my-gpt-deployment"
+    assert chat.query_param("api-version") == "2024-10-21"
+    assert chat.header("API-KEY") == "azure-key"
+    assert embed.path == "/openai/deployments/my-embedding-deployment/embeddings"
+    assert embed.deployment == "my-embedding-deployment"
+
+
+def test_azure_body_model_is_ignored_for_deployment(fake: FakeProviderServer) -> None:
+    path = "/openai/deployments/dep-1/chat/completions?api-version=2024-10-21"
+    status, _, body = http(fake, path, {"messages": [{"role": "user", "content": "x"}]})
+    assert status == 200
+    assert orjson.loads(body)["model"] == "dep-1"
+
+
+def test_azure_without_api_version_is_404(fake: FakeProviderServer) -> None:
+    for path in [
+        "/openai/deployments/dep-1/chat/completions",
+        "/openai/deployments/dep-1/embeddings",
+        "/openai/deployments/dep-1/unknown?api-version=2024-10-21",
+    ]:
+        status, headers, body = http(fake, path, chat_body())
+        assert status == 404
+        assert headers["Content-Type"] == "application/json"
+        assert orjson.loads(body) == {"error": {"code": "404", "message": "Resource not found"}}
+    assert [r.deployment for r in fake.requests] == ["dep-1"] * 3
+
+
+# -- recording and control -------------------------------------------------------------------
+
+
+def test_recording(fake: FakeProviderServer, client: openai.OpenAI) -> None:
+    before = time.monotonic()
+    client.chat.completions.create(
+        model="gpt-test",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"X-Custom-Header": "v1"},
+    )
+    status, _, _ = http(
+        fake, "/v1/chat/completions?trace=1&x=", raw=b"\xff not json", headers={"x-a": "b"}
+    )
+    assert status == 400
+
+    first, second = fake.wait_for_requests(2)
+    assert (first.seq, second.seq) == (1, 2)
+    assert first.method == "POST"
+    assert first.path == "/v1/chat/completions"
+    assert first.header("authorization") == "Bearer sk-test"
+    assert first.header("x-custom-header") == first.header("X-CUSTOM-HEADER") == "v1"
+    assert first.header("missing") is None
+    assert first.header_values("x-custom-header") == ["v1"]
+    assert first.json["messages"] == [{"role": "user", "content": "hi"}]
+    assert orjson.loads(first.body) == first.json
+    assert before <= first.received_at <= second.received_at <= time.monotonic()
+
+    assert second.body == b"\xff not json"
+    assert second.json is None
+    assert second.query_string == "trace=1&x="
+    assert second.query_param("trace") == "1"
+    assert second.query_param("x") == ""
+    assert second.query_param("nope") is None
+    assert second.deployment is None
+
+    fake.clear()
+    assert fake.requests == []
+    with pytest.raises(TimeoutError):
+        fake.wait_for_requests(1, timeout=0.05)
+
+
+def test_requests_snapshot_is_a_copy(fake: FakeProviderServer) -> None:
+    http(fake, "/v1/models")
+    snapshot = fake.requests
+    http(fake, "/v1/models")
+    assert len(snapshot) == 1
+    assert len(fake.requests) == 2
+
+
+def test_injected_error_default_body(fake: FakeProviderServer, client: openai.OpenAI) -> None:
+    fake.set_behaviour(status=429)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "x"}]
+        )
+    assert caught.value.status_code == 429
+    assert caught.value.code == "rate_limit_exceeded"
+    assert caught.value.type == "requests"
+
+    status, headers, body = http(fake, "/v1/embeddings", {"model": "e", "input": "x"})
+    assert status == 429
+    assert headers["Content-Type"] == "application/json"
+    assert body == openai_error(429)
+    assert len(fake.requests) == 2  # injected failures are recorded too
+
+
+def test_injected_error_custom_body_and_headers(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(
+        status=503,
+        error_body=b"upstream overloaded",
+        error_headers={"content-type": "text/plain", "Retry-After": "7"},
+    )
+    status, headers, body = http(fake, "/v1/chat/completions", chat_body())
+    assert (status, body) == (503, b"upstream overloaded")
+    assert headers["Content-Type"] == "text/plain"
+    assert headers["Retry-After"] == "7"
+
+    fake.set_behaviour(status=200, error_body=b'{"truncated":')  # malformed success body
+    assert http(fake, "/v1/chat/completions", chat_body())[::2] == (200, b'{"truncated":')
+
+
+def test_fail_times_then_recovers(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(status=500, fail_times=2, error_headers={"retry-after-ms": "1"})
+    assert http(fake, "/v1/chat/completions", chat_body())[0] == 500
+    assert http(fake, "/v1/chat/completions", chat_body())[0] == 500
+    assert http(fake, "/v1/chat/completions", chat_body())[0] == 200
+    assert len(fake.requests) == 3
+
+    fake.set_behaviour(status=503, fail_times=2, error_headers={"retry-after-ms": "1"})
+    with openai.OpenAI(
+        base_url=fake.base_url + "/v1", api_key="x", max_retries=2, timeout=5
+    ) as retrying:
+        completion = retrying.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "retry me"}]
+        )
+    assert completion.choices[0].message.content == "echo: retry me"
+    assert len(fake.requests) == 6
+
+
+def test_latency(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(latency_s=0.2)
+    started = time.monotonic()
+    assert http(fake, "/v1/models")[0] == 200
+    assert time.monotonic() - started >= 0.2
+    assert fake.requests[0].received_at - started < 0.15  # recorded on arrival, not after
+
+
+def test_clear_restores_default_behaviour(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(status=500)
+    assert fake.behaviour.status == 500
+    fake.clear()
+    assert fake.behaviour == Behaviour()
+    assert http(fake, "/v1/models")[0] == 200
+
+
+def test_behaviour_validation() -> None:
+    with pytest.raises(ValueError, match="fail_times"):
+        Behaviour(fail_times=1)
+    with pytest.raises(ValueError, match="status"):
+        Behaviour(status=99)
+    with pytest.raises(ValueError):
+        Behaviour(latency_s=-1)
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+def test_start_stop_and_port_selection() -> None:
+    fake = FakeProviderServer(port=0)
+    with pytest.raises(RuntimeError):
+        _ = fake.port
+    fake.start()
+    try:
+        assert fake.port > 0
+        assert fake.base_url == f"http://127.0.0.1:{fake.port}"
+        with pytest.raises(RuntimeError):
+            fake.start()
+        assert http(fake, "/v1/models")[0] == 200
+    finally:
+        fake.stop()
+    fake.stop()  # idempotent
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(fake.base_url + "/v1/models", timeout=2)
+
+
+def test_stop_is_prompt_with_slow_and_gated_requests() -> None:
+    gate = threading.Event()
+    with FakeProviderServer() as fake:
+        fake.set_behaviour(stream_gate=gate)
+        client = openai.OpenAI(base_url=fake.base_url + "/v1", api_key="x", max_retries=0)
+        with client:
+            stream = client.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+            with stream:
+                next(iter(stream))
+                started = time.monotonic()
+                fake.stop()
+                assert time.monotonic() - started < 1.0
+    assert fake.stream_aborted == 1
+    assert fake.stream_finished == 0
+
+
+def test_cli_serves_until_sigterm() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "extproc.fakes", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        prefix = "fake provider listening on http://127.0.0.1:"
+        assert line.startswith(prefix), line
+        url = line.removeprefix("fake provider listening on ")
+        with urllib.request.urlopen(url + "/v1/models", timeout=5) as resp:
+            assert orjson.loads(resp.read())["data"][0]["id"] == "fake-model"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+        assert process.returncode == 0, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
