@@ -79,10 +79,10 @@ class RequestPipeline:
     """The decisions for one HTTP request, across its ext_proc phases."""
 
     __slots__ = (
+        "client_envoy_headers",
         "endpoint",
         "finished",
         "gateway",
-        "client_envoy_headers",
         "header_timeout",
         "model",
         "started",

@@ -48,6 +48,8 @@ _ERROR_KINDS: Final[Mapping[int, tuple[str, str | None]]] = {
     503: ("server_error", "service_unavailable"),
 }
 
+# Real providers accept large prompts; aiohttp would refuse anything over 1 MiB.
+MAX_REQUEST_BYTES: Final = 64 * 1024 * 1024
 _CLOSING: Final = web.AppKey("fake_provider_closing", asyncio.Event)
 
 
@@ -412,7 +414,7 @@ class FakeProvider:
 
 def create_app(provider: FakeProvider) -> web.Application:
     """aiohttp application serving `provider` on every method and path."""
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
 
     async def on_startup(app: web.Application) -> None:
         app[_CLOSING] = asyncio.Event()

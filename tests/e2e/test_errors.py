@@ -27,7 +27,13 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> dic
     return error
 
 
-def post(stack: Stack, body: bytes | dict[str, Any], path: str = "/v1/chat/completions", key: str | None = FULL_KEY, **headers: str) -> httpx.Response:
+def post(
+    stack: Stack,
+    body: bytes | dict[str, Any],
+    path: str = "/v1/chat/completions",
+    key: str | None = FULL_KEY,
+    **headers: str,
+) -> httpx.Response:
     hdrs = {"content-type": "application/json", **headers}
     if key is not None:
         hdrs["authorization"] = f"Bearer {key}"
@@ -82,10 +88,14 @@ def test_unknown_model_is_404(stack: Stack, fake: FakeProviderServer) -> None:
 
 def test_missing_and_wrong_keys_are_401(stack: Stack, fake: FakeProviderServer) -> None:
     with pytest.raises(openai.AuthenticationError) as info:
-        stack.client(key="sk-not-a-real-key").chat.completions.create(model="chat-openai", messages=USER)
+        stack.client(key="sk-not-a-real-key").chat.completions.create(
+            model="chat-openai", messages=USER
+        )
     assert info.value.code == "invalid_api_key"
     assert "sk-not-a-real-key" not in str(info.value.body)
-    error = assert_openai_error(post(stack, {"model": "chat-openai", "messages": USER}, key=None), 401, "invalid_api_key")
+    error = assert_openai_error(
+        post(stack, {"model": "chat-openai", "messages": USER}, key=None), 401, "invalid_api_key"
+    )
     assert error["type"] == "authentication_error"
     response = httpx.get(f"{stack.base_url}/v1/models")
     assert_openai_error(response, 401, "invalid_api_key")
@@ -115,8 +125,14 @@ def test_embeddings_on_a_chat_model(stack: Stack) -> None:
     [
         (b"{not json", "invalid_json"),
         (b"[1,2,3]", "invalid_json"),
-        (b'{"model": "chat-openai", "messages": [{"role": "user", "content": "\xff\xfe"}]}', "invalid_encoding"),
-        (b'{"model": "chat-openai", "messages": [{"role": "user", "content": "\\udc00"}]}', "invalid_encoding"),
+        (
+            b'{"model": "chat-openai", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+            "invalid_encoding",
+        ),
+        (
+            b'{"model": "chat-openai", "messages": [{"role": "user", "content": "\\udc00"}]}',
+            "invalid_encoding",
+        ),
         (b'{"model": "chat-openai", "messages": ' + b"[" * 100 + b"]" * 100 + b"}", "invalid_json"),
     ],
 )
@@ -131,7 +147,9 @@ def test_empty_body(stack: Stack) -> None:
 
 def test_unknown_path_and_wrong_method(stack: Stack) -> None:
     assert_openai_error(post(stack, {}, path="/v1/completions-nope"), 404, "unknown_url")
-    response = httpx.get(f"{stack.base_url}/v1/chat/completions", headers={"authorization": f"Bearer {FULL_KEY}"})
+    response = httpx.get(
+        f"{stack.base_url}/v1/chat/completions", headers={"authorization": f"Bearer {FULL_KEY}"}
+    )
     assert_openai_error(response, 405, "method_not_allowed")
 
 
@@ -149,13 +167,19 @@ def test_client_timeout_is_enforced_as_504(stack: Stack, fake: FakeProviderServe
     assert error["type"] == "timeout_error"
     fake.clear()
     fake.set_behaviour(latency_s=3)
-    response = post(stack, {"model": "chat-openai", "messages": USER}, **{"x-gateway-timeout": "0.5"})
+    response = post(
+        stack, {"model": "chat-openai", "messages": USER}, **{"x-gateway-timeout": "0.5"}
+    )
     assert_openai_error(response, 504, "provider_timeout")
 
 
 def test_body_over_limit_with_content_length_is_413(stack: Stack, fake: FakeProviderServer) -> None:
     limit = stack.config["limits"]["max_body_bytes"]
-    big = b'{"model": "chat-openai", "messages": [{"role": "user", "content": "' + b"a" * limit + b'"}]}'
+    big = (
+        b'{"model": "chat-openai", "messages": [{"role": "user", "content": "'
+        + b"a" * limit
+        + b'"}]}'
+    )
     error = assert_openai_error(post(stack, big), 413, "payload_too_large")
     assert error["type"] == "invalid_request_error"
     assert fake.requests == []
@@ -183,6 +207,8 @@ def test_chunked_body_over_limit_is_413(stack: Stack, fake: FakeProviderServer) 
 def test_large_prompt_under_limit_goes_through(stack: Stack, fake: FakeProviderServer) -> None:
     text = "word " * 400_000  # ~2 MB, above gRPC's 4 MB default only once doubled; well past 1 MB
     text = text * 2
-    reply = stack.client().chat.completions.create(model="chat-openai", messages=[{"role": "user", "content": text}])
+    reply = stack.client().chat.completions.create(
+        model="chat-openai", messages=[{"role": "user", "content": text}]
+    )
     assert reply.choices[0].message.content == "echo: " + text
     assert fake.requests[0].json["messages"][0]["content"] == text

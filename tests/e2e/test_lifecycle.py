@@ -23,7 +23,9 @@ def test_sigterm_lets_in_flight_requests_finish(fresh_stack: Stack) -> None:
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:
-        result["r"] = httpx.post(f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30)
+        result["r"] = httpx.post(
+            f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30
+        )
 
     worker = threading.Thread(target=call)
     worker.start()
@@ -43,7 +45,9 @@ def test_processor_outage_is_a_clear_503_and_recovers(fresh_stack: Stack) -> Non
     assert stack.processor is not None
     stack.processor.send_signal(signal.SIGKILL)
     stack.processor.wait(10)
-    response = httpx.post(f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30)
+    response = httpx.post(
+        f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30
+    )
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "processor_unavailable"
@@ -55,7 +59,9 @@ def test_processor_outage_is_a_clear_503_and_recovers(fresh_stack: Stack) -> Non
     stack.start_processor()  # same socket path; Envoy reconnects by itself
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        response = httpx.post(f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30)
+        response = httpx.post(
+            f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30
+        )
         if response.status_code == 200:
             break
         time.sleep(0.2)

@@ -148,7 +148,9 @@ def test_stream_azure(stack: Stack, fake: FakeProviderServer) -> None:
     assert fake.requests[0].deployment == "my-deploy"
 
 
-@pytest.mark.parametrize(("model", "path"), [("embed-openai", "/v1/embeddings"), ("embed-azure", None)])
+@pytest.mark.parametrize(
+    ("model", "path"), [("embed-openai", "/v1/embeddings"), ("embed-azure", None)]
+)
 def test_embeddings(stack: Stack, fake: FakeProviderServer, model: str, path: str | None) -> None:
     result = stack.client().embeddings.create(model=model, input=["alpha", "beta"])
     assert [d.index for d in result.data] == [0, 1]
@@ -181,8 +183,10 @@ def test_metrics_count_requests(stack: Stack, fake: FakeProviderServer) -> None:
     def count() -> float:
         text = httpx.get(f"{stack.admin_url}/metrics").text
         for line in text.splitlines():
-            if line.startswith("gateway_requests_total{") and 'model="chat-vllm"' in line and (
-                'status="200"' in line
+            if (
+                line.startswith("gateway_requests_total{")
+                and 'model="chat-vllm"' in line
+                and ('status="200"' in line)
             ):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0

@@ -118,7 +118,7 @@ async def test_unexpected_exception_becomes_500_and_server_survives(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client, server = stub
+    client, _server = stub
 
     def boom(*args: Any) -> Any:
         raise RuntimeError("secret-laden internal detail")
