@@ -18,6 +18,7 @@ from betterproto2 import Casing
 from pydantic.warnings import PydanticDeprecationWarning
 
 from extproc.config import GatewayConfig, HttpProtocol, ProcessorConfig, ProviderConfig
+from extproc.errors import ERROR_TYPES
 
 # envoy_data_plane's generated models use a pydantic idiom deprecated since pydantic 2.12; the
 # warning fires once, as the classes are created on import, and is theirs to fix.
@@ -279,13 +280,13 @@ def _fallback_route() -> Route:
 
 # Envoy's own local replies (status, error type, error code, message), rewritten to OpenAI-style
 # JSON. Each status appears once; the processor-specific mappers come before these.
-_LOCAL_REPLY_ERRORS: tuple[tuple[int, str, str, str], ...] = (
-    (413, "invalid_request_error", "payload_too_large", "request body is too large"),
-    (504, "timeout_error", "provider_timeout", "the provider did not answer in time"),
-    (408, "timeout_error", "request_timeout", "the request was not received in time"),
-    (503, "service_unavailable", "service_unavailable", "the provider is unavailable"),
-    (502, "provider_error", "provider_error", "the provider returned an invalid response"),
-    (404, "invalid_request_error", "not_found", "not found"),
+_LOCAL_REPLY_ERRORS: tuple[tuple[int, str, str], ...] = (
+    (413, "payload_too_large", "request body is too large"),
+    (504, "provider_timeout", "the provider did not answer in time"),
+    (408, "request_timeout", "the request was not received in time"),
+    (503, "service_unavailable", "the provider is unavailable"),
+    (502, "provider_error", "the provider returned an invalid response"),
+    (404, "not_found", "not found"),
 )
 
 
@@ -315,11 +316,11 @@ def _local_reply_config() -> LocalReplyConfig:
             ),
         ),
     ]
-    for status, error_type, code, message in _LOCAL_REPLY_ERRORS:
+    for status, code, message in _LOCAL_REPLY_ERRORS:
         mappers.append(
             ResponseMapper(
                 filter=_status_filter(status),
-                body_format_override=_json_body(message, error_type, code),
+                body_format_override=_json_body(message, ERROR_TYPES[status], code),
             )
         )
     mappers.append(

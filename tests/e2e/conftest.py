@@ -169,12 +169,14 @@ class Stack:
         stop_process(self.envoy)
         stop_process(self.processor)
 
-    def dump_logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-            for p in self.logs
-            if p.exists()
-        )
+    def dump_logs(self, tail: int | None = 4000) -> str:
+        """The processor and Envoy logs (the last `tail` characters of each; None: all)."""
+        parts = []
+        for path in self.logs:
+            if path.exists():
+                text = path.read_text(errors="replace")
+                parts.append(f"--- {path.name}\n{text[-tail:] if tail else text}")
+        return "\n".join(parts)
 
 
 def make_stack(tmp: Path, **overrides: Any) -> Stack:

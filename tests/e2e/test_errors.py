@@ -212,3 +212,48 @@ def test_large_prompt_under_limit_goes_through(stack: Stack, fake: FakeProviderS
     )
     assert reply.choices[0].message.content == "echo: " + text
     assert fake.requests[0].json["messages"][0]["content"] == text
+
+
+def test_random_garbage_never_500s_or_kills_the_processor(
+    stack: Stack, fake: FakeProviderServer
+) -> None:
+    import random
+
+    rng = random.Random(1234)
+    templates = [
+        b'{"model": "chat-openai", "messages": [{"role": "user", "content": "hi"}]}',
+        b'{"model": "embed-openai", "input": ["a", "b"]}',
+    ]
+    paths = ["/v1/chat/completions", "/v1/embeddings"]
+    for i in range(120):
+        body = bytearray(rng.choice(templates))
+        for _ in range(rng.randint(1, 6)):
+            op = rng.random()
+            pos = rng.randrange(len(body))
+            if op < 0.4:
+                body[pos] = rng.randrange(256)
+            elif op < 0.7:
+                del body[pos]
+            else:
+                body[pos:pos] = bytes([rng.randrange(256)])
+        response = post(stack, bytes(body), path=paths[i % 2])
+        assert response.status_code < 500, (bytes(body), response.text)
+        if response.status_code != 200:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert stack.processor is not None and stack.processor.poll() is None
+    assert httpx.get(f"{stack.base_url}/health").status_code == 200
+
+
+def test_secrets_never_appear_in_logs_or_metrics(stack: Stack, fake: FakeProviderServer) -> None:
+    from tests.e2e.conftest import UPSTREAM_KEYS
+
+    stack.client().chat.completions.create(model="chat-azure", messages=USER)
+    with pytest.raises(openai.AuthenticationError):
+        stack.client(key="sk-wrong-secret-key").chat.completions.create(
+            model="chat-openai", messages=USER
+        )
+    metrics = httpx.get(f"{stack.admin_url}/metrics").text
+    logs = stack.dump_logs(tail=None)
+    for secret in [FULL_KEY, LIMITED_KEY, "sk-wrong-secret-key", *UPSTREAM_KEYS.values()]:
+        assert secret not in metrics
+        assert secret not in logs

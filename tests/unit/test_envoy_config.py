@@ -330,7 +330,7 @@ def test_ext_proc_failures_become_processor_errors_before_status_mappers() -> No
         (504, "provider_timeout", "timeout_error"),
         (408, "request_timeout", "timeout_error"),
         (503, "service_unavailable", "service_unavailable"),
-        (502, "provider_error", "provider_error"),
+        (502, "provider_error", "upstream_error"),
         (404, "not_found", "invalid_request_error"),
         (500, "internal_error", "server_error"),
     ],
