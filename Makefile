@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: help install run test lint format typecheck unit e2e render-envoy clean
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools
 
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
@@ -43,17 +43,20 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+tools:
+	@bash scripts/install-helm.sh
+
+unit: $(STAMP) tools
 	$(BIN)/python -m pytest tests/unit
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
-test: lint typecheck
+test: lint typecheck tools
 	$(BIN)/python -m pytest
 
 render-envoy: $(STAMP)
 	$(BIN)/extproc render-envoy --config $(CONFIG) --output envoy/envoy.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -7,6 +7,7 @@ validated config into plain lookup tables (see `runtime.py`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -73,7 +75,8 @@ class ProviderConfig(_Strict):
     api_version: str | None = Field(
         default=None, description="Azure only: the `api-version` query parameter."
     )
-    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
+    # Upper bound for any request to this provider (None: only the 600 s rule applies).
+    timeout_seconds: Annotated[float | None, Field(gt=0, le=600)] = None
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
     http_protocol: HttpProtocol = HttpProtocol.AUTO
 
@@ -87,6 +90,8 @@ class ProviderConfig(_Strict):
             raise ValueError("base_url must name a host")
         if parts.query or parts.fragment:
             raise ValueError("base_url must not carry a query or fragment")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("base_url must not carry credentials; use api_key_env or api_key_file")
         try:
             parts.port  # noqa: B018 - raises on an invalid port
         except ValueError as exc:
@@ -153,7 +158,7 @@ class TargetConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A model name clients send, mapped to an ordered list of targets."""
+    """A model name clients send and the targets that can serve it (chosen by weight)."""
 
     name: Annotated[str, Field(min_length=1, max_length=256)]
     targets: Annotated[list[TargetConfig], Field(min_length=1)]
@@ -185,7 +190,7 @@ class AuthConfig(_Strict):
 
     enabled: bool = True
     # Tenant used for every request when auth is disabled (local development).
-    anonymous_tenant: str = "anonymous"
+    anonymous_tenant: Annotated[str, Field(pattern=NAME_PATTERN)] = "anonymous"
 
 
 class LimitsConfig(_Strict):
@@ -196,17 +201,30 @@ class LimitsConfig(_Strict):
     default_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
 
 
+def _ip_literal(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            "must be an IP address such as 127.0.0.1 or 0.0.0.0 (Envoy binds IPs, not names)"
+        ) from None
+    return value
+
+
+IpAddress = Annotated[str, AfterValidator(_ip_literal)]
+
+
 class ListenerConfig(_Strict):
     """The Envoy listener applications call."""
 
-    address: str = "127.0.0.1"
+    address: IpAddress = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
 
 
 class EnvoyAdminConfig(_Strict):
     """Envoy's own admin interface (keep it on loopback)."""
 
-    address: str = "127.0.0.1"
+    address: IpAddress = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 9901
 
 
@@ -249,39 +267,55 @@ class GatewayConfig(_Strict):
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     tenants: list[TenantConfig] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _check_references(self) -> GatewayConfig:
-        problems: list[str] = []
-        provider_names = [p.name for p in self.providers]
-        problems += _duplicates("providers", provider_names)
-        problems += _duplicates("models", [m.name for m in self.models])
-        problems += _duplicates("tenants", [t.name for t in self.tenants])
-        known = set(provider_names)
-        for i, model in enumerate(self.models):
-            for j, target in enumerate(model.targets):
-                if target.provider not in known:
-                    problems.append(
-                        f"models.{i}.targets.{j}.provider: unknown provider '{target.provider}'"
-                    )
-        model_names = {m.name for m in self.models}
-        seen_hashes: set[str] = set()
-        for i, tenant in enumerate(self.tenants):
-            for name in tenant.allowed_models:
-                if name != "*" and name not in model_names:
-                    problems.append(f"tenants.{i}.allowed_models: unknown model '{name}'")
-            for digest in tenant.api_key_sha256:
-                if digest in seen_hashes:
-                    problems.append(f"tenants.{i}.api_key_sha256: key used by two tenants")
-                seen_hashes.add(digest)
-        if self.auth.enabled and not self.tenants:
-            problems.append("tenants: auth is enabled but no tenant is configured")
-        if self.listener.port == self.envoy_admin.port and (
-            self.listener.address == self.envoy_admin.address
-        ):
-            problems.append("envoy_admin.port: same address and port as the listener")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+
+def reference_problems(config: GatewayConfig) -> list[str]:
+    """Problems across sections (names, references, ports); each starts with its path."""
+    problems: list[str] = []
+    provider_names = [p.name for p in config.providers]
+    problems += _duplicates("providers", provider_names)
+    problems += _duplicates("models", [m.name for m in config.models])
+    problems += _duplicates("tenants", [t.name for t in config.tenants])
+    known = set(provider_names)
+    for i, model in enumerate(config.models):
+        for j, target in enumerate(model.targets):
+            if target.provider not in known:
+                problems.append(
+                    f"models.{i}.targets.{j}.provider: unknown provider '{target.provider}'"
+                )
+    model_names = {m.name for m in config.models}
+    owner: dict[str, str] = {}
+    for i, tenant in enumerate(config.tenants):
+        for name in tenant.allowed_models:
+            if name != "*" and name not in model_names:
+                problems.append(f"tenants.{i}.allowed_models: unknown model '{name}'")
+        for k, digest in enumerate(tenant.api_key_sha256):
+            if digest in owner:
+                where = "this tenant" if owner[digest] == tenant.name else f"'{owner[digest]}'"
+                problems.append(f"tenants.{i}.api_key_sha256.{k}: key already used by {where}")
+            owner.setdefault(digest, tenant.name)
+    if config.auth.enabled and not config.tenants:
+        problems.append("tenants: auth is enabled but no tenant is configured")
+    problems += _port_clashes(config)
+    return problems
+
+
+def _port_clashes(config: GatewayConfig) -> list[str]:
+    sockets: list[tuple[str, str, int]] = [
+        ("listener", config.listener.address, config.listener.port),
+        ("envoy_admin", config.envoy_admin.address, config.envoy_admin.port),
+        ("processor.admin_port", config.processor.admin_address, config.processor.admin_port),
+    ]
+    if config.processor.tcp_address:
+        host, _, port_text = config.processor.tcp_address.rpartition(":")
+        sockets.append(("processor.tcp_address", host.strip("[]"), int(port_text)))
+    wildcard = {"0.0.0.0", "::"}
+    problems = []
+    for i, (name, address, port) in enumerate(sockets):
+        for other, other_address, other_port in sockets[:i]:
+            same_host = address == other_address or bool(wildcard & {address, other_address})
+            if port == other_port and port != 0 and same_host:
+                problems.append(f"{name}: port {port} is already used by {other}")
+    return problems
 
 
 def _duplicates(where: str, names: list[str]) -> list[str]:
@@ -315,9 +349,13 @@ class LoadedConfig:
 def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
     """Validate already-parsed YAML/JSON data; raise ConfigError listing every problem."""
     try:
-        return GatewayConfig.model_validate(data)
+        config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+    problems = reference_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 def _format_error(error: Any) -> str:

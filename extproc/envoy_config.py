@@ -185,7 +185,7 @@ def _listener(config: GatewayConfig, buffer_limit: int) -> Listener:
         stream_idle_timeout=STREAM_IDLE_TIMEOUT,
         # Streamed completions may run for minutes; per-route timeouts bound each provider.
         request_timeout=timedelta(0),
-        route_config=_route_config(config.providers),
+        route_config=_route_config(config.providers, config.limits.default_timeout_seconds),
         http_filters=[
             HttpFilter(name=EXTPROC_FILTER, typed_config=Any.pack(_ext_proc(config.processor))),
             HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),
@@ -233,8 +233,8 @@ def _ext_proc(processor: ProcessorConfig) -> ExternalProcessor:
 # --- routes -----------------------------------------------------------------------------------
 
 
-def _route_config(providers: list[ProviderConfig]) -> RouteConfiguration:
-    routes = [_provider_route(p) for p in providers]
+def _route_config(providers: list[ProviderConfig], default_timeout: float) -> RouteConfiguration:
+    routes = [_provider_route(p, default_timeout) for p in providers]
     routes.append(_fallback_route())
     return RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
@@ -242,7 +242,7 @@ def _route_config(providers: list[ProviderConfig]) -> RouteConfiguration:
     )
 
 
-def _provider_route(provider: ProviderConfig) -> Route:
+def _provider_route(provider: ProviderConfig, default_timeout: float) -> Route:
     selected = MetadataMatcher(
         filter=METADATA_NAMESPACE,
         path=[MetadataMatcherPathSegment(key=PROVIDER_METADATA_KEY)],
@@ -253,7 +253,8 @@ def _provider_route(provider: ProviderConfig) -> Route:
         match=RouteMatch(prefix="/", dynamic_metadata=[selected]),
         route=RouteAction(
             cluster=provider.cluster_name,
-            timeout=timedelta(seconds=provider.timeout_seconds),
+            # Overridden per request by the processor (x-envoy-upstream-rq-timeout-ms).
+            timeout=timedelta(seconds=provider.timeout_seconds or default_timeout),
             host_rewrite_literal=provider.authority,
         ),
     )

@@ -209,6 +209,9 @@ class RequestPipeline:
 
         target = route.choose()
         self.target = target
+        cap = target.provider.timeout_seconds
+        if cap is not None and timeout > cap:
+            timeout = cap
         upstream = target.adapter().request(endpoint, parsed, target.upstream_model, body_changed)
         action = Continue(
             set_headers=upstream.set_headers,

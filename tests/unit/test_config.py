@@ -76,7 +76,37 @@ def test_duplicates() -> None:
     data["tenants"].append({"name": "t2", "api_key_sha256": [HASH]})
     found = " ".join(problems(data))
     assert "duplicate name 'p1'" in found
-    assert "key used by two tenants" in found
+    assert "tenants.1.api_key_sha256.0: key already used by 't1'" in found
+
+
+def test_problems_across_sections_are_listed_one_by_one() -> None:
+    data = base()
+    data["models"][0]["targets"][0]["provider"] = "ghost"
+    data["tenants"][0]["allowed_models"] = ["nope"]
+    data["tenants"][0]["api_key_sha256"] = [HASH, HASH]
+    data["processor"] = {"admin_port": 8080}
+    found = problems(data)
+    assert found == [
+        "models.0.targets.0.provider: unknown provider 'ghost'",
+        "tenants.0.allowed_models: unknown model 'nope'",
+        "tenants.0.api_key_sha256.1: key already used by this tenant",
+        "processor.admin_port: port 8080 is already used by listener",
+    ]
+
+
+@pytest.mark.parametrize("section", ["listener", "envoy_admin"])
+def test_envoy_addresses_must_be_ip_literals(section: str) -> None:
+    data = base()
+    data[section] = {"address": "localhost"}
+    assert any(p.startswith(f"{section}.address:") for p in problems(data))
+
+
+def test_base_url_credentials_are_refused() -> None:
+    data = base()
+    data["providers"][0]["base_url"] = "https://user:secret@api.example.com/v1"
+    found = problems(data)
+    assert any("must not carry credentials" in p for p in found)
+    assert not any("secret" in p.replace("must not carry credentials", "") for p in found)
 
 
 def test_key_hash_format() -> None:

@@ -252,7 +252,8 @@ def test_one_metadata_selected_route_per_provider_in_config_order() -> None:
         action = route["route"]
         assert action["cluster"] == provider.cluster_name
         assert action["host_rewrite_literal"] == provider.authority
-        assert seconds(action["timeout"]) == provider.timeout_seconds
+        expected = provider.timeout_seconds or config.limits.default_timeout_seconds
+        assert seconds(action["timeout"]) == expected
 
 
 def test_fallback_route_is_last_and_answers_503_in_openai_shape() -> None:

@@ -31,7 +31,12 @@ def gateway(**limits: Any) -> Gateway:
                     "api_version": "2024-10-21",
                     "api_key_env": "AZ",
                 },
-                {"name": "local", "type": "ollama", "base_url": "http://127.0.0.1:11434/v1"},
+                {
+                    "name": "local",
+                    "type": "ollama",
+                    "base_url": "http://127.0.0.1:11434/v1",
+                    "timeout_seconds": 10,
+                },
             ],
             "models": [
                 {"name": "gpt", "targets": [{"provider": "oa", "model": "gpt-upstream"}]},
@@ -215,3 +220,15 @@ def test_client_envoy_headers_are_dropped() -> None:
     # The gateway's own timeout wins over the client's.
     assert action.set_headers["x-envoy-upstream-rq-timeout-ms"] == "120000"
     assert "x-envoy-upstream-rq-timeout-ms" not in action.remove_headers
+
+
+def test_provider_timeout_caps_the_request_timeout() -> None:
+    gw = gateway(default_timeout_seconds=30)
+    llama = {**CHAT, "model": "llama"}
+    assert run(gw, llama).set_headers["x-envoy-upstream-rq-timeout-ms"] == "10000"
+    hdrs = headers(**{"x-gateway-timeout": "5"})
+    assert run(gw, llama, hdrs).set_headers["x-envoy-upstream-rq-timeout-ms"] == "5000"
+    hdrs = headers(**{"x-gateway-timeout": "500"})
+    assert run(gw, llama, hdrs).set_headers["x-envoy-upstream-rq-timeout-ms"] == "10000"
+    # No cap configured: the client's 500 s stands.
+    assert run(gw, CHAT, hdrs).set_headers["x-envoy-upstream-rq-timeout-ms"] == "500000"
