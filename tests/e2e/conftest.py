@@ -46,7 +46,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_config(fake_url: str, workdir: Path, **overrides: Any) -> dict[str, Any]:
+def gateway_config(
+    fake_url: str,
+    workdir: Path,
+    processor_overrides: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """A test config with every provider type of this issue pointing at the fake."""
     config: dict[str, Any] = {
         "listener": {"address": "127.0.0.1", "port": free_port()},
@@ -112,8 +117,8 @@ def gateway_config(fake_url: str, workdir: Path, **overrides: Any) -> dict[str, 
             },
         ],
     }
-    for key, value in overrides.items():
-        config[key] = value
+    config["processor"].update(processor_overrides or {})
+    config.update(overrides)
     return config
 
 
@@ -179,10 +184,12 @@ class Stack:
         return "\n".join(parts)
 
 
-def make_stack(tmp: Path, **overrides: Any) -> Stack:
+def make_stack(
+    tmp: Path, processor_overrides: dict[str, Any] | None = None, **overrides: Any
+) -> Stack:
     fake = FakeProviderServer(port=0)
     fake.start()
-    config = gateway_config(fake.base_url, tmp, **overrides)
+    config = gateway_config(fake.base_url, tmp, processor_overrides, **overrides)
     config_path = tmp / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     bootstrap = tmp / "envoy.yaml"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import FULL_KEY, Stack
+from tests.e2e.conftest import FULL_KEY, Stack, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -75,3 +76,19 @@ def test_processor_admin_endpoints(stack: Stack) -> None:
     assert metrics.status_code == 200
     assert "gateway_requests_total" in metrics.text
     assert "gateway_extproc_streams_active" in metrics.text
+
+
+def test_processor_over_tcp_instead_of_a_unix_socket(tmp_path: Path) -> None:
+    from tests.e2e.conftest import make_stack
+
+    processor = {"unix_socket": None, "tcp_address": f"127.0.0.1:{free_port()}"}
+    stack = make_stack(tmp_path, processor_overrides=processor)
+    try:
+        assert not (tmp_path / "extproc.sock").exists()
+        reply = stack.client().chat.completions.create(
+            model="chat-openai", messages=[{"role": "user", "content": "over tcp"}]
+        )
+        assert reply.choices[0].message.content == "echo: over tcp"
+    finally:
+        stack.stop()
+        stack.fake.stop()
