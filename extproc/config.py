@@ -7,6 +7,7 @@ validated config into plain lookup tables (see `runtime.py`).
 
 from __future__ import annotations
 
+import configparser
 import ipaddress
 import os
 import re
@@ -75,6 +76,17 @@ class ProviderConfig(_Strict):
     api_version: str | None = Field(
         default=None, description="Azure only: the `api-version` query parameter."
     )
+    anthropic_version: str | None = Field(
+        default=None, description="Anthropic only: the `anthropic-version` header (2023-06-01)."
+    )
+    aws_region: str | None = Field(default=None, description="Bedrock only: the SigV4 region.")
+    aws_access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    aws_secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    aws_session_token_env: str = "AWS_SESSION_TOKEN"
+    aws_credentials_file: Path | None = Field(
+        default=None, description="Bedrock only: an AWS shared-credentials file instead of env."
+    )
+    aws_profile: str = "default"
     # Upper bound for any request to this provider (None: only the 600 s rule applies).
     timeout_seconds: Annotated[float | None, Field(gt=0, le=600)] = None
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
@@ -107,13 +119,28 @@ class ProviderConfig(_Strict):
             )
         if self.api_key_env and self.api_key_file:
             raise ValueError("set at most one of api_key_env and api_key_file")
+        has_key = bool(self.api_key_env or self.api_key_file)
+        kind = self.type.value
+        needs_key = (ProviderType.AZURE, ProviderType.ANTHROPIC, ProviderType.GOOGLE)
+        if self.type in needs_key and not has_key:
+            raise ValueError(f"{kind} providers need api_key_env or api_key_file")
         if self.type is ProviderType.AZURE:
             if not self.api_version:
                 raise ValueError("azure providers need api_version (e.g. '2024-10-21')")
-            if not (self.api_key_env or self.api_key_file):
-                raise ValueError("azure providers need api_key_env or api_key_file")
         elif self.api_version is not None:
             raise ValueError("api_version is only valid for azure providers")
+        if self.anthropic_version is not None and self.type is not ProviderType.ANTHROPIC:
+            raise ValueError("anthropic_version is only valid for anthropic providers")
+        if self.type is ProviderType.BEDROCK:
+            if not self.aws_region:
+                raise ValueError("bedrock providers need aws_region (e.g. 'us-east-1')")
+            if has_key:
+                raise ValueError(
+                    "bedrock providers sign requests with AWS credentials (SigV4): use "
+                    "aws_credentials_file or the aws_*_env variables, not api_key_env/file"
+                )
+        elif self.aws_region is not None or self.aws_credentials_file is not None:
+            raise ValueError("aws_region and aws_credentials_file are only valid for bedrock")
         return self
 
     @property
@@ -164,6 +191,8 @@ class ModelConfig(_Strict):
     targets: Annotated[list[TargetConfig], Field(min_length=1)]
     kind: Literal["chat", "embeddings"] = "chat"
     owned_by: str = "llm-gateway"
+    # max_tokens sent to APIs that require one (Anthropic) when the client sets none.
+    default_max_tokens: Annotated[int, Field(ge=1, le=128_000)] = 4096
 
 
 class TenantConfig(_Strict):
@@ -338,11 +367,26 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class AwsCredentials:
+    """AWS credentials for SigV4 signing (Bedrock). The secret parts never print."""
+
+    access_key_id: str
+    secret_access_key: SecretStr
+    session_token: SecretStr | None = None
+
+    def __repr__(self) -> str:
+        return f"AwsCredentials(access_key_id='{self.access_key_id[:4]}...')"
+
+
+Credential = SecretStr | AwsCredentials
+
+
+@dataclass(frozen=True)
 class LoadedConfig:
     """A validated config plus the provider credentials it refers to."""
 
     config: GatewayConfig
-    credentials: dict[str, SecretStr]  # provider name -> key (absent: no key)
+    credentials: dict[str, Credential]  # provider name -> key (absent: no key)
     source: str
 
 
@@ -382,7 +426,7 @@ def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedCon
     if not isinstance(data, dict):
         raise ConfigError(source, ["top level must be a mapping"])
     config = parse_config(data, source)
-    credentials: dict[str, SecretStr] = {}
+    credentials: dict[str, Credential] = {}
     if resolve_credentials:
         problems: list[str] = []
         for i, provider in enumerate(config.providers):
@@ -398,7 +442,9 @@ def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedCon
     return LoadedConfig(config=config, credentials=credentials, source=source)
 
 
-def _read_credential(provider: ProviderConfig) -> SecretStr | None:
+def _read_credential(provider: ProviderConfig) -> Credential | None:
+    if provider.type is ProviderType.BEDROCK:
+        return _read_aws_credentials(provider)
     if provider.api_key_env:
         value = os.environ.get(provider.api_key_env)
         if not value:
@@ -415,3 +461,37 @@ def _read_credential(provider: ProviderConfig) -> SecretStr | None:
             raise ValueError(f"api_key_file {provider.api_key_file} is empty")
         return SecretStr(value)
     return None
+
+
+def _read_aws_credentials(provider: ProviderConfig) -> AwsCredentials:
+    if provider.aws_credentials_file is not None:
+        parser = configparser.ConfigParser()
+        try:
+            with provider.aws_credentials_file.open(encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except (OSError, configparser.Error) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ValueError(
+                f"cannot read aws_credentials_file {provider.aws_credentials_file}: {reason}"
+            ) from None
+        if not parser.has_section(provider.aws_profile):
+            raise ValueError(
+                f"aws_credentials_file {provider.aws_credentials_file} has no profile "
+                f"[{provider.aws_profile}]"
+            )
+        section = parser[provider.aws_profile]
+        key_id = section.get("aws_access_key_id", "").strip()
+        secret = section.get("aws_secret_access_key", "").strip()
+        token = section.get("aws_session_token", "").strip()
+        where = f"profile [{provider.aws_profile}] of {provider.aws_credentials_file}"
+    else:
+        key_id = os.environ.get(provider.aws_access_key_id_env, "").strip()
+        secret = os.environ.get(provider.aws_secret_access_key_env, "").strip()
+        token = os.environ.get(provider.aws_session_token_env, "").strip()
+        where = (
+            f"environment variables {provider.aws_access_key_id_env} and "
+            f"{provider.aws_secret_access_key_env}"
+        )
+    if not key_id or not secret:
+        raise ValueError(f"AWS credentials missing: set {where}")
+    return AwsCredentials(key_id, SecretStr(secret), SecretStr(token) if token else None)

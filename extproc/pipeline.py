@@ -16,6 +16,8 @@ import orjson
 from extproc.auth import Tenant, forbid_model
 from extproc.errors import GatewayError, bad_request
 from extproc.providers import Endpoint
+from extproc.providers.base import ProviderAdapter, RequestContext, ResponseMode
+from extproc.providers.errors import malformed_response
 from extproc.runtime import Gateway, ModelRoute, Target
 from extproc.validation import (
     check_chat_request,
@@ -27,6 +29,8 @@ from extproc.validation import (
 )
 
 TIMEOUT_HEADER = "x-gateway-timeout"
+UPSTREAM_TIME_HEADER = "x-envoy-upstream-service-time"
+RESPONSE_ERROR = "error"  # response_mode while a provider error body is buffered
 JSON_HEADERS = {"content-type": "application/json"}
 # Marks answers written by the processor, so Envoy's local-reply rewriting
 # (meant for Envoy's own errors) leaves them alone.
@@ -49,6 +53,8 @@ class Continue:
     body: bytes | None = None
     metadata: dict[str, Any] | None = None
     clear_route_cache: bool = False
+    # How Envoy should send this response's body (set in the response headers phase).
+    mode_override: ResponseMode | None = None
 
 
 @dataclass(slots=True)
@@ -79,12 +85,17 @@ class RequestPipeline:
     """The decisions for one HTTP request, across its ext_proc phases."""
 
     __slots__ = (
+        "adapter",
+        "body_buffer",
         "client_envoy_headers",
         "endpoint",
         "finished",
         "gateway",
         "header_timeout",
         "model",
+        "response_headers",
+        "response_mode",
+        "response_status",
         "started",
         "status",
         "target",
@@ -102,6 +113,11 @@ class RequestPipeline:
         self.status: int | None = None
         self.finished = False
         self.client_envoy_headers: list[str] = []
+        self.adapter: ProviderAdapter | None = None
+        self.response_mode: ResponseMode | str | None = None
+        self.response_status = 0
+        self.response_headers: dict[str, str] = {}
+        self.body_buffer = bytearray()
 
     # -- request headers -------------------------------------------------
 
@@ -212,7 +228,19 @@ class RequestPipeline:
         cap = target.provider.timeout_seconds
         if cap is not None and timeout > cap:
             timeout = cap
-        upstream = target.adapter().request(endpoint, parsed, target.upstream_model, body_changed)
+        options = parsed.get("stream_options")
+        context = RequestContext(
+            endpoint=endpoint,
+            client_model=model_name,
+            upstream_model=target.upstream_model,
+            stream=parsed.get("stream") is True,
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            default_max_tokens=route.default_max_tokens,
+        )
+        adapter = target.adapter()
+        adapter.context = context
+        self.adapter = adapter
+        upstream = adapter.request(context, parsed, body_changed)
         action = Continue(
             set_headers=upstream.set_headers,
             remove_headers=upstream.remove_headers,
@@ -238,14 +266,65 @@ class RequestPipeline:
 
     # -- response --------------------------------------------------------
 
-    def on_response_headers(self, headers: dict[str, str]) -> Action:
-        """Record the provider's status; the body passes through untouched."""
+    def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
+        """Decide how the response body is handled: untouched, buffered or streamed."""
         try:
             status = int(headers.get(":status", "0"))
         except ValueError:
             status = 0
+        adapter = self.adapter
+        # Envoy's own local replies (timeouts, connect failures) carry no upstream
+        # service time and are already OpenAI-shaped by local_reply_config.
+        from_provider = UPSTREAM_TIME_HEADER in headers
+        if adapter is None or not from_provider:
+            self.record(status)
+            return Continue()
+        mode = adapter.response_mode(status, headers)
+        if mode is ResponseMode.PASSTHROUGH:
+            self.record(status)
+            return Continue()
+        self.response_status = status
+        self.response_headers = headers
+        if not 200 <= status < 300:
+            self.response_mode = RESPONSE_ERROR
+            if end_of_stream:
+                return self.fail(adapter.response_error(status, headers, b""))
+            # Buffer the error body; its answer replaces the whole response.
+            return Continue(mode_override=ResponseMode.BUFFERED)
+        self.response_mode = mode
+        changes = adapter.response_headers(status, headers)
         self.record(status)
-        return Continue()
+        if end_of_stream:
+            raise malformed_response(adapter.provider.name, "an empty response body")
+        return Continue(
+            set_headers=changes.set_headers,
+            remove_headers=changes.remove_headers,
+            mode_override=mode,
+        )
+
+    def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
+        """Translate the provider's body (whole or chunk by chunk), or map its error."""
+        adapter = self.adapter
+        mode = self.response_mode
+        if adapter is None or mode is None:
+            return Continue()
+        if mode == RESPONSE_ERROR:
+            if not end_of_stream:
+                self.body_buffer += chunk
+                return Continue(body=b"")
+            body = bytes(self.body_buffer) + chunk
+            return self.fail(
+                adapter.response_error(self.response_status, self.response_headers, body)
+            )
+        if mode is ResponseMode.BUFFERED:
+            if not end_of_stream:
+                # Envoy sends a BUFFERED body in one message; be safe if it does not.
+                self.body_buffer += chunk
+                return Continue(body=b"")
+            body = bytes(self.body_buffer) + chunk
+            translated = adapter.response_body(body, True)
+            return Continue(body=translated, set_headers={"content-length": str(len(translated))})
+        return Continue(body=adapter.response_body(chunk, end_of_stream))
 
     def record(self, status: int) -> None:
         """Count this request once, with its final status."""
@@ -260,6 +339,9 @@ class RequestPipeline:
     def fail(self, error: GatewayError) -> Respond:
         """Turn a GatewayError into the answer, and count it."""
         self.gateway.metrics.errors.labels(error.code).inc()
+        if self.finished and self.status != error.status:
+            # Already counted at response headers (translated 2xx that then failed).
+            self.finished = False
         self.record(error.status)
         return Respond.error(error)
 

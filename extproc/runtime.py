@@ -9,10 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from pydantic import SecretStr
-
 from extproc.auth import Authenticator
-from extproc.config import GatewayConfig, LoadedConfig, ModelConfig, ProviderConfig
+from extproc.config import Credential, GatewayConfig, LoadedConfig, ModelConfig, ProviderConfig
 from extproc.metrics import Metrics
 from extproc.providers import ProviderAdapter, adapter_for
 
@@ -25,7 +23,7 @@ class Target:
     upstream_model: str
     weight: int
     adapter_class: type[ProviderAdapter]
-    credential: SecretStr | None
+    credential: Credential | None
 
     def adapter(self) -> ProviderAdapter:
         """A fresh per-request adapter for this target."""
@@ -39,6 +37,7 @@ class ModelRoute:
     name: str
     kind: str
     owned_by: str
+    default_max_tokens: int
     targets: tuple[Target, ...]
     weights: tuple[int, ...]
 
@@ -70,7 +69,7 @@ class Gateway:
 def _model_route(
     model: ModelConfig,
     providers: dict[str, ProviderConfig],
-    credentials: dict[str, SecretStr],
+    credentials: dict[str, Credential],
 ) -> ModelRoute:
     targets = tuple(
         Target(
@@ -86,6 +85,7 @@ def _model_route(
         name=model.name,
         kind=model.kind,
         owned_by=model.owned_by,
+        default_max_tokens=model.default_max_tokens,
         targets=targets,
         weights=tuple(t.weight for t in targets),
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
@@ -23,6 +24,7 @@ from google.protobuf import struct_pb2
 
 from extproc.errors import GatewayError, internal_error
 from extproc.pipeline import Action, Continue, RequestPipeline, Respond
+from extproc.providers.base import ResponseMode
 from extproc.runtime import Gateway
 
 log = logging.getLogger("extproc.server")
@@ -30,6 +32,17 @@ log = logging.getLogger("extproc.server")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _EMPTY_HEADERS = pb.HeadersResponse()
 _EMPTY_BODY = pb.BodyResponse()
+_MODE_OVERRIDES = {
+    ResponseMode.PASSTHROUGH: mode_pb.ProcessingMode(
+        response_body_mode=mode_pb.ProcessingMode.NONE
+    ),
+    ResponseMode.BUFFERED: mode_pb.ProcessingMode(
+        response_body_mode=mode_pb.ProcessingMode.BUFFERED
+    ),
+    ResponseMode.STREAMED: mode_pb.ProcessingMode(
+        response_body_mode=mode_pb.ProcessingMode.STREAMED
+    ),
+}
 
 
 def headers_to_dict(header_map: Any) -> dict[str, str]:
@@ -70,7 +83,7 @@ def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
             )
         )
     if not (action.set_headers or action.remove_headers or action.body is not None) and not (
-        action.metadata or action.clear_route_cache
+        action.metadata or action.clear_route_cache or action.mode_override
     ):
         common = None
     else:
@@ -91,6 +104,8 @@ def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
         getattr(response, phase).CopyFrom(
             pb.BodyResponse(response=common) if common else _EMPTY_BODY
         )
+    if action.mode_override is not None:
+        response.mode_override.CopyFrom(_MODE_OVERRIDES[action.mode_override])
     if action.metadata:
         metadata = struct_pb2.Struct()
         metadata.update(action.metadata)
@@ -140,11 +155,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     request.request_body.body, request.request_body.end_of_stream
                 )
             if phase == "response_headers":
-                return pipeline.on_response_headers(
-                    headers_to_dict(request.response_headers.headers)
+                msg = request.response_headers
+                return pipeline.on_response_headers(headers_to_dict(msg.headers), msg.end_of_stream)
+            if phase == "response_body":
+                return pipeline.on_response_body(
+                    request.response_body.body, request.response_body.end_of_stream
                 )
-            if phase in ("response_body", "request_trailers", "response_trailers"):
-                # Not requested by the default processing mode; pass through.
+            if phase in ("request_trailers", "response_trailers"):
+                # Not requested by the processing mode; pass through.
                 return Continue()
             return None
         except GatewayError as error:

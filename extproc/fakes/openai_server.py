@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 from urllib.parse import parse_qs
 
 import orjson
@@ -76,6 +76,14 @@ class Behaviour:
     stream_chunk_count: int | None = None
     chunk_interval_s: float = 0.0
     stream_gate: threading.Event | None = None
+    # Provider-native extras used by the translating wire formats (Anthropic, Gemini,
+    # Bedrock): answer with these tool calls ({"name": str, "arguments": dict}), use this
+    # raw stop reason, cut the stream after N frames, or send the provider's in-stream
+    # error event after N frames.
+    tool_calls: Sequence[Mapping[str, Any]] | None = None
+    stop_reason: str | None = None
+    stream_truncate_after: int | None = None
+    stream_error_after: int | None = None
 
     def __post_init__(self) -> None:
         if self.latency_s < 0 or self.chunk_interval_s < 0:
@@ -129,7 +137,9 @@ class RecordedRequest:
         return route[0] if route else None
 
 
-class _Arrival(NamedTuple):
+class Arrival(NamedTuple):
+    """One recorded arrival: its sequence number, the behaviour in force, inject or not."""
+
     seq: int
     behaviour: Behaviour
     inject: bool
@@ -215,7 +225,7 @@ class FakeProvider:
 
     def _arrive(
         self, request: web.Request, body: bytes, parsed: Any, received_at: float
-    ) -> _Arrival:
+    ) -> Arrival:
         with self._cond:
             self._seq += 1
             behaviour = self._behaviour
@@ -239,7 +249,7 @@ class FakeProvider:
                 )
             )
             self._cond.notify_all()
-            return _Arrival(self._seq, behaviour, inject)
+            return Arrival(self._seq, behaviour, inject)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Catch-all aiohttp handler: record, delay, maybe inject an error, then dispatch."""
@@ -250,8 +260,13 @@ class FakeProvider:
         closing = request.app[_CLOSING]
         if not await _pause(closing, arrival.behaviour.latency_s):
             return _openai_error_response(503, arrival.seq, "The fake provider is shutting down.")
+        wire = wire_for(request.path)
         if arrival.inject:
+            if wire is not None:
+                return wire.error_response(arrival)
             return _injected_response(arrival)
+        if wire is not None:
+            return await wire.handle(self, request, parsed, arrival)
 
         method, path = request.method, request.path
         azure = _azure_route(path)
@@ -281,7 +296,7 @@ class FakeProvider:
         return _openai_error_response(404, arrival.seq, f"Invalid URL ({method} {path})")
 
     async def _chat(
-        self, request: web.Request, parsed: Any, model: str | None, arrival: _Arrival
+        self, request: web.Request, parsed: Any, model: str | None, arrival: Arrival
     ) -> web.StreamResponse:
         if not isinstance(parsed, dict):
             return _unparsable_body(arrival.seq)
@@ -372,23 +387,50 @@ class FakeProvider:
     async def _stream(
         self,
         request: web.Request,
-        arrival: _Arrival,
+        arrival: Arrival,
         events: list[dict[str, Any]],
         gate_after: int,
     ) -> web.StreamResponse:
+        frames = [b"data: " + orjson.dumps(event) + b"\n\n" for event in events]
+        frames.append(b"data: [DONE]\n\n")
+        return await self.stream_frames(request, arrival, frames, SSE_CONTENT_TYPE, gate_after)
+
+    async def stream_frames(
+        self,
+        request: web.Request,
+        arrival: Arrival,
+        frames: Sequence[bytes],
+        content_type: str,
+        gate_after: int,
+    ) -> web.StreamResponse:
+        """Send pre-encoded stream frames one write each, honouring the arrival's behaviour.
+
+        `chunk_interval_s` paces frames; `stream_gate` holds after frame `gate_after`;
+        `stream_truncate_after=N` sends N whole frames, then half of the next one,
+        then ends the response cleanly (a stream cut mid-event). The last frame is
+        the terminator: `stream_finished` is counted just before it is written.
+        """
         behaviour = arrival.behaviour
         closing = request.app[_CLOSING]
         resp = web.StreamResponse(
-            headers={"Content-Type": SSE_CONTENT_TYPE, "x-request-id": _request_id(arrival.seq)}
+            headers={"Content-Type": content_type, "x-request-id": _request_id(arrival.seq)}
         )
         await resp.prepare(request)
         with self._cond:
             self._stream_started += 1
+        cut = behaviour.stream_truncate_after
         try:
-            for index, event in enumerate(events):
+            for index, frame in enumerate(frames):
                 if index and not await _pause(closing, behaviour.chunk_interval_s):
                     return self._abort(resp)
-                await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
+                if cut is not None and index == cut:
+                    await resp.write(frame[: max(1, len(frame) // 2)])
+                    await resp.write_eof()
+                    return self._abort(resp)
+                if index == len(frames) - 1:
+                    with self._cond:
+                        self._stream_finished += 1
+                await resp.write(frame)
                 gate = behaviour.stream_gate
                 if (
                     index == gate_after
@@ -396,11 +438,6 @@ class FakeProvider:
                     and not await _wait_gate(gate, request, closing)
                 ):
                     return self._abort(resp)
-            if not await _pause(closing, behaviour.chunk_interval_s):
-                return self._abort(resp)
-            with self._cond:
-                self._stream_finished += 1
-            await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except ConnectionError:
             return self._abort(resp)
@@ -410,6 +447,39 @@ class FakeProvider:
         with self._cond:
             self._stream_aborted += 1
         return resp
+
+
+class WireFormat(Protocol):
+    """A provider wire format the fake speaks besides OpenAI's (one module each)."""
+
+    def matches(self, path: str) -> bool:
+        """True when `path` belongs to this wire format."""
+        ...
+
+    async def handle(
+        self, fake: FakeProvider, request: web.Request, parsed: Any, arrival: Arrival
+    ) -> web.StreamResponse:
+        """Answer a request of this wire format (recording is already done)."""
+        ...
+
+    def error_response(self, arrival: Arrival) -> web.Response:
+        """The injected error (`behaviour.status`, `error_body`, `error_headers`) in this format."""
+        ...
+
+
+def wire_for(path: str) -> WireFormat | None:
+    """The non-OpenAI wire format serving `path`, if any."""
+    from extproc.fakes import anthropic_server, bedrock_server, gemini_server
+
+    wires: tuple[WireFormat, ...] = (
+        anthropic_server.WIRE,
+        gemini_server.WIRE,
+        bedrock_server.WIRE,
+    )
+    for wire in wires:
+        if wire.matches(path):
+            return wire
+    return None
 
 
 def create_app(provider: FakeProvider) -> web.Application:
@@ -648,7 +718,7 @@ def _unparsable_body(seq: int) -> web.Response:
     )
 
 
-def _injected_response(arrival: _Arrival) -> web.Response:
+def _injected_response(arrival: Arrival) -> web.Response:
     behaviour = arrival.behaviour
     status = behaviour.status
     assert status is not None

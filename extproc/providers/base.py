@@ -1,7 +1,10 @@
-"""The provider adapter interface and the request shape it produces.
+"""The provider adapter interface: one small class per wire API, one instance per request.
 
-An adapter instance is created per request (it may keep per-request state) and
-turns a validated OpenAI-style request into what the provider expects.
+The four moments of an ext_proc exchange: `request` (translate the validated
+OpenAI request), `response_mode` + `response_headers` (decide how the answer is
+processed), `response_body` (translate a chunk or the whole body) and
+`response_error` (turn a provider error into a GatewayError). Instances keep
+per-request state and are not thread-safe.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 import orjson
 from pydantic import SecretStr
 
-from extproc.config import ProviderConfig
+from extproc.config import Credential, ProviderConfig
+from extproc.errors import GatewayError
 
 
 class Endpoint(StrEnum):
@@ -21,6 +25,26 @@ class Endpoint(StrEnum):
 
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
+
+
+class ResponseMode(StrEnum):
+    """How the gateway handles a provider's response body."""
+
+    PASSTHROUGH = "passthrough"  # Envoy forwards it untouched; the processor never sees it
+    BUFFERED = "buffered"  # the whole body arrives at once in `response_body(..., True)`
+    STREAMED = "streamed"  # chunks arrive as Envoy receives them (split anywhere)
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What an adapter needs to know about the request it translates."""
+
+    endpoint: Endpoint
+    client_model: str  # the model name the client sent (echoed back in responses)
+    upstream_model: str  # the provider's name for it (deployment, model id, ...)
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage
+    default_max_tokens: int = 4096  # for APIs that require max_tokens
 
 
 @dataclass(slots=True)
@@ -33,26 +57,78 @@ class UpstreamRequest:
     body: bytes | None = None
 
 
-class ProviderAdapter:
-    """Base adapter: subclasses implement `request` for their wire API.
+@dataclass(slots=True)
+class HeaderChanges:
+    """Response header changes to send back to the client."""
 
-    Response translation hooks are added by the adapters that need them; the
-    OpenAI-compatible ones pass provider responses through untouched.
+    set_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage reported by the provider (None: not reported yet)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Sum of both, when both are known."""
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ProviderAdapter:
+    """Base adapter. Subclasses implement `request`; translating ones override the rest.
+
+    The defaults suit OpenAI-compatible providers: success bodies pass through
+    untouched, error bodies are buffered and mapped by `response_error`.
     """
 
-    def __init__(self, provider: ProviderConfig, credential: SecretStr | None) -> None:
+    def __init__(self, provider: ProviderConfig, credential: Credential | None) -> None:
         self.provider = provider
         self.credential = credential
+        self.context: RequestContext | None = None
+        self.usage = Usage()
 
     def request(
-        self,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        upstream_model: str,
-        body_changed: bool,
+        self, context: RequestContext, body: dict[str, Any], body_changed: bool
     ) -> UpstreamRequest:
-        """Translate a validated request for this provider."""
+        """Translate a validated request for this provider (`body` may be modified)."""
         raise NotImplementedError
+
+    def response_mode(self, status: int, headers: dict[str, str]) -> ResponseMode:
+        """How to process the response body, decided from the provider's status and headers."""
+        if 200 <= status < 300:
+            return ResponseMode.PASSTHROUGH
+        return ResponseMode.BUFFERED
+
+    def response_headers(self, status: int, headers: dict[str, str]) -> HeaderChanges:
+        """Header changes for a successful (2xx) response being translated."""
+        return HeaderChanges()
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        """Translate a 2xx body: the whole body (BUFFERED) or the next chunk (STREAMED).
+
+        BUFFERED: raise GatewayError (502) for malformed provider output. STREAMED:
+        never raise; emit an error event and end the stream cleanly instead.
+        """
+        return chunk
+
+    def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
+        """Map a provider error response (status >= 300) to the client-facing error."""
+        from extproc.providers.errors import map_openai_error
+
+        return map_openai_error(status, headers, body, self.provider.name)
+
+
+def api_key(credential: Credential | None) -> str:
+    """The API key of a key-based provider (config validation guarantees its presence)."""
+    if not isinstance(credential, SecretStr):
+        raise TypeError("this provider type needs an API key credential")
+    return credential.get_secret_value()
 
 
 def rewrite_model(body: dict[str, Any], upstream_model: str) -> bool:

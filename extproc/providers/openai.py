@@ -11,7 +11,9 @@ from typing import Any
 from extproc.providers.base import (
     Endpoint,
     ProviderAdapter,
+    RequestContext,
     UpstreamRequest,
+    api_key,
     rewrite_model,
     serialize,
 )
@@ -23,17 +25,14 @@ class OpenAIAdapter(ProviderAdapter):
     """Adapter for OpenAI-compatible providers; `base_url` ends where `/chat/...` starts."""
 
     def request(
-        self,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        upstream_model: str,
-        body_changed: bool,
+        self, context: RequestContext, body: dict[str, Any], body_changed: bool
     ) -> UpstreamRequest:
         """Rewrite path and model; bearer auth with the provider key when one is set."""
-        changed = rewrite_model(body, upstream_model) or body_changed
+        changed = rewrite_model(body, context.upstream_model) or body_changed
+        endpoint = context.endpoint
         out = UpstreamRequest(path=self.provider.base_path + _PATHS[endpoint])
         if self.credential is not None:
-            out.set_headers["authorization"] = "Bearer " + self.credential.get_secret_value()
+            out.set_headers["authorization"] = "Bearer " + api_key(self.credential)
         else:
             out.remove_headers.append("authorization")
         if changed:

@@ -122,8 +122,11 @@ def test_azure_needs_version_and_key() -> None:
     data = base()
     data["providers"][0] = {"name": "az", "type": "azure", "base_url": "https://x.openai.azure.com"}
     data["models"][0]["targets"][0]["provider"] = "az"
-    found = " ".join(problems(data))
-    assert "api_version" in found
+    assert "azure providers need api_key_env or api_key_file" in " ".join(problems(data))
+    data["providers"][0]["api_key_env"] = "AZ_KEY"
+    assert "azure providers need api_version" in " ".join(problems(data))
+    data["providers"][0]["api_version"] = "2024-10-21"
+    parse_config(data)
 
 
 @pytest.mark.parametrize("kind", ["anthropic", "google", "bedrock"])
