@@ -260,6 +260,9 @@ class RequestPipeline:
         if upstream.body is not None:
             headers["content-length"] = str(len(upstream.body))
         remove = action.remove_headers
+        # The processor may need to read the provider's body (translation, error
+        # mapping), so it must arrive uncompressed.
+        remove.append("accept-encoding")
         remove.append(TIMEOUT_HEADER)
         remove.extend(h for h in self.client_envoy_headers if h not in headers)
         return action

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from extproc.config import ProviderType
+from extproc.providers.anthropic import AnthropicAdapter
 from extproc.providers.azure import AzureOpenAIAdapter
 from extproc.providers.base import Endpoint, ProviderAdapter, UpstreamRequest
 from extproc.providers.openai import OpenAIAdapter
@@ -16,6 +17,7 @@ _ADAPTERS: dict[ProviderType, type[ProviderAdapter]] = {
     ProviderType.OLLAMA: OpenAIAdapter,
     ProviderType.TOGETHER: OpenAIAdapter,
     ProviderType.AZURE: AzureOpenAIAdapter,
+    ProviderType.ANTHROPIC: AnthropicAdapter,
 }
 
 

@@ -105,14 +105,13 @@ class AnthropicStreamTranslator:
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
         """OpenAI SSE bytes for the events completed by `chunk` (and the end, if it is)."""
-        writer = self.writer
-        if writer.done:
+        if self._done():
             return b""
         out = b""
         try:
             for event in self._parser.feed(chunk):
                 out += self._event(event)
-                if writer.done:
+                if self._done():
                     return out
             if end_of_stream:
                 what = (
@@ -126,6 +125,9 @@ class AnthropicStreamTranslator:
         except Exception:  # a stream must end cleanly whatever the provider sent
             out += self._malformed("a stream event the gateway could not translate")
         return out
+
+    def _done(self) -> bool:
+        return self.writer.done
 
     def _malformed(self, what: str) -> bytes:
         return self.writer.fail(malformed_response(self._provider, what))

@@ -52,7 +52,7 @@ class SSEParser:
                 break
             end, next_start = newline
             # A lone CR at the very end may be the first half of CRLF: wait for more.
-            if buffer[end : end + 1] == b"\r" and next_start == len(buffer):
+            if next_start == end + 1 == len(buffer) and buffer[end] == ord("\r"):
                 break
             line = bytes(buffer[start:end]).decode("utf-8", "replace")
             start = next_start

@@ -28,6 +28,7 @@ UPSTREAM_KEYS = {
     "TEST_OPENAI_KEY": "sk-upstream-openai-secret",
     "TEST_AZURE_KEY": "azure-upstream-secret",
     "TEST_TOGETHER_KEY": "together-upstream-secret",
+    "TEST_ANTHROPIC_KEY": "sk-ant-upstream-secret",
 }
 AZURE_API_VERSION = "2024-10-21"
 _OPEN_CLIENTS: list[openai.OpenAI] = []
@@ -79,6 +80,12 @@ def gateway_config(
                 "api_key_env": "TEST_AZURE_KEY",
             },
             {"name": "p-vllm", "type": "vllm", "base_url": f"{fake_url}/vllm/v1"},
+            {
+                "name": "p-anthropic",
+                "type": "anthropic",
+                "base_url": f"{fake_url}/anthropic/v1",
+                "api_key_env": "TEST_ANTHROPIC_KEY",
+            },
             {"name": "p-ollama", "type": "ollama", "base_url": f"{fake_url}/ollama/v1"},
             {
                 "name": "p-together",
@@ -88,6 +95,15 @@ def gateway_config(
             },
         ],
         "models": [
+            {
+                "name": "chat-anthropic",
+                "targets": [{"provider": "p-anthropic", "model": "claude-up"}],
+            },
+            {
+                "name": "embed-anthropic",
+                "kind": "embeddings",
+                "targets": [{"provider": "p-anthropic", "model": "claude-up"}],
+            },
             {"name": "chat-openai", "targets": [{"provider": "p-openai", "model": "gpt-up"}]},
             {"name": "chat-azure", "targets": [{"provider": "p-azure", "model": "my-deploy"}]},
             {"name": "chat-vllm", "targets": [{"provider": "p-vllm", "model": "llama-up"}]},

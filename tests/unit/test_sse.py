@@ -66,3 +66,12 @@ def test_unfinished_event_is_pending() -> None:
 
 def test_writer_frames_json() -> None:
     assert sse_data({"x": "é"}) == 'data: {"x":"é"}\n\n'.encode()
+
+
+@pytest.mark.parametrize("cut", range(1, 40))
+def test_crlf_event_at_the_end_of_a_chunk_is_not_held_back(cut: int) -> None:
+    stream = b'data: {"a": 1}\r\n\r\ndata: {"b": 2}\r\n\r\n'
+    parser = SSEParser()
+    events = parser.feed(stream[:cut]) + parser.feed(stream[cut:])
+    assert [e.data for e in events] == ['{"a": 1}', '{"b": 2}']
+    assert not parser.pending
