@@ -40,10 +40,11 @@ class EventStreamMessage:
 class EventStreamDecoder:
     """Feeds on arbitrary chunks; returns every message they complete.
 
-    After an error the decoder stays failed: `feed` raises the same error again.
+    A corrupt or oversize frame does not raise: `feed` returns the messages completed
+    before it and sets `error`; from then on the decoder is failed and returns nothing.
     """
 
-    __slots__ = ("_buffer", "_error", "_max_frame_bytes", "_parser")
+    __slots__ = ("_buffer", "_max_frame_bytes", "_parser", "error")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if max_frame_bytes < MIN_FRAME_BYTES:
@@ -51,7 +52,7 @@ class EventStreamDecoder:
         self._max_frame_bytes = max_frame_bytes
         self._buffer = bytearray()
         self._parser = EventStreamBuffer()
-        self._error: EventStreamError | None = None
+        self.error: EventStreamError | None = None
 
     @property
     def pending(self) -> bool:
@@ -59,9 +60,9 @@ class EventStreamDecoder:
         return bool(self._buffer)
 
     def feed(self, chunk: bytes) -> list[EventStreamMessage]:
-        """Add bytes; return the messages they complete (raises EventStreamError)."""
-        if self._error is not None:
-            raise self._error
+        """Add bytes; return the messages they complete (check `error` afterwards)."""
+        if self.error is not None:
+            return []
         buffer = self._buffer
         buffer += chunk
         messages: list[EventStreamMessage] = []
@@ -74,9 +75,9 @@ class EventStreamDecoder:
                 messages.append(self._decode(bytes(buffer[start : start + total])))
                 start += total
         except EventStreamError as error:
-            self._error = error
+            self.error = error
             buffer.clear()
-            raise
+            return messages
         del buffer[:start]
         return messages
 

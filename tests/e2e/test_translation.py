@@ -330,7 +330,8 @@ def test_context_too_long_is_400(stack: Stack, fake: FakeProviderServer, kind: K
         "google": {
             "error": {
                 "code": 400,
-                "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+                "message": "The input token count (1200000) exceeds the maximum number of "
+                "tokens allowed (1048576).",
                 "status": "INVALID_ARGUMENT",
             }
         },
