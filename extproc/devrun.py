@@ -25,6 +25,7 @@ DEMO_KEY = "sk-gw-demo-key"
 DEMO_PROVIDER_ENV = {
     "FAKE_OPENAI_API_KEY": "sk-fake-upstream-openai",
     "FAKE_AZURE_API_KEY": "fake-upstream-azure-key",
+    "FAKE_ANTHROPIC_API_KEY": "sk-ant-fake-upstream",
 }
 
 
