@@ -54,7 +54,7 @@ class ProviderType(StrEnum):
 
 # Provider types whose translation is not built yet. Config that uses them is
 # rejected at load time with a clear message rather than failing per request.
-NOT_YET_SUPPORTED = {ProviderType.GOOGLE, ProviderType.BEDROCK}
+NOT_YET_SUPPORTED = {ProviderType.BEDROCK}
 
 
 class HttpProtocol(StrEnum):

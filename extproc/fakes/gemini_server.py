@@ -185,26 +185,39 @@ async def _stream(
     else:
         reply = _reply(behaviour, contents)
         pieces = split_reply(reply, behaviour.stream_chunk_count)
+    # One event per piece, the function calls in one event, then a closing event with an
+    # empty text part, the finishReason and the usageMetadata (as Gemini 2.x streams end).
     events: list[list[dict[str, Any]]] = [[{"text": piece}] for piece in pieces]
     calls = _function_calls(behaviour)
     if calls:
         events.append(calls)
-    if not events:
-        events.append([{"text": ""}])
-    frames: list[bytes] = []
-    for number, parts in enumerate(events, start=1):
-        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
-        payload: dict[str, Any] = {"candidates": [candidate], "modelVersion": model}
-        if number == len(events):
-            candidate["finishReason"] = behaviour.stop_reason or "STOP"
-            payload["usageMetadata"] = _usage(parsed, reply, 1)
-        payload["responseId"] = f"fake-{arrival.seq}"
-        frames.append(stream_frame(payload))
+    frames = [stream_frame(_stream_event(parts, model, arrival, None, None)) for parts in events]
+    usage = _usage(parsed, reply, 1)
+    finish = behaviour.stop_reason or "STOP"
+    frames.append(stream_frame(_stream_event([{"text": ""}], model, arrival, finish, usage)))
     cut = behaviour.stream_error_after
     if cut is not None and cut < len(frames):
         error = behaviour.error_body or google_error(503)
         frames = [*frames[:cut], b"data: " + error + b"\r\n\r\n"]
     return await fake.stream_frames(request, arrival, frames, SSE_CONTENT_TYPE, gate_after=0)
+
+
+def _stream_event(
+    parts: list[dict[str, Any]],
+    model: str,
+    arrival: Arrival,
+    finish: str | None,
+    usage: dict[str, int] | None,
+) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+    if finish is not None:
+        candidate["finishReason"] = finish
+    event: dict[str, Any] = {"candidates": [candidate]}
+    if usage is not None:
+        event["usageMetadata"] = usage
+    event["modelVersion"] = model
+    event["responseId"] = f"fake-{arrival.seq}"
+    return event
 
 
 def _reply(behaviour: Behaviour, contents: list[Any]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from extproc.config import ProviderType
 from extproc.providers.anthropic import AnthropicAdapter
 from extproc.providers.azure import AzureOpenAIAdapter
+from extproc.providers.google import GoogleGeminiAdapter
 from extproc.providers.base import Endpoint, ProviderAdapter, UpstreamRequest
 from extproc.providers.openai import OpenAIAdapter
 
@@ -18,6 +19,7 @@ _ADAPTERS: dict[ProviderType, type[ProviderAdapter]] = {
     ProviderType.TOGETHER: OpenAIAdapter,
     ProviderType.AZURE: AzureOpenAIAdapter,
     ProviderType.ANTHROPIC: AnthropicAdapter,
+    ProviderType.GOOGLE: GoogleGeminiAdapter,
 }
 
 

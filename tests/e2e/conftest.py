@@ -29,6 +29,7 @@ UPSTREAM_KEYS = {
     "TEST_AZURE_KEY": "azure-upstream-secret",
     "TEST_TOGETHER_KEY": "together-upstream-secret",
     "TEST_ANTHROPIC_KEY": "sk-ant-upstream-secret",
+    "TEST_GOOGLE_KEY": "google-upstream-secret",
 }
 AZURE_API_VERSION = "2024-10-21"
 _OPEN_CLIENTS: list[openai.OpenAI] = []
@@ -81,6 +82,12 @@ def gateway_config(
             },
             {"name": "p-vllm", "type": "vllm", "base_url": f"{fake_url}/vllm/v1"},
             {
+                "name": "p-google",
+                "type": "google",
+                "base_url": f"{fake_url}/gemini/v1beta",
+                "api_key_env": "TEST_GOOGLE_KEY",
+            },
+            {
                 "name": "p-anthropic",
                 "type": "anthropic",
                 "base_url": f"{fake_url}/anthropic/v1",
@@ -95,6 +102,12 @@ def gateway_config(
             },
         ],
         "models": [
+            {"name": "chat-gemini", "targets": [{"provider": "p-google", "model": "gemini-up"}]},
+            {
+                "name": "embed-gemini",
+                "kind": "embeddings",
+                "targets": [{"provider": "p-google", "model": "embed-up"}],
+            },
             {
                 "name": "chat-anthropic",
                 "targets": [{"provider": "p-anthropic", "model": "claude-up"}],

@@ -45,7 +45,7 @@ BEDROCK = Kind(
     "guardrail_intervened",
     503,
 )
-KINDS = [ANTHROPIC]  # Gemini and Bedrock join as their adapters land
+KINDS = [ANTHROPIC, GOOGLE]  # Bedrock joins as its adapter lands
 IDS = [k.name for k in KINDS]
 
 WEATHER_TOOL = {
@@ -412,6 +412,16 @@ def test_embeddings_unsupported_is_a_clear_400(
     assert info.value.code == "unsupported_endpoint"
     assert kind.name in info.value.message
     assert fake.requests == []
+
+
+def test_gemini_embeddings(stack: Stack, fake: FakeProviderServer) -> None:
+    single = stack.client().embeddings.create(model="embed-gemini", input="alpha")
+    assert len(single.data) == 1 and len(single.data[0].embedding) > 0
+    batch = stack.client().embeddings.create(model="embed-gemini", input=["alpha", "beta"])
+    assert [d.index for d in batch.data] == [0, 1]
+    assert batch.data[0].embedding == single.data[0].embedding  # deterministic fake vectors
+    assert fake.requests[0].path.endswith(":embedContent")
+    assert fake.requests[1].path.endswith(":batchEmbedContents")
 
 
 def post_chat(stack: Stack, kind: Kind) -> httpx.Response:

@@ -129,7 +129,7 @@ def test_azure_needs_version_and_key() -> None:
     parse_config(data)
 
 
-@pytest.mark.parametrize("kind", ["google", "bedrock"])
+@pytest.mark.parametrize("kind", ["bedrock"])
 def test_unimplemented_provider_types_are_refused_clearly(kind: str) -> None:
     data = base()
     data["providers"][0]["type"] = kind
