@@ -26,6 +26,7 @@ DEMO_PROVIDER_ENV = {
     "FAKE_OPENAI_API_KEY": "sk-fake-upstream-openai",
     "FAKE_AZURE_API_KEY": "fake-upstream-azure-key",
     "FAKE_ANTHROPIC_API_KEY": "sk-ant-fake-upstream",
+    "FAKE_GOOGLE_API_KEY": "fake-google-upstream",
 }
 
 
