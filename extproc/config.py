@@ -52,11 +52,6 @@ class ProviderType(StrEnum):
     BEDROCK = "bedrock"
 
 
-# Provider types whose translation is not built yet. Config that uses them is
-# rejected at load time with a clear message rather than failing per request.
-NOT_YET_SUPPORTED = {ProviderType.BEDROCK}
-
-
 class HttpProtocol(StrEnum):
     """Upstream HTTP protocol choice for a provider cluster."""
 
@@ -112,11 +107,6 @@ class ProviderConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_type_specifics(self) -> ProviderConfig:
-        if self.type in NOT_YET_SUPPORTED:
-            raise ValueError(
-                f"provider type '{self.type.value}' is not supported yet: "
-                "only openai, azure, vllm, ollama and together are implemented"
-            )
         if self.api_key_env and self.api_key_file:
             raise ValueError("set at most one of api_key_env and api_key_file")
         has_key = bool(self.api_key_env or self.api_key_file)

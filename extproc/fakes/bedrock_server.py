@@ -23,7 +23,13 @@ from botocore.credentials import Credentials
 from multidict import CIMultiDict
 
 from extproc.fakes.eventstream_encoder import event_message, exception_message
-from extproc.fakes.openai_server import Arrival, FakeProvider, count_tokens, split_reply
+from extproc.fakes.openai_server import (
+    Arrival,
+    FakeProvider,
+    WireFormat,
+    count_tokens,
+    split_reply,
+)
 
 DEFAULT_ACCESS_KEY_ID: Final = "AKIDFAKEBEDROCK"
 DEFAULT_SECRET_ACCESS_KEY: Final = "fake-bedrock-secret"
@@ -607,4 +613,4 @@ class BedrockWire:
         )
 
 
-WIRE = BedrockWire()
+WIRE: WireFormat = BedrockWire()

@@ -8,8 +8,9 @@ from __future__ import annotations
 from extproc.config import ProviderType
 from extproc.providers.anthropic import AnthropicAdapter
 from extproc.providers.azure import AzureOpenAIAdapter
-from extproc.providers.google import GoogleGeminiAdapter
 from extproc.providers.base import Endpoint, ProviderAdapter, UpstreamRequest
+from extproc.providers.bedrock import BedrockAdapter
+from extproc.providers.google import GoogleGeminiAdapter
 from extproc.providers.openai import OpenAIAdapter
 
 _ADAPTERS: dict[ProviderType, type[ProviderAdapter]] = {
@@ -20,6 +21,7 @@ _ADAPTERS: dict[ProviderType, type[ProviderAdapter]] = {
     ProviderType.AZURE: AzureOpenAIAdapter,
     ProviderType.ANTHROPIC: AnthropicAdapter,
     ProviderType.GOOGLE: GoogleGeminiAdapter,
+    ProviderType.BEDROCK: BedrockAdapter,
 }
 
 

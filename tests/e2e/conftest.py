@@ -30,6 +30,10 @@ UPSTREAM_KEYS = {
     "TEST_TOGETHER_KEY": "together-upstream-secret",
     "TEST_ANTHROPIC_KEY": "sk-ant-upstream-secret",
     "TEST_GOOGLE_KEY": "google-upstream-secret",
+    # The fake Bedrock verifies SigV4 with these (its defaults); the "bad" secret must fail.
+    "TEST_AWS_KEY_ID": "AKIDFAKEBEDROCK",
+    "TEST_AWS_SECRET": "fake-bedrock-secret",
+    "TEST_AWS_BAD_SECRET": "not-the-right-secret",
 }
 AZURE_API_VERSION = "2024-10-21"
 _OPEN_CLIENTS: list[openai.OpenAI] = []
@@ -82,6 +86,24 @@ def gateway_config(
             },
             {"name": "p-vllm", "type": "vllm", "base_url": f"{fake_url}/vllm/v1"},
             {
+                "name": "p-bedrock",
+                "type": "bedrock",
+                "base_url": fake_url,
+                "aws_region": "us-east-1",
+                "aws_access_key_id_env": "TEST_AWS_KEY_ID",
+                "aws_secret_access_key_env": "TEST_AWS_SECRET",
+                "aws_session_token_env": "TEST_AWS_NO_TOKEN",
+            },
+            {
+                "name": "p-bedrock-bad",
+                "type": "bedrock",
+                "base_url": fake_url,
+                "aws_region": "us-east-1",
+                "aws_access_key_id_env": "TEST_AWS_KEY_ID",
+                "aws_secret_access_key_env": "TEST_AWS_BAD_SECRET",
+                "aws_session_token_env": "TEST_AWS_NO_TOKEN",
+            },
+            {
                 "name": "p-google",
                 "type": "google",
                 "base_url": f"{fake_url}/gemini/v1beta",
@@ -102,6 +124,21 @@ def gateway_config(
             },
         ],
         "models": [
+            {
+                "name": "chat-bedrock",
+                "targets": [
+                    {"provider": "p-bedrock", "model": "anthropic.claude-3-haiku-20240307-v1:0"}
+                ],
+            },
+            {
+                "name": "chat-bedrock-badsig",
+                "targets": [{"provider": "p-bedrock-bad", "model": "m"}],
+            },
+            {
+                "name": "embed-bedrock",
+                "kind": "embeddings",
+                "targets": [{"provider": "p-bedrock", "model": "amazon.titan-embed-text-v2:0"}],
+            },
             {"name": "chat-gemini", "targets": [{"provider": "p-google", "model": "gemini-up"}]},
             {
                 "name": "embed-gemini",

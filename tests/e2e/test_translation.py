@@ -45,7 +45,7 @@ BEDROCK = Kind(
     "guardrail_intervened",
     503,
 )
-KINDS = [ANTHROPIC, GOOGLE]  # Bedrock joins as its adapter lands
+KINDS = [ANTHROPIC, GOOGLE, BEDROCK]
 IDS = [k.name for k in KINDS]
 
 WEATHER_TOOL = {
@@ -403,7 +403,7 @@ def test_broken_stream_ends_with_an_error_event(
             pass
 
 
-@pytest.mark.parametrize("kind", [ANTHROPIC], ids=["anthropic"])
+@pytest.mark.parametrize("kind", [ANTHROPIC, BEDROCK], ids=["anthropic", "bedrock"])
 def test_embeddings_unsupported_is_a_clear_400(
     stack: Stack, fake: FakeProviderServer, kind: Kind
 ) -> None:
@@ -422,6 +422,25 @@ def test_gemini_embeddings(stack: Stack, fake: FakeProviderServer) -> None:
     assert batch.data[0].embedding == single.data[0].embedding  # deterministic fake vectors
     assert fake.requests[0].path.endswith(":embedContent")
     assert fake.requests[1].path.endswith(":batchEmbedContents")
+
+
+def test_bedrock_request_is_signed_and_a_wrong_secret_is_a_502(
+    stack: Stack, fake: FakeProviderServer
+) -> None:
+    reply = stack.client().chat.completions.create(
+        model="chat-bedrock", messages=[{"role": "user", "content": "signed"}]
+    )
+    assert reply.choices[0].message.content == "echo: signed"  # the fake verified SigV4
+    seen = fake.requests[0]
+    assert seen.path == "/model/anthropic.claude-3-haiku-20240307-v1:0/converse"  # decoded
+    assert "Credential=AKIDFAKEBEDROCK/" in (seen.header("authorization") or "")
+    assert seen.header("x-amz-date")
+    with pytest.raises(openai.InternalServerError) as info:
+        stack.client().chat.completions.create(
+            model="chat-bedrock-badsig", messages=[{"role": "user", "content": "x"}]
+        )
+    assert info.value.status_code == 502
+    assert info.value.code == "provider_auth_failed"
 
 
 def post_chat(stack: Stack, kind: Kind) -> httpx.Response:

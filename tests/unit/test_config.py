@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.config import ConfigError, load_config, parse_config
+from extproc.config import AwsCredentials, ConfigError, load_config, parse_config
 
 HASH = "a" * 64
 
@@ -129,12 +129,66 @@ def test_azure_needs_version_and_key() -> None:
     parse_config(data)
 
 
-@pytest.mark.parametrize("kind", ["bedrock"])
-def test_unimplemented_provider_types_are_refused_clearly(kind: str) -> None:
+def test_provider_type_specific_fields() -> None:
     data = base()
-    data["providers"][0]["type"] = kind
-    found = " ".join(problems(data))
-    assert f"provider type '{kind}' is not supported yet" in found
+    data["providers"][0] = {"name": "br", "type": "bedrock", "base_url": "https://b.example"}
+    data["models"][0]["targets"][0]["provider"] = "br"
+    assert any("bedrock providers need aws_region" in p for p in problems(data))
+    data["providers"][0]["aws_region"] = "us-east-1"
+    data["providers"][0]["api_key_env"] = "X"
+    assert any("sign requests with AWS credentials" in p for p in problems(data))
+    del data["providers"][0]["api_key_env"]
+    parse_config(data)
+    data["providers"][0] = {"name": "br", "type": "anthropic", "base_url": "https://a.example"}
+    assert any("anthropic providers need api_key_env" in p for p in problems(data))
+    data["providers"][0]["api_key_env"] = "K"
+    data["providers"][0]["aws_region"] = "us-east-1"
+    assert any("only valid for bedrock" in p for p in problems(data))
+
+
+def test_bedrock_credentials_from_env_or_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = base()
+    data["providers"][0] = {
+        "name": "br",
+        "type": "bedrock",
+        "base_url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+        "aws_region": "us-east-1",
+        "aws_access_key_id_env": "GW_AKID",
+        "aws_secret_access_key_env": "GW_SECRET",
+        "aws_session_token_env": "GW_TOKEN",
+    }
+    data["models"][0]["targets"][0]["provider"] = "br"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="AWS credentials missing"):
+        load_config(path)
+    monkeypatch.setenv("GW_AKID", "AKIDEXAMPLE")
+    monkeypatch.setenv("GW_SECRET", "aws-secret-value")
+    creds = load_config(path).credentials["br"]
+    assert isinstance(creds, AwsCredentials)
+    assert creds.access_key_id == "AKIDEXAMPLE"
+    assert creds.secret_access_key.get_secret_value() == "aws-secret-value"
+    assert creds.session_token is None
+    assert "aws-secret-value" not in repr(creds)
+
+    ini = tmp_path / "credentials"
+    ini.write_text(
+        "[prod]\naws_access_key_id = AKIDFILE\naws_secret_access_key = file-secret\n"
+        "aws_session_token = tok\n"
+    )
+    data["providers"][0]["aws_credentials_file"] = str(ini)
+    data["providers"][0]["aws_profile"] = "prod"
+    path.write_text(yaml.safe_dump(data))
+    creds = load_config(path).credentials["br"]
+    assert isinstance(creds, AwsCredentials)
+    assert creds.access_key_id == "AKIDFILE"
+    assert creds.session_token is not None and creds.session_token.get_secret_value() == "tok"
+    data["providers"][0]["aws_profile"] = "missing"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"has no profile \[missing\]"):
+        load_config(path)
 
 
 def test_auth_without_tenants() -> None:

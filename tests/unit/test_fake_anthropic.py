@@ -352,7 +352,7 @@ def test_a_2xx_status_with_error_body_serves_that_body(fake: FakeProviderServer)
 def through_adapter(
     fake: FakeProviderServer, openai_body: dict[str, Any], *, stream: bool
 ) -> tuple[int, bytes, AnthropicAdapter]:
-    provider = ProviderConfig.model_construct(
+    provider = ProviderConfig(
         name="fake-anthropic",
         type=ProviderType.ANTHROPIC,
         base_url=fake.base_url + "/v1",
