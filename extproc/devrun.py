@@ -21,12 +21,15 @@ from pathlib import Path
 from extproc.config import GatewayConfig, load_config
 
 DEMO_KEY = "sk-gw-demo-key"
-# The bundled fake provider accepts any key; these only prove injection works.
+# The bundled fake provider accepts any API key (these only prove injection works).
 DEMO_PROVIDER_ENV = {
     "FAKE_OPENAI_API_KEY": "sk-fake-upstream-openai",
     "FAKE_AZURE_API_KEY": "fake-upstream-azure-key",
     "FAKE_ANTHROPIC_API_KEY": "sk-ant-fake-upstream",
     "FAKE_GOOGLE_API_KEY": "fake-google-upstream",
+    # The bundled fake Bedrock verifies SigV4 signatures made with this key pair.
+    "FAKE_AWS_ACCESS_KEY_ID": "AKIDFAKEBEDROCK",
+    "FAKE_AWS_SECRET_ACCESS_KEY": "fake-bedrock-secret",
 }
 
 

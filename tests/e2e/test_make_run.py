@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import openai
 import pytest
 import yaml
 
+from extproc.devrun import DEMO_KEY
 from tests.e2e.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -70,6 +72,21 @@ def test_run_local_prints_a_working_sdk_call(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "echo: Hello!"
+        # Every demo model works as configured, translated ones included.
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{config['listener']['port']}/v1",
+            api_key=DEMO_KEY,
+            max_retries=0,
+        )
+        with client:
+            for model in config["models"]:
+                if model.get("kind") == "embeddings":
+                    assert client.embeddings.create(model=model["name"], input="x").data
+                    continue
+                reply = client.chat.completions.create(
+                    model=model["name"], messages=[{"role": "user", "content": "ping"}]
+                )
+                assert reply.choices[0].message.content == "echo: ping", model["name"]
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -354,6 +354,31 @@ def test_context_too_long_is_400(stack: Stack, fake: FakeProviderServer, kind: K
     assert info.value.code == "context_length_exceeded"
 
 
+@pytest.mark.parametrize("kind", KINDS, ids=IDS)
+def test_invalid_request_passes_the_provider_message(
+    stack: Stack, fake: FakeProviderServer, kind: Kind
+) -> None:
+    message = "messages.0.content: unexpected block type 'banana'"
+    bodies = {
+        "anthropic": {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": message},
+        },
+        "google": {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}},
+        "bedrock": {"message": message},
+    }
+    headers = {"x-amzn-errortype": "ValidationException"} if kind is BEDROCK else {}
+    fake.set_behaviour(
+        status=400, error_body=orjson.dumps(bodies[kind.name]), error_headers=headers
+    )
+    with pytest.raises(openai.BadRequestError) as info:
+        stack.client().chat.completions.create(
+            model=kind.model, messages=[{"role": "user", "content": "x"}]
+        )
+    assert info.value.code == "provider_invalid_request"
+    assert message in info.value.message
+
+
 MALFORMED = {
     "empty": b"",
     "truncated": b'{"id": "msg_01", "type": "mess',
