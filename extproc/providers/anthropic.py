@@ -37,11 +37,10 @@ from extproc.providers.anthropic_stream import (
     finish_reason,
 )
 from extproc.providers.base import (
+    JSON_CONTENT_TYPE,
     Endpoint,
-    HeaderChanges,
-    ProviderAdapter,
     RequestContext,
-    ResponseMode,
+    TranslatingAdapter,
     UpstreamRequest,
     api_key,
     serialize,
@@ -51,8 +50,6 @@ from extproc.providers.openai_format import ChatStreamWriter, chat_completion, t
 
 PROVIDER_TYPE: Final = "anthropic"
 DEFAULT_VERSION: Final = "2023-06-01"
-SSE_CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
-JSON_CONTENT_TYPE: Final = "application/json"
 
 # The HTTP status Anthropic documents for each error type (used for in-stream errors).
 ERROR_STATUSES: Final[dict[str, int]] = {
@@ -75,7 +72,7 @@ _CONTEXT_LENGTH: Final = re.compile(
 _IMAGE_MEDIA_PREFIX: Final = "image/"
 
 
-class AnthropicAdapter(ProviderAdapter):
+class AnthropicAdapter(TranslatingAdapter):
     """Adapter for the Anthropic Messages API (`base_url` like `https://api.anthropic.com/v1`)."""
 
     def __init__(self, provider: ProviderConfig, credential: Credential | None) -> None:
@@ -107,23 +104,14 @@ class AnthropicAdapter(ProviderAdapter):
             out.set_headers["x-api-key"] = api_key(self.credential)
         return out
 
-    def response_mode(self, status: int, headers: dict[str, str]) -> ResponseMode:
-        """Streams are translated chunk by chunk; everything else is buffered."""
-        if 200 <= status < 300 and self._streaming():
-            return ResponseMode.STREAMED
-        return ResponseMode.BUFFERED
-
-    def response_headers(self, status: int, headers: dict[str, str]) -> HeaderChanges:
-        """The translated body's content type (streams lose their content-length)."""
-        if self._streaming():
-            return HeaderChanges(
-                set_headers={"content-type": SSE_CONTENT_TYPE}, remove_headers=["content-length"]
-            )
-        return HeaderChanges(set_headers={"content-type": JSON_CONTENT_TYPE})
+    @property
+    def streaming(self) -> bool:
+        """True when this request asked the provider for a stream."""
+        return self.context is not None and self.context.stream
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> bytes:
         """Translate a stream chunk, or the whole Messages response (502 if malformed)."""
-        if self._streaming():
+        if self.streaming:
             stream = self._stream
             if stream is None:
                 stream = self._stream = AnthropicStreamTranslator(
@@ -153,9 +141,6 @@ class AnthropicAdapter(ProviderAdapter):
         if self.context is None:
             raise RuntimeError("AnthropicAdapter.request() was not called")
         return self.context
-
-    def _streaming(self) -> bool:
-        return self.context is not None and self.context.stream
 
     def _stream_error(self, error_type: str, message: str) -> GatewayError:
         status = ERROR_STATUSES.get(error_type, 500)

@@ -124,6 +124,35 @@ class ProviderAdapter:
         return map_openai_error(status, headers, body, self.provider.name)
 
 
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+JSON_CONTENT_TYPE = "application/json"
+
+
+class TranslatingAdapter(ProviderAdapter):
+    """Base for adapters that rebuild the provider's answer in OpenAI's shape.
+
+    Successful streams are translated chunk by chunk (STREAMED, SSE out, no
+    content-length); everything else, errors included, is translated whole.
+    """
+
+    @property
+    def streaming(self) -> bool:
+        """True when this request asked the provider for a stream."""
+        raise NotImplementedError
+
+    def response_mode(self, status: int, headers: dict[str, str]) -> ResponseMode:
+        """STREAMED for a successful stream, BUFFERED for everything else."""
+        if 200 <= status < 300 and self.streaming:
+            return ResponseMode.STREAMED
+        return ResponseMode.BUFFERED
+
+    def response_headers(self, status: int, headers: dict[str, str]) -> HeaderChanges:
+        """SSE content type for streams (length unknown); JSON for whole answers."""
+        if self.streaming:
+            return HeaderChanges({"content-type": SSE_CONTENT_TYPE}, ["content-length"])
+        return HeaderChanges({"content-type": JSON_CONTENT_TYPE})
+
+
 def api_key(credential: Credential | None) -> str:
     """The API key of a key-based provider (config validation guarantees its presence)."""
     if not isinstance(credential, SecretStr):

@@ -20,11 +20,10 @@ from extproc.config import AwsCredentials, Credential, ProviderConfig
 from extproc.errors import GatewayError, bad_request
 from extproc.providers.aws_sigv4 import sign_headers
 from extproc.providers.base import (
+    JSON_CONTENT_TYPE,
     Endpoint,
-    HeaderChanges,
-    ProviderAdapter,
     RequestContext,
-    ResponseMode,
+    TranslatingAdapter,
     UpstreamRequest,
     Usage,
     serialize,
@@ -34,9 +33,7 @@ from extproc.providers.openai_format import ChatStreamWriter, chat_completion, t
 from extproc.streaming.eventstream import EventStreamDecoder, EventStreamMessage
 
 SERVICE: Final = "bedrock"
-JSON_CONTENT_TYPE: Final = "application/json"
 EVENTSTREAM_CONTENT_TYPE: Final = "application/vnd.amazon.eventstream"
-SSE_CONTENT_TYPE: Final = "text/event-stream; charset=utf-8"
 
 FINISH_REASONS: Final[dict[str, str]] = {
     "end_turn": "stop",
@@ -82,7 +79,7 @@ _IMAGE_FORMATS: Final[dict[str, str]] = {
 _HISTORY_TOOL_DESCRIPTION: Final = "Tool used earlier in this conversation."
 
 
-class BedrockAdapter(ProviderAdapter):
+class BedrockAdapter(TranslatingAdapter):
     """Adapter for the Bedrock Runtime Converse API (`/model/{id}/converse[-stream]`).
 
     Needs `aws_region` and `AwsCredentials`. Embeddings are not part of Converse and are
@@ -144,17 +141,10 @@ class BedrockAdapter(ProviderAdapter):
 
     # -- response --------------------------------------------------------------------------
 
-    def response_mode(self, status: int, headers: dict[str, str]) -> ResponseMode:
-        """Event streams are translated as they arrive; everything else is buffered."""
-        if 200 <= status < 300 and self._stream:
-            return ResponseMode.STREAMED
-        return ResponseMode.BUFFERED
-
-    def response_headers(self, status: int, headers: dict[str, str]) -> HeaderChanges:
-        """SSE content type for streams (length unknown); JSON for whole completions."""
-        if self._stream:
-            return HeaderChanges({"content-type": SSE_CONTENT_TYPE}, ["content-length"])
-        return HeaderChanges({"content-type": JSON_CONTENT_TYPE})
+    @property
+    def streaming(self) -> bool:
+        """True when this request asked the provider for a stream."""
+        return self._stream
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> bytes:
         """A whole Converse response → `chat.completion`; stream chunks → SSE chunks."""

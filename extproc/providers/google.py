@@ -19,11 +19,10 @@ import orjson
 from extproc.config import Credential, ProviderConfig
 from extproc.errors import GatewayError, bad_request
 from extproc.providers.base import (
+    JSON_CONTENT_TYPE,
     Endpoint,
-    HeaderChanges,
-    ProviderAdapter,
     RequestContext,
-    ResponseMode,
+    TranslatingAdapter,
     UpstreamRequest,
     api_key,
     serialize,
@@ -43,9 +42,6 @@ from extproc.providers.google_stream import (
     read_usage,
 )
 from extproc.providers.openai_format import chat_completion, embeddings_list, tool_call
-
-SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
-JSON_CONTENT_TYPE = "application/json"
 
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)((?:;[^;,]*)*);base64,(.*)", re.DOTALL)
 _IMAGE_TYPES = {
@@ -465,7 +461,7 @@ def _base64_float32(vector: list[float]) -> str:
 # -- the adapter -----------------------------------------------------------------------------
 
 
-class GoogleGeminiAdapter(ProviderAdapter):
+class GoogleGeminiAdapter(TranslatingAdapter):
     """Adapter for the Gemini API: `base_url` is e.g. `https://…googleapis.com/v1beta`."""
 
     def __init__(self, provider: ProviderConfig, credential: Credential | None) -> None:
@@ -503,19 +499,10 @@ class GoogleGeminiAdapter(ProviderAdapter):
             body=serialize(translated),
         )
 
-    def response_mode(self, status: int, headers: dict[str, str]) -> ResponseMode:
-        """Successful streams are translated chunk by chunk; everything else whole."""
-        if 200 <= status < 300 and self._stream is not None:
-            return ResponseMode.STREAMED
-        return ResponseMode.BUFFERED
-
-    def response_headers(self, status: int, headers: dict[str, str]) -> HeaderChanges:
-        """SSE content type (no content-length) for streams; JSON for buffered answers."""
-        if self._stream is not None:
-            return HeaderChanges(
-                set_headers={"content-type": SSE_CONTENT_TYPE}, remove_headers=["content-length"]
-            )
-        return HeaderChanges(set_headers={"content-type": JSON_CONTENT_TYPE})
+    @property
+    def streaming(self) -> bool:
+        """True when this request asked the provider for a stream."""
+        return self._stream is not None
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> bytes:
         """Translate a stream chunk, or the whole (buffered) answer into OpenAI JSON."""

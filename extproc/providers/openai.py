@@ -1,7 +1,7 @@
 """OpenAI wire API: OpenAI itself and the compatible servers (vLLM, Ollama, Together).
 
-Requests keep their shape; only the path prefix, the model name and the
-upstream credential change. Responses pass through untouched.
+Requests keep their shape; only the path, the model name and the upstream
+credential change. Success responses pass through untouched; errors are mapped.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from extproc.providers.base import (
     serialize,
 )
 
-_PATHS = {Endpoint.CHAT: "/chat/completions", Endpoint.EMBEDDINGS: "/embeddings"}
+ENDPOINT_SUFFIX = {Endpoint.CHAT: "/chat/completions", Endpoint.EMBEDDINGS: "/embeddings"}
 
 
 class OpenAIAdapter(ProviderAdapter):
@@ -27,14 +27,21 @@ class OpenAIAdapter(ProviderAdapter):
     def request(
         self, context: RequestContext, body: dict[str, Any], body_changed: bool
     ) -> UpstreamRequest:
-        """Rewrite path and model; bearer auth with the provider key when one is set."""
+        """Rewrite path, model and credentials; re-serialize the body only if it changed."""
         changed = rewrite_model(body, context.upstream_model) or body_changed
-        endpoint = context.endpoint
-        out = UpstreamRequest(path=self.provider.base_path + _PATHS[endpoint])
+        out = UpstreamRequest(path=self.path(context))
+        self.authenticate(out)
+        if changed:
+            out.body = serialize(body)
+        return out
+
+    def path(self, context: RequestContext) -> str:
+        """The upstream path for this request."""
+        return self.provider.base_path + ENDPOINT_SUFFIX[context.endpoint]
+
+    def authenticate(self, out: UpstreamRequest) -> None:
+        """Bearer auth with the provider key; without one, drop the client's header."""
         if self.credential is not None:
             out.set_headers["authorization"] = "Bearer " + api_key(self.credential)
         else:
             out.remove_headers.append("authorization")
-        if changed:
-            out.body = serialize(body)
-        return out
