@@ -1,8 +1,8 @@
 """AWS Bedrock Converse / ConverseStream: OpenAI chat ↔ Converse shapes, SigV4, errors.
 
 Owns the request translation (messages, system, tools, images, inference settings), the
-signing call, and the mapping of Converse responses, event-stream events and AWS errors
-back to OpenAI shapes. Binary framing lives in `extproc.streaming.eventstream`.
+signing call, the buffered Converse response mapping and the AWS error mapping; the
+ConverseStream (event stream) translation lives in `bedrock_stream.py`.
 """
 
 from __future__ import annotations
@@ -25,25 +25,14 @@ from extproc.providers.base import (
     RequestContext,
     TranslatingAdapter,
     UpstreamRequest,
-    Usage,
     serialize,
 )
+from extproc.providers.bedrock_stream import FINISH_REASONS, BedrockStreamTranslator, read_usage
 from extproc.providers.errors import malformed_response, parse_json_error, provider_error
 from extproc.providers.openai_format import ChatStreamWriter, chat_completion, tool_call
-from extproc.streaming.eventstream import EventStreamDecoder, EventStreamMessage
 
 SERVICE: Final = "bedrock"
 EVENTSTREAM_CONTENT_TYPE: Final = "application/vnd.amazon.eventstream"
-
-FINISH_REASONS: Final[dict[str, str]] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "guardrail_intervened": "content_filter",
-    "content_filtered": "content_filter",
-}
 
 # AWS error type → the HTTP status whose client-facing mapping applies (see errors.py).
 _ERROR_STATUS: Final[dict[str, int]] = {
@@ -90,12 +79,7 @@ class BedrockAdapter(TranslatingAdapter):
         super().__init__(provider, credential)
         self._model = ""
         self._stream = False
-        self._writer: ChatStreamWriter | None = None
-        self._decoder: EventStreamDecoder | None = None
-        self._tool_calls: dict[int, int] = {}  # contentBlockIndex → OpenAI tool-call index
-        self._last_tool_call: int | None = None
-        self._stop_reason: str | None = None
-        self._metadata_seen = False
+        self._translator: BedrockStreamTranslator | None = None
         self._buffered = bytearray()
 
     # -- request ---------------------------------------------------------------------------
@@ -149,7 +133,16 @@ class BedrockAdapter(TranslatingAdapter):
     def response_body(self, chunk: bytes, end_of_stream: bool) -> bytes:
         """A whole Converse response → `chat.completion`; stream chunks → SSE chunks."""
         if self._stream:
-            return self._stream_body(chunk, end_of_stream)
+            translator = self._translator
+            if translator is None:
+                include_usage = self.context.include_usage if self.context else False
+                translator = self._translator = BedrockStreamTranslator(
+                    self.provider.name,
+                    ChatStreamWriter(self._model, include_usage),
+                    self.usage,
+                    self._stream_exception,
+                )
+            return translator.feed(chunk, end_of_stream)
         if not end_of_stream:
             self._buffered += chunk
             return b""
@@ -161,6 +154,11 @@ class BedrockAdapter(TranslatingAdapter):
         message, body_type = _error_details(body)
         error_type = _error_type(_header(headers, "x-amzn-errortype")) or body_type
         return bedrock_error(self.provider.name, error_type, message, status, headers)
+
+    def _stream_exception(self, exception_type: str, payload: bytes) -> GatewayError:
+        """Map an in-stream `exception` message (`:exception-type` header, JSON payload)."""
+        message, _ = _error_details(payload)
+        return bedrock_error(self.provider.name, _error_type(exception_type), message, None, {})
 
     def _completion(self, body: bytes) -> dict[str, Any]:
         name = self.provider.name
@@ -176,7 +174,7 @@ class BedrockAdapter(TranslatingAdapter):
         stop_reason = data.get("stopReason")
         if not isinstance(stop_reason, str):
             raise malformed_response(name, "a Converse response without a stopReason")
-        usage = _usage(data.get("usage"))
+        usage = read_usage(data.get("usage"))
         if usage is None:
             raise malformed_response(name, "a Converse response without valid usage")
         texts: list[str] = []
@@ -204,131 +202,6 @@ class BedrockAdapter(TranslatingAdapter):
         return chat_completion(
             self._model, text, FINISH_REASONS.get(stop_reason, "stop"), usage, calls or None
         )
-
-    # -- streaming -------------------------------------------------------------------------
-
-    def _stream_body(self, chunk: bytes, end_of_stream: bool) -> bytes:
-        writer = self._writer
-        if writer is None:
-            include_usage = self.context.include_usage if self.context else False
-            writer = self._writer = ChatStreamWriter(self._model, include_usage)
-            self._decoder = EventStreamDecoder()
-        if writer.done:
-            return b""  # the stream already ended (finish or error): ignore the rest
-        return self._translate(writer, chunk, end_of_stream)
-
-    def _translate(self, writer: ChatStreamWriter, chunk: bytes, end_of_stream: bool) -> bytes:
-        decoder = self._decoder
-        assert decoder is not None
-        name = self.provider.name
-        out = bytearray()
-        try:
-            for message in decoder.feed(chunk) if chunk else ():
-                out += self._event(writer, message)
-                if writer.done:
-                    return bytes(out)
-        except Exception:  # a streamed body must end cleanly: never raise into the pipeline
-            return bytes(out) + writer.fail(malformed_response(name, "an unreadable stream event"))
-        if decoder.error is not None:
-            error = malformed_response(name, f"a corrupt event stream: {decoder.error}")
-            return bytes(out) + writer.fail(error)
-        if end_of_stream:
-            if decoder.pending:
-                out += writer.fail(malformed_response(name, "an event stream that ended mid-frame"))
-            elif self._stop_reason is not None:
-                out += writer.finish(FINISH_REASONS.get(self._stop_reason, "stop"), self.usage)
-            else:
-                out += writer.fail(
-                    malformed_response(name, "an event stream that ended before messageStop")
-                )
-        return bytes(out)
-
-    def _event(self, writer: ChatStreamWriter, message: EventStreamMessage) -> bytes:
-        name = self.provider.name
-        kind = message.header(":message-type")
-        if kind == "exception":
-            text, _ = _error_details(message.payload)
-            error_type = _error_type(message.header(":exception-type") or "")
-            return writer.fail(bedrock_error(name, error_type, text, None, {}))
-        if kind == "error":
-            code = message.header(":error-code") or "unknown"
-            text = message.header(":error-message") or "no message"
-            return writer.fail(provider_error(502, f"{code}: {text}", name))
-        if kind != "event":
-            return writer.fail(
-                malformed_response(name, f"an event stream message of type {kind!r}")
-            )
-        try:
-            payload = orjson.loads(message.payload)
-        except orjson.JSONDecodeError:
-            payload = None
-        if not isinstance(payload, dict):
-            return writer.fail(malformed_response(name, "a stream event that is not a JSON object"))
-        event = message.header(":event-type")
-        if event == "messageStart":
-            return writer.start()
-        if event == "contentBlockStart":
-            return self._block_start(writer, payload)
-        if event == "contentBlockDelta":
-            return self._block_delta(writer, payload)
-        if event == "messageStop":
-            reason = payload.get("stopReason")
-            if not isinstance(reason, str):
-                return writer.fail(malformed_response(name, "a messageStop without stopReason"))
-            self._stop_reason = reason
-            return self._maybe_finish(writer)
-        if event == "metadata":
-            usage = _usage(payload.get("usage"))
-            if usage is not None:
-                self.usage = usage
-            self._metadata_seen = True
-            return self._maybe_finish(writer)
-        return b""  # contentBlockStop and event types added later carry nothing to translate
-
-    def _block_start(self, writer: ChatStreamWriter, payload: dict[str, Any]) -> bytes:
-        start = payload.get("start")
-        use = start.get("toolUse") if isinstance(start, dict) else None
-        if use is None:
-            return b""
-        if not (
-            isinstance(use, dict)
-            and isinstance(use.get("toolUseId"), str)
-            and isinstance(use.get("name"), str)
-        ):
-            return writer.fail(
-                malformed_response(self.provider.name, "a toolUse start without id and name")
-            )
-        index = len(self._tool_calls)
-        block = payload.get("contentBlockIndex")
-        self._tool_calls[block if isinstance(block, int) else -1 - index] = index
-        self._last_tool_call = index
-        return writer.tool_call_start(index, use["toolUseId"], use["name"])
-
-    def _block_delta(self, writer: ChatStreamWriter, payload: dict[str, Any]) -> bytes:
-        delta = payload.get("delta")
-        if not isinstance(delta, dict):
-            return writer.fail(
-                malformed_response(self.provider.name, "a contentBlockDelta without delta")
-            )
-        text = delta.get("text")
-        if isinstance(text, str):
-            return writer.text(text)
-        use = delta.get("toolUse")
-        if use is None:
-            return b""  # reasoningContent, citations: no OpenAI counterpart
-        fragment = use.get("input") if isinstance(use, dict) else None
-        block = payload.get("contentBlockIndex")
-        index = self._tool_calls.get(block) if isinstance(block, int) else self._last_tool_call
-        if not isinstance(fragment, str) or index is None:
-            return writer.fail(
-                malformed_response(self.provider.name, "a toolUse delta for no started tool")
-            )
-        return writer.tool_call_arguments(index, fragment)
-
-    def _maybe_finish(self, writer: ChatStreamWriter) -> bytes:
-        if self._stop_reason is None or not self._metadata_seen:
-            return b""
-        return writer.finish(FINISH_REASONS.get(self._stop_reason, "stop"), self.usage)
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -383,20 +256,6 @@ def _header(headers: dict[str, str], name: str) -> str | None:
     if value is not None:
         return value
     return next((v for k, v in headers.items() if k.lower() == name), None)
-
-
-def _usage(value: Any) -> Usage | None:
-    """Usage from `{inputTokens, outputTokens}`; None unless both are integers."""
-    if not isinstance(value, dict):
-        return None
-    prompt, completion = value.get("inputTokens"), value.get("outputTokens")
-    if not (_is_int(prompt) and _is_int(completion)):
-        return None
-    return Usage(prompt, completion)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # -- request translation ---------------------------------------------------------------------

@@ -63,7 +63,7 @@ def drive(headers: dict[str, str], body: bytes) -> None:
         action = pipe.on_request_body(body, True)
         assert isinstance(action, Continue)
         assert action.metadata and action.metadata["gw"]["provider"]
-        answer = pipe.on_response_headers({":status": "200"})
+        answer = pipe.on_response_headers({":status": "200"}, False)
         assert isinstance(answer, Continue)
     except GatewayError as error:
         assert 400 <= error.status < 500
