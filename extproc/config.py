@@ -172,6 +172,9 @@ class TargetConfig(_Strict):
     provider: str
     model: Annotated[str, Field(min_length=1, max_length=256)]
     weight: Annotated[int, Field(ge=1, le=10000)] = 1
+    # Lower is tried first; targets of equal priority share traffic by weight.
+    # Default: the target's position in the list (0, 1, 2, ...).
+    priority: Annotated[int | None, Field(ge=0, le=100)] = None
 
 
 class ModelConfig(_Strict):
@@ -233,6 +236,31 @@ def _ip_literal(value: str) -> str:
 IpAddress = Annotated[str, AfterValidator(_ip_literal)]
 
 
+class ResilienceConfig(_Strict):
+    """Breakers, retries and capacity: how the gateway rides out failing providers."""
+
+    # Circuit breaker per target (provider + upstream model).
+    breaker_consecutive_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    breaker_failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    breaker_window_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    breaker_min_requests: Annotated[int, Field(ge=1, le=100000)] = 20
+    breaker_open_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    breaker_half_open_probes: Annotated[int, Field(ge=1, le=100)] = 1
+    # How often Envoy asks the processor which targets may take traffic.
+    health_check_interval_ms: Annotated[int, Field(ge=50, le=60000)] = 500
+    # Envoy retries (same request, next target): attempts after the first.
+    max_retries: Annotated[int, Field(ge=0, le=5)] = 2
+    retry_base_interval_ms: Annotated[int, Field(ge=1, le=10000)] = 100
+    retry_max_interval_ms: Annotated[int, Field(ge=1, le=60000)] = 400
+    # Longest Retry-After a provider 429 may make Envoy wait before retrying.
+    max_rate_limited_wait_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Capacity per model: requests waiting for a connection, and in flight.
+    max_pending_requests: Annotated[int, Field(ge=1, le=100000)] = 100
+    max_requests: Annotated[int, Field(ge=1, le=1000000)] = 1000
+    # Processor down or slow: answer 503 (false) or let requests through untouched (true).
+    processor_failure_open: bool = False
+
+
 class ListenerConfig(_Strict):
     """The Envoy listener applications call."""
 
@@ -282,9 +310,34 @@ class GatewayConfig(_Strict):
     processor: ProcessorConfig = ProcessorConfig()
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
     providers: Annotated[list[ProviderConfig], Field(min_length=1)]
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     tenants: list[TenantConfig] = Field(default_factory=list)
+
+
+def model_route_ids(config: GatewayConfig) -> dict[str, str]:
+    """Stable Envoy-safe id per model name: `m{index}_{slug}` (also its cluster's name)."""
+    ids = {}
+    for index, model in enumerate(config.models):
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", model.name)[:40]
+        ids[model.name] = f"m{index}_{slug}"
+    return ids
+
+
+def target_id(route_id: str, index: int) -> str:
+    """Id of a model's target `index` (Envoy endpoint metadata and health-check host)."""
+    return f"{route_id}.t{index}"
+
+
+def target_priority(target: TargetConfig, index: int) -> int:
+    """The target's priority: explicit, else its position in the list."""
+    return target.priority if target.priority is not None else index
+
+
+def breaker_key(provider: str, upstream_model: str) -> str:
+    """Breakers are per provider + upstream model, shared by models that use the same."""
+    return f"{provider}/{upstream_model}"
 
 
 def reference_problems(config: GatewayConfig) -> list[str]:
