@@ -5,10 +5,15 @@ Runs on its own port (never the Envoy listener) inside the processor's event loo
 
 from __future__ import annotations
 
+import time
+
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from extproc.breaker import Admission
 from extproc.metrics import Metrics
+from extproc.runtime import Gateway
 
 
 class AdminState:
@@ -19,8 +24,10 @@ class AdminState:
         self.draining = False
 
 
-def make_admin_app(state: AdminState, metrics: Metrics) -> web.Application:
-    """The aiohttp app serving `/healthz`, `/readyz` and `/metrics`."""
+def make_admin_app(
+    state: AdminState, metrics: Metrics, gateway: Gateway | None = None
+) -> web.Application:
+    """The aiohttp app: `/healthz`, `/readyz`, `/metrics`, `/breakers`, `/breaker/health`."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -35,16 +42,43 @@ def make_admin_app(state: AdminState, metrics: Metrics) -> web.Application:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
+    async def breaker_health(request: web.Request) -> web.Response:
+        # Envoy's active health check of a target: Host is the target id.
+        target = gateway.targets.get(request.host.rsplit(":", 1)[0]) if gateway else None
+        if target is None:
+            return web.Response(status=404, text="unknown target")
+        admission = target.breaker.peek(time.monotonic())
+        if admission in (Admission.ALLOW, Admission.PROBE):
+            return web.Response(text=admission.value)
+        return web.Response(status=503, text=admission.value)
+
+    async def breakers(_: web.Request) -> web.Response:
+        snapshot = gateway.breakers.snapshot(time.monotonic()) if gateway else {}
+        return web.json_response(snapshot, dumps=_dumps)
+
+    async def reset_breakers(_: web.Request) -> web.Response:
+        changed = gateway.breakers.reset(time.monotonic()) if gateway else 0
+        return web.json_response({"reset": changed})
+
     app = web.Application()
+    app.router.add_get("/breaker/health", breaker_health)
+    app.router.add_post("/breakers/reset", reset_breakers)
+    app.router.add_get("/breakers", breakers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     return app
 
 
-async def start_admin(state: AdminState, metrics: Metrics, host: str, port: int) -> web.AppRunner:
+def _dumps(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
+
+
+async def start_admin(
+    state: AdminState, metrics: Metrics, host: str, port: int, gateway: Gateway | None = None
+) -> web.AppRunner:
     """Start the admin server; returns the runner to clean up on shutdown."""
-    runner = web.AppRunner(make_admin_app(state, metrics), access_log=None)
+    runner = web.AppRunner(make_admin_app(state, metrics, gateway), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

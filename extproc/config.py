@@ -252,6 +252,9 @@ class ResilienceConfig(_Strict):
     max_retries: Annotated[int, Field(ge=0, le=5)] = 2
     retry_base_interval_ms: Annotated[int, Field(ge=1, le=10000)] = 100
     retry_max_interval_ms: Annotated[int, Field(ge=1, le=60000)] = 400
+    # Give up on one attempt after this long and try the next target (None: only the
+    # request timeout applies). It bounds the whole attempt, streamed body included.
+    per_try_timeout_seconds: Annotated[float | None, Field(gt=0, le=600)] = None
     # Longest Retry-After a provider 429 may make Envoy wait before retrying.
     max_rate_limited_wait_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     # Capacity per model: requests waiting for a connection, and in flight.

@@ -3,6 +3,35 @@
 Owns the mapping GatewayConfig -> Envoy v3 `Bootstrap` (typed `envoy_data_plane` messages, dumped as
 proto-JSON/YAML for `extproc render-envoy`). It decides nothing per request and never reads
 credentials: provider keys stay in the processor.
+
+Topology (same-request failover across providers):
+
+- The downstream ext_proc filter validates and authenticates the request and names its model by
+  writing dynamic metadata `gw.route = <route id>` (`config.model_route_ids`); one route per model
+  matches that metadata and sends the request to the model's cluster.
+- One cluster per model; its endpoints are the model's targets, grouped into Envoy priorities by
+  `config.target_priority` (renumbered 0..k, as Envoy wants) and weighted by `target.weight`. Each
+  endpoint carries `gw.target = <target id>` (`config.target_id`) as metadata.
+- The route's retry policy retries 5xx, resets, connect failures and 429s (honouring
+  `Retry-After`), moving to another host and, with `previous_priorities`, to the next priority.
+- ext_proc also runs as an upstream filter in each model cluster, once per attempt; it receives
+  the attempt's target id as the request attribute `UPSTREAM_TARGET_ATTRIBUTE` and translates the
+  request for that target's provider.
+- Breakers: Envoy health-checks every endpoint against the processor's admin server
+  (`GET /breaker/health`, `Host: <target id>`, answered 200 or 503), so an open breaker takes the
+  target out of load balancing; outlier detection ejects targets on consecutive 5xx as a backstop.
+  The panic threshold is 0: with no healthy target the request fails with 503.
+
+TLS is per endpoint (`transport_socket_matches` keyed by provider), so one model may mix https and
+plain-http providers; the health checks use no TLS match and go out in plaintext. The cluster's
+HTTP protocol is one choice for all its endpoints (`cluster_protocol`): HTTP/2 when every target's
+provider asks for `http2`, else HTTP/1.1 (also for `auto`: Envoy's ALPN-negotiating `auto_config`
+rejects a cluster with any plaintext transport socket, and the health checks need one).
+
+With `resilience.processor_failure_open` true and the processor down, requests pass the downstream
+filter without metadata, so no model route matches and the fallback route answers 503 `no_route`.
+Only a processor failing between the downstream and the upstream phase of one request lets that
+attempt go out untranslated and without provider credentials (the upstream filter fails open too).
 """
 
 from __future__ import annotations
@@ -10,14 +39,26 @@ from __future__ import annotations
 import ipaddress
 import json
 import warnings
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any as JsonAny
+from typing import cast
 
 import yaml
 from betterproto2 import Casing
 from pydantic.warnings import PydanticDeprecationWarning
 
-from extproc.config import GatewayConfig, HttpProtocol, ProcessorConfig, ProviderConfig
+from extproc.config import (
+    GatewayConfig,
+    HttpProtocol,
+    ModelConfig,
+    ProcessorConfig,
+    ProviderConfig,
+    ResilienceConfig,
+    model_route_ids,
+    target_id,
+    target_priority,
+)
 from extproc.errors import ERROR_TYPES
 
 # envoy_data_plane's generated models use a pydantic idiom deprecated since pydantic 2.12; the
@@ -38,9 +79,14 @@ with warnings.catch_warnings():
         BootstrapStaticResources,
     )
     from envoy_data_plane.envoy.config.cluster.v3 import (
+        CircuitBreakers,
+        CircuitBreakersThresholds,
         Cluster,
+        ClusterCommonLbConfig,
         ClusterDiscoveryType,
         ClusterDnsLookupFamily,
+        ClusterTransportSocketMatch,
+        OutlierDetection,
     )
     from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutationRules
     from envoy_data_plane.envoy.config.core.v3 import (
@@ -51,10 +97,14 @@ with warnings.catch_warnings():
         HeaderValue,
         HeaderValueOption,
         HeaderValueOptionHeaderAppendAction,
+        HealthCheck,
+        HealthCheckHttpHealthCheck,
         Http1ProtocolOptions,
         Http2ProtocolOptions,
+        Metadata,
         Node,
         Pipe,
+        RoutingPriority,
         RuntimeUInt32,
         SocketAddress,
         SubstitutionFormatString,
@@ -63,12 +113,20 @@ with warnings.catch_warnings():
     from envoy_data_plane.envoy.config.endpoint.v3 import (
         ClusterLoadAssignment,
         Endpoint,
+        EndpointHealthCheckConfig,
         LbEndpoint,
         LocalityLbEndpoints,
     )
     from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
     from envoy_data_plane.envoy.config.route.v3 import (
         DirectResponseAction,
+        RetryPolicy,
+        RetryPolicyRateLimitedRetryBackOff,
+        RetryPolicyResetHeader,
+        RetryPolicyResetHeaderFormat,
+        RetryPolicyRetryBackOff,
+        RetryPolicyRetryHostPredicate,
+        RetryPolicyRetryPriority,
         Route,
         RouteAction,
         RouteConfiguration,
@@ -85,12 +143,19 @@ with warnings.catch_warnings():
         ProcessingModeHeaderSendMode,
     )
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+    from envoy_data_plane.envoy.extensions.filters.http.upstream_codec.v3 import UpstreamCodec
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
         HttpConnectionManager,
         HttpConnectionManagerCodecType,
         HttpFilter,
         LocalReplyConfig,
         ResponseMapper,
+    )
+    from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import (
+        PreviousHostsPredicate,
+    )
+    from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import (
+        PreviousPrioritiesConfig,
     )
     from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
         CertificateValidationContext,
@@ -101,7 +166,6 @@ with warnings.catch_warnings():
     )
     from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
         HttpProtocolOptions,
-        HttpProtocolOptionsAutoHttpConfig,
         HttpProtocolOptionsExplicitHttpConfig,
     )
     from envoy_data_plane.envoy.type.matcher.v3 import (
@@ -110,15 +174,40 @@ with warnings.catch_warnings():
         StringMatcher,
         ValueMatcher,
     )
-    from envoy_data_plane.google.protobuf import Any
+    from envoy_data_plane.envoy.type.v3 import Percent
+    from envoy_data_plane.google.protobuf import Any, Struct
 
 NODE_ID = "llm-gateway"
 LISTENER_NAME = "gateway"
 ROUTE_CONFIG_NAME = "gateway_routes"
 EXTPROC_CLUSTER = "extproc"
-# Dynamic metadata namespace the processor writes and routes read; key naming the provider.
+# Dynamic metadata namespace the processor writes and routes read, and the key naming the model's
+# route id (`config.model_route_ids`; also the model's cluster name).
 METADATA_NAMESPACE = "gw"
-PROVIDER_METADATA_KEY = "provider"
+ROUTE_METADATA_KEY = "route"
+# Endpoint metadata (same namespace) naming the target (`config.target_id`).
+TARGET_METADATA_KEY = "target"
+# The upstream ext_proc filter asks for this attribute; it arrives in
+# `ProcessingRequest.attributes["envoy.filters.http.ext_proc"]` under this exact key, as a string
+# value holding the attempt's target id (seen on Envoy 1.40, first message of each attempt).
+UPSTREAM_TARGET_ATTRIBUTE = (
+    f"xds.upstream_host_metadata.filter_metadata['{METADATA_NAMESPACE}']['{TARGET_METADATA_KEY}']"
+)
+# Envoy health-checks each target here on the processor's admin server, `Host: <target id>`;
+# 200 lets the target take traffic, 503 (breaker open) takes it out of load balancing.
+HEALTH_CHECK_PATH = "/breaker/health"
+HEALTH_CHECK_TIMEOUT = timedelta(seconds=1)
+OUTLIER_INTERVAL = timedelta(seconds=10)
+# Endpoint metadata namespace Envoy matches `transport_socket_matches` against, and our key in it.
+TRANSPORT_SOCKET_MATCH_NAMESPACE = "envoy.transport_socket_match"
+TLS_MATCH_KEY = "tls"
+# Health checks go to the processor's plain-HTTP admin server even for https targets: their match
+# criteria name no TLS match, so they use the cluster's default (plaintext) transport socket.
+HEALTH_CHECK_MATCH_CRITERIA = {"gateway_health_check": True}
+RETRY_ON = "5xx,reset,connect-failure,retriable-status-codes"
+RETRIABLE_STATUS_CODES = (429,)
+RETRY_AFTER_HEADER = "retry-after"
+HOST_SELECTION_RETRY_MAX_ATTEMPTS = 3
 # Response header (any value; the processor puts its error code there) marking a local reply whose
 # body is already an OpenAI-style error: the processor's ImmediateResponses and the fallback route.
 # local_reply_config leaves those alone. Same name as `extproc.pipeline.ORIGIN_HEADER`.
@@ -140,16 +229,35 @@ GENERATED_HEADER = (
 
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
 ROUTER_FILTER = "envoy.filters.http.router"
+UPSTREAM_CODEC_FILTER = "envoy.filters.http.upstream_codec"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+_REACHED_ON_LOOPBACK = frozenset({"0.0.0.0", "::", "localhost"})
+_LOOPBACK = "127.0.0.1"
 _YAML_WIDTH = 1 << 16  # keep long JSON bodies on one line
 
 
+class _ProtoFieldNames:
+    """A betterproto2 "casing" that keeps the proto field names, which the models already use.
+
+    `Casing.SNAKE` re-cases them and mangles names with digits (`consecutive_5xx` becomes
+    `consecutive_5_xx`, which Envoy rejects); `to_dict` only ever calls its casing on a name.
+    """
+
+    def __call__(self, name: str) -> str:
+        return name
+
+
+_PROTO_FIELD_NAMES = cast(Casing, _ProtoFieldNames())
+
+
 def render_bootstrap(config: GatewayConfig) -> dict[str, JsonAny]:
-    """Return the complete Envoy v3 Bootstrap for `config` as a proto-JSON dict (snake_case)."""
-    data: dict[str, JsonAny] = build_bootstrap(config).to_dict(casing=Casing.SNAKE)
+    """Return the complete Envoy v3 Bootstrap for `config` as a proto-JSON dict (field names)."""
+    data: dict[str, JsonAny] = build_bootstrap(config).to_dict(casing=_PROTO_FIELD_NAMES)
     return data
 
 
@@ -162,14 +270,19 @@ def render_yaml(config: GatewayConfig) -> str:
 def build_bootstrap(config: GatewayConfig) -> Bootstrap:
     """Build the typed Bootstrap message for `config` (what `render_bootstrap` serialises)."""
     buffer_limit = config.limits.max_body_bytes + BUFFER_HEADROOM_BYTES
+    route_ids = model_route_ids(config)
+    providers = {p.name: p for p in config.providers}
     return Bootstrap(
         node=Node(id=NODE_ID, cluster=NODE_ID),
         admin=Admin(address=_socket_address(config.envoy_admin.address, config.envoy_admin.port)),
         static_resources=BootstrapStaticResources(
-            listeners=[_listener(config, buffer_limit)],
+            listeners=[_listener(config, route_ids, buffer_limit)],
             clusters=[
                 _extproc_cluster(config.processor),
-                *(_provider_cluster(p, buffer_limit) for p in config.providers),
+                *(
+                    _model_cluster(config, model, route_ids[model.name], providers, buffer_limit)
+                    for model in config.models
+                ),
             ],
         ),
     )
@@ -178,16 +291,20 @@ def build_bootstrap(config: GatewayConfig) -> Bootstrap:
 # --- listener ---------------------------------------------------------------------------------
 
 
-def _listener(config: GatewayConfig, buffer_limit: int) -> Listener:
+def _listener(config: GatewayConfig, route_ids: dict[str, str], buffer_limit: int) -> Listener:
+    downstream_ext_proc = _ext_proc(config.processor, config.resilience)
+    downstream_ext_proc.metadata_options = MetadataOptions(
+        receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[METADATA_NAMESPACE])
+    )
     hcm = HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
         codec_type=HttpConnectionManagerCodecType.AUTO,
         stream_idle_timeout=STREAM_IDLE_TIMEOUT,
-        # Streamed completions may run for minutes; per-route timeouts bound each provider.
+        # Streamed completions may run for minutes; per-route timeouts bound each request.
         request_timeout=timedelta(0),
-        route_config=_route_config(config.providers, config.limits.default_timeout_seconds),
+        route_config=_route_config(config, route_ids),
         http_filters=[
-            HttpFilter(name=EXTPROC_FILTER, typed_config=Any.pack(_ext_proc(config.processor))),
+            HttpFilter(name=EXTPROC_FILTER, typed_config=Any.pack(downstream_ext_proc)),
             HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),
         ],
         local_reply_config=_local_reply_config(),
@@ -200,13 +317,14 @@ def _listener(config: GatewayConfig, buffer_limit: int) -> Listener:
     )
 
 
-def _ext_proc(processor: ProcessorConfig) -> ExternalProcessor:
+def _ext_proc(processor: ProcessorConfig, resilience: ResilienceConfig) -> ExternalProcessor:
+    """The ext_proc filter settings shared by the downstream and the upstream filter."""
     timeout = timedelta(milliseconds=processor.message_timeout_ms)
     return ExternalProcessor(
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=EXTPROC_CLUSTER), timeout=timeout
         ),
-        failure_mode_allow=False,
+        failure_mode_allow=resilience.processor_failure_open,
         message_timeout=timeout,
         max_message_timeout=timeout,
         allow_mode_override=True,
@@ -218,9 +336,6 @@ def _ext_proc(processor: ProcessorConfig) -> ExternalProcessor:
             request_trailer_mode=ProcessingModeHeaderSendMode.SKIP,
             response_trailer_mode=ProcessingModeHeaderSendMode.SKIP,
         ),
-        metadata_options=MetadataOptions(
-            receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[METADATA_NAMESPACE])
-        ),
         # `:path` and `authorization` are mutable by default; `:authority`/`host` need
         # allow_all_routing, and `x-envoy-upstream-rq-timeout-ms` (the per-request timeout the
         # processor sets) needs allow_envoy. Rejected mutations are counted, not fatal.
@@ -230,11 +345,25 @@ def _ext_proc(processor: ProcessorConfig) -> ExternalProcessor:
     )
 
 
+def _upstream_ext_proc(
+    processor: ProcessorConfig, resilience: ResilienceConfig
+) -> ExternalProcessor:
+    """ext_proc in a model cluster: runs once per attempt, told which target the attempt uses."""
+    upstream = _ext_proc(processor, resilience)
+    upstream.request_attributes = [UPSTREAM_TARGET_ATTRIBUTE]
+    return upstream
+
+
 # --- routes -----------------------------------------------------------------------------------
 
 
-def _route_config(providers: list[ProviderConfig], default_timeout: float) -> RouteConfiguration:
-    routes = [_provider_route(p, default_timeout) for p in providers]
+def _route_config(config: GatewayConfig, route_ids: dict[str, str]) -> RouteConfiguration:
+    routes = [
+        _model_route(
+            route_ids[model.name], config.limits.default_timeout_seconds, config.resilience
+        )
+        for model in config.models
+    ]
     routes.append(_fallback_route())
     return RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
@@ -242,27 +371,63 @@ def _route_config(providers: list[ProviderConfig], default_timeout: float) -> Ro
     )
 
 
-def _provider_route(provider: ProviderConfig, default_timeout: float) -> Route:
+def _model_route(route_id: str, default_timeout: float, resilience: ResilienceConfig) -> Route:
     selected = MetadataMatcher(
         filter=METADATA_NAMESPACE,
-        path=[MetadataMatcherPathSegment(key=PROVIDER_METADATA_KEY)],
-        value=ValueMatcher(string_match=StringMatcher(exact=provider.name)),
+        path=[MetadataMatcherPathSegment(key=ROUTE_METADATA_KEY)],
+        value=ValueMatcher(string_match=StringMatcher(exact=route_id)),
     )
     return Route(
-        name=f"provider_{provider.name}",
+        name=f"model_{route_id}",
         match=RouteMatch(prefix="/", dynamic_metadata=[selected]),
         route=RouteAction(
-            cluster=provider.cluster_name,
+            cluster=route_id,
+            # Each endpoint's hostname is its provider's authority.
+            auto_host_rewrite=True,
             # Overridden per request by the processor (x-envoy-upstream-rq-timeout-ms).
-            timeout=timedelta(seconds=provider.timeout_seconds or default_timeout),
-            host_rewrite_literal=provider.authority,
+            timeout=timedelta(seconds=default_timeout),
+            retry_policy=_retry_policy(resilience),
         ),
     )
 
 
+def _retry_policy(resilience: ResilienceConfig) -> RetryPolicy:
+    return RetryPolicy(
+        retry_on=RETRY_ON,
+        retriable_status_codes=list(RETRIABLE_STATUS_CODES),
+        num_retries=resilience.max_retries,
+        retry_back_off=RetryPolicyRetryBackOff(
+            base_interval=timedelta(milliseconds=resilience.retry_base_interval_ms),
+            max_interval=timedelta(milliseconds=resilience.retry_max_interval_ms),
+        ),
+        # A 429 with Retry-After waits that long (up to the cap) instead of the back-off.
+        rate_limited_retry_back_off=RetryPolicyRateLimitedRetryBackOff(
+            reset_headers=[
+                RetryPolicyResetHeader(
+                    name=RETRY_AFTER_HEADER, format=RetryPolicyResetHeaderFormat.SECONDS
+                )
+            ],
+            max_interval=timedelta(seconds=resilience.max_rate_limited_wait_seconds),
+        ),
+        # Each retry moves to the next priority (the next provider of the model's chain) ...
+        retry_priority=RetryPolicyRetryPriority(
+            name=PREVIOUS_PRIORITIES,
+            typed_config=Any.pack(PreviousPrioritiesConfig(update_frequency=1)),
+        ),
+        # ... and to a host not tried yet within a priority of several targets.
+        retry_host_predicate=[
+            RetryPolicyRetryHostPredicate(
+                name=PREVIOUS_HOSTS, typed_config=Any.pack(PreviousHostsPredicate())
+            )
+        ],
+        host_selection_retry_max_attempts=HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+    )
+
+
 def _fallback_route() -> Route:
-    # Only reached when the processor neither answered nor selected a provider: a bug, not a
-    # client error. The marker header keeps local_reply_config from replacing the body.
+    # Only reached when the processor neither answered nor selected a model: a bug or a processor
+    # that failed open, not a client error. The marker header keeps local_reply_config from
+    # replacing the body.
     body = _openai_error(
         "no provider was selected for this request", "service_unavailable", NO_ROUTE_CODE
     )
@@ -389,7 +554,12 @@ def _extproc_cluster(processor: ProcessorConfig) -> Cluster:
         name=EXTPROC_CLUSTER,
         type=discovery,
         connect_timeout=EXTPROC_CONNECT_TIMEOUT,
-        load_assignment=_load_assignment(EXTPROC_CLUSTER, address),
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=EXTPROC_CLUSTER,
+            endpoints=[
+                LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=address))])
+            ],
+        ),
         typed_extension_protocol_options=_protocol_options(
             HttpProtocolOptions(
                 explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
@@ -400,54 +570,157 @@ def _extproc_cluster(processor: ProcessorConfig) -> Cluster:
     )
 
 
-def _provider_cluster(provider: ProviderConfig, buffer_limit: int) -> Cluster:
-    is_ip = _is_ip(provider.host)
-    cluster = Cluster(
-        name=provider.cluster_name,
-        type=ClusterDiscoveryType.STATIC if is_ip else ClusterDiscoveryType.STRICT_DNS,
-        connect_timeout=timedelta(seconds=provider.connect_timeout_seconds),
+def _model_cluster(
+    config: GatewayConfig,
+    model: ModelConfig,
+    route_id: str,
+    providers: dict[str, ProviderConfig],
+    buffer_limit: int,
+) -> Cluster:
+    """The model's cluster: one endpoint per target, grouped into priorities."""
+    targets = [providers[t.provider] for t in model.targets]
+    distinct: dict[str, ProviderConfig] = {p.name: p for p in targets}
+    resilience = config.resilience
+    protocol = cluster_protocol(targets)
+    any_dns = any(not _is_ip(p.host) for p in targets)
+    return Cluster(
+        name=route_id,
+        type=ClusterDiscoveryType.STRICT_DNS if any_dns else ClusterDiscoveryType.STATIC,
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=timedelta(seconds=max(p.connect_timeout_seconds for p in targets)),
         per_connection_buffer_limit_bytes=buffer_limit,
-        load_assignment=_load_assignment(
-            provider.cluster_name, _socket_address(provider.host, provider.port)
+        common_lb_config=ClusterCommonLbConfig(
+            # No panic routing: with every target unhealthy the request fails (503) instead of
+            # going to a target whose breaker is open.
+            healthy_panic_threshold=Percent(value=0),
+            # Apply health changes (breaker opened or closed) at once, not batched for 1 s.
+            update_merge_window=timedelta(0),
         ),
-        typed_extension_protocol_options=_protocol_options(_provider_http_options(provider)),
+        load_assignment=_model_load_assignment(config, model, route_id, targets),
+        transport_socket_matches=[
+            ClusterTransportSocketMatch(
+                name=f"tls_{p.name}",
+                match=Struct.from_dict({TLS_MATCH_KEY: p.name}),
+                transport_socket=_upstream_tls(p, protocol),
+            )
+            for p in distinct.values()
+            if p.scheme == "https"
+        ],
+        health_checks=[_breaker_health_check(resilience)],
+        outlier_detection=OutlierDetection(
+            consecutive_5xx=resilience.breaker_consecutive_failures,
+            consecutive_gateway_failure=resilience.breaker_consecutive_failures,
+            interval=OUTLIER_INTERVAL,
+            base_ejection_time=timedelta(seconds=resilience.breaker_open_seconds),
+            max_ejection_percent=100,
+        ),
+        circuit_breakers=CircuitBreakers(
+            thresholds=[
+                CircuitBreakersThresholds(
+                    priority=RoutingPriority.DEFAULT,
+                    max_pending_requests=resilience.max_pending_requests,
+                    max_requests=resilience.max_requests,
+                    max_retries=max(3, resilience.max_requests // 10),
+                )
+            ]
+        ),
+        typed_extension_protocol_options=_protocol_options(_model_http_options(config, protocol)),
     )
-    if not is_ip:
-        cluster.dns_lookup_family = ClusterDnsLookupFamily.V4_PREFERRED
-    if provider.scheme == "https":
-        cluster.transport_socket = _upstream_tls(provider)
-    return cluster
 
 
-def _provider_http_options(provider: ProviderConfig) -> HttpProtocolOptions:
-    protocol = provider.http_protocol
-    if protocol is HttpProtocol.AUTO and provider.scheme == "https":
-        return HttpProtocolOptions(
-            auto_config=HttpProtocolOptionsAutoHttpConfig(
-                http_protocol_options=Http1ProtocolOptions(),
-                http2_protocol_options=Http2ProtocolOptions(),
+def _model_load_assignment(
+    config: GatewayConfig, model: ModelConfig, route_id: str, targets: list[ProviderConfig]
+) -> ClusterLoadAssignment:
+    # Envoy wants priorities contiguous from 0: renumber the distinct configured ones in order.
+    configured = [target_priority(t, i) for i, t in enumerate(model.targets)]
+    level = {value: rank for rank, value in enumerate(sorted(set(configured)))}
+    groups: list[list[LbEndpoint]] = [[] for _ in level]
+    health_address = _socket_address(
+        _reachable(config.processor.admin_address), config.processor.admin_port
+    )
+    for index, (target, provider) in enumerate(zip(model.targets, targets, strict=True)):
+        tid = target_id(route_id, index)
+        filter_metadata = {METADATA_NAMESPACE: Struct.from_dict({TARGET_METADATA_KEY: tid})}
+        if provider.scheme == "https":
+            filter_metadata[TRANSPORT_SOCKET_MATCH_NAMESPACE] = Struct.from_dict(
+                {TLS_MATCH_KEY: provider.name}
+            )
+        groups[level[configured[index]]].append(
+            LbEndpoint(
+                endpoint=Endpoint(
+                    address=_socket_address(provider.host, provider.port),
+                    # auto_host_rewrite sends this as :authority.
+                    hostname=provider.authority,
+                    health_check_config=EndpointHealthCheckConfig(
+                        hostname=tid, address=health_address
+                    ),
+                ),
+                load_balancing_weight=target.weight,
+                metadata=Metadata(filter_metadata=filter_metadata),
             )
         )
+    return ClusterLoadAssignment(
+        cluster_name=route_id,
+        endpoints=[
+            LocalityLbEndpoints(priority=rank, lb_endpoints=group)
+            for rank, group in enumerate(groups)
+        ],
+    )
+
+
+def _breaker_health_check(resilience: ResilienceConfig) -> HealthCheck:
+    interval = timedelta(milliseconds=resilience.health_check_interval_ms)
+    return HealthCheck(
+        timeout=HEALTH_CHECK_TIMEOUT,
+        interval=interval,
+        unhealthy_interval=interval,
+        no_traffic_interval=interval,
+        no_traffic_healthy_interval=interval,
+        unhealthy_threshold=1,
+        healthy_threshold=1,
+        http_health_check=HealthCheckHttpHealthCheck(path=HEALTH_CHECK_PATH),
+        transport_socket_match_criteria=Struct.from_dict(HEALTH_CHECK_MATCH_CRITERIA),
+    )
+
+
+def _model_http_options(config: GatewayConfig, protocol: HttpProtocol) -> HttpProtocolOptions:
     if protocol is HttpProtocol.HTTP2:
         explicit = HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=Http2ProtocolOptions()
         )
-    else:  # HTTP1, or AUTO over plain http (no ALPN to negotiate with)
+    else:
         explicit = HttpProtocolOptionsExplicitHttpConfig(
             http_protocol_options=Http1ProtocolOptions()
         )
-    return HttpProtocolOptions(explicit_http_config=explicit)
+    return HttpProtocolOptions(
+        explicit_http_config=explicit,
+        http_filters=[
+            HttpFilter(
+                name=EXTPROC_FILTER,
+                typed_config=Any.pack(_upstream_ext_proc(config.processor, config.resilience)),
+            ),
+            HttpFilter(name=UPSTREAM_CODEC_FILTER, typed_config=Any.pack(UpstreamCodec())),
+        ],
+    )
 
 
-def _alpn(provider: ProviderConfig) -> list[str]:
-    if provider.http_protocol is HttpProtocol.HTTP2:
-        return ["h2"]
-    if provider.http_protocol is HttpProtocol.HTTP1:
-        return ["http/1.1"]
-    return ["h2", "http/1.1"]
+def cluster_protocol(providers: Iterable[ProviderConfig]) -> HttpProtocol:
+    """The one HTTP protocol a model cluster speaks to all its targets: HTTP2 or HTTP1.
+
+    HTTP/2 only when every target's provider asks for it, else HTTP/1.1, which every provider
+    speaks. Envoy's ALPN choice (`auto_config`) is not available: it requires every transport
+    socket of the cluster to support ALPN, and the breaker health checks need a plaintext one.
+    """
+    if all(p.http_protocol is HttpProtocol.HTTP2 for p in providers):
+        return HttpProtocol.HTTP2
+    return HttpProtocol.HTTP1
 
 
-def _upstream_tls(provider: ProviderConfig) -> TransportSocket:
+def _alpn(protocol: HttpProtocol) -> list[str]:
+    return ["h2"] if protocol is HttpProtocol.HTTP2 else ["http/1.1"]
+
+
+def _upstream_tls(provider: ProviderConfig, protocol: HttpProtocol) -> TransportSocket:
     host = provider.host
     is_ip = _is_ip(host)
     # Envoy checks the chain against trusted_ca but checks the name only if told to.
@@ -463,7 +736,7 @@ def _upstream_tls(provider: ProviderConfig) -> TransportSocket:
                 trusted_ca=DataSource(filename=CA_BUNDLE),
                 match_typed_subject_alt_names=[san],
             ),
-            alpn_protocols=_alpn(provider),
+            alpn_protocols=_alpn(protocol),
         ),
     )
     if not is_ip:  # SNI carries host names only (RFC 6066)
@@ -478,13 +751,9 @@ def _protocol_options(options: HttpProtocolOptions) -> dict[str, Any]:
     return {HTTP_PROTOCOL_OPTIONS: Any.pack(options)}
 
 
-def _load_assignment(cluster_name: str, address: Address) -> ClusterLoadAssignment:
-    return ClusterLoadAssignment(
-        cluster_name=cluster_name,
-        endpoints=[
-            LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=address))])
-        ],
-    )
+def _reachable(bind_address: str) -> str:
+    """Where Envoy reaches a server bound to `bind_address` (wildcards mean loopback)."""
+    return _LOOPBACK if bind_address in _REACHED_ON_LOOPBACK else bind_address
 
 
 def _socket_address(host: str, port: int) -> Address:
@@ -508,9 +777,13 @@ def _is_ip(host: str) -> bool:
 
 __all__ = [
     "GATEWAY_ERROR_HEADER",
+    "HEALTH_CHECK_PATH",
     "METADATA_NAMESPACE",
-    "PROVIDER_METADATA_KEY",
+    "ROUTE_METADATA_KEY",
+    "TARGET_METADATA_KEY",
+    "UPSTREAM_TARGET_ATTRIBUTE",
     "build_bootstrap",
+    "cluster_protocol",
     "render_bootstrap",
     "render_yaml",
 ]

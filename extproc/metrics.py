@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from extproc.breaker import State, Transition
+
+_STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -45,6 +49,30 @@ class Metrics:
             "Unexpected exceptions inside the processor (answered with a 500).",
             registry=self.registry,
         )
+
+        self.attempts = Counter(
+            "gateway_upstream_attempts_total",
+            "Attempts sent to providers (one request may make several), by target and outcome.",
+            ["model", "provider", "outcome"],
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "gateway_breaker_state",
+            "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
+            ["target"],
+            registry=self.registry,
+        )
+        self.breaker_transitions = Counter(
+            "gateway_breaker_transitions_total",
+            "Circuit breaker state changes per target, by new state.",
+            ["target", "state"],
+            registry=self.registry,
+        )
+
+    def breaker_transition(self, transition: Transition) -> None:
+        """Record a breaker state change (called by the breaker board)."""
+        self.breaker_state.labels(transition.target).set(_STATE_VALUES[transition.new])
+        self.breaker_transitions.labels(transition.target, transition.new.value).inc()
 
     def observe(self, model: str, provider: str, status: int, seconds: float | None) -> None:
         """Count one answered request and, when known, its latency."""

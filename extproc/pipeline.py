@@ -7,6 +7,7 @@ returns an action: `Continue` (with mutations and routing metadata) or
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,8 @@ import orjson
 from extproc.auth import Tenant, forbid_model
 from extproc.errors import GatewayError, bad_request
 from extproc.providers import Endpoint
-from extproc.providers.base import ProviderAdapter, RequestContext, ResponseMode
-from extproc.providers.errors import malformed_response
-from extproc.runtime import Gateway, ModelRoute, Target
+from extproc.providers.base import ResponseMode, serialize
+from extproc.runtime import Gateway, ModelRoute
 from extproc.validation import (
     check_chat_request,
     check_embeddings_request,
@@ -29,8 +29,8 @@ from extproc.validation import (
 )
 
 TIMEOUT_HEADER = "x-gateway-timeout"
-UPSTREAM_TIME_HEADER = "x-envoy-upstream-service-time"
-RESPONSE_ERROR = "error"  # response_mode while a provider error body is buffered
+# Set on responses by the attempt that produced them (see attempt.py).
+PROVIDER_HEADER = "x-gateway-provider"
 JSON_HEADERS = {"content-type": "application/json"}
 # Marks answers written by the processor, so Envoy's local-reply rewriting
 # (meant for Envoy's own errors) leaves them alone.
@@ -85,20 +85,15 @@ class RequestPipeline:
     """The decisions for one HTTP request, across its ext_proc phases."""
 
     __slots__ = (
-        "adapter",
-        "body_buffer",
         "client_envoy_headers",
         "endpoint",
         "finished",
         "gateway",
         "header_timeout",
         "model",
-        "response_headers",
-        "response_mode",
-        "response_status",
+        "provider",
         "started",
         "status",
-        "target",
         "tenant",
     )
 
@@ -109,15 +104,10 @@ class RequestPipeline:
         self.endpoint: Endpoint | None = None
         self.header_timeout: float | None = None
         self.model = ""
-        self.target: Target | None = None
         self.status: int | None = None
         self.finished = False
         self.client_envoy_headers: list[str] = []
-        self.adapter: ProviderAdapter | None = None
-        self.response_mode: ResponseMode | str | None = None
-        self.response_status = 0
-        self.response_headers: dict[str, str] = {}
-        self.body_buffer = bytearray()
+        self.provider = ""
 
     # -- request headers -------------------------------------------------
 
@@ -185,7 +175,7 @@ class RequestPipeline:
     # -- request body ----------------------------------------------------
 
     def on_request_body(self, body: bytes, end_of_stream: bool) -> Action:
-        """Parse, validate, authorize the model, pick a target, translate, route."""
+        """Parse, validate, authorize the model, check it can be served, route it."""
         gateway = self.gateway
         endpoint = self.endpoint
         tenant = self.tenant
@@ -215,119 +205,54 @@ class RequestPipeline:
             check_chat_request(parsed)
         else:
             check_embeddings_request(parsed)
+        for target in route.targets:
+            target.adapter_class.check_support(endpoint, target.provider)
         timeout = self.header_timeout
-        body_changed = False
+        new_body = None
         if "timeout" in parsed:
             timeout = check_timeout(parsed.pop("timeout"), "the timeout field")
-            body_changed = True
+            new_body = serialize(parsed)
         if timeout is None:
             timeout = gateway.default_timeout
+        if route.timeout_cap is not None and timeout > route.timeout_cap:
+            timeout = route.timeout_cap
+        available, wait, cooling = route.availability(time.monotonic())
+        if not available:
+            raise _unavailable(model_name, wait, cooling)
 
-        target = route.choose()
-        self.target = target
-        cap = target.provider.timeout_seconds
-        if cap is not None and timeout > cap:
-            timeout = cap
-        options = parsed.get("stream_options")
-        context = RequestContext(
-            endpoint=endpoint,
-            client_model=model_name,
-            upstream_model=target.upstream_model,
-            stream=parsed.get("stream") is True,
-            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-            default_max_tokens=route.default_max_tokens,
-        )
-        adapter = target.adapter()
-        adapter.context = context
-        self.adapter = adapter
-        upstream = adapter.request(context, parsed, body_changed)
-        action = Continue(
-            set_headers=upstream.set_headers,
-            remove_headers=upstream.remove_headers,
-            body=upstream.body,
-            metadata={
-                METADATA_NAMESPACE: {
-                    "provider": target.provider.name,
-                    "model": model_name,
-                    "upstream_model": target.upstream_model,
-                }
-            },
+        # The body stays in OpenAI form: each attempt is translated for its own
+        # target by the upstream ext_proc filter (see attempt.py).
+        headers = {"x-envoy-upstream-rq-timeout-ms": str(max(1, int(timeout * 1000)))}
+        if gateway.per_try_timeout is not None and gateway.per_try_timeout < timeout:
+            per_try = str(max(1, int(gateway.per_try_timeout * 1000)))
+            headers["x-envoy-upstream-rq-per-try-timeout-ms"] = per_try
+        if new_body is not None:
+            headers["content-length"] = str(len(new_body))
+        remove = ["authorization", "accept-encoding", TIMEOUT_HEADER]
+        remove.extend(h for h in self.client_envoy_headers if h not in headers)
+        return Continue(
+            set_headers=headers,
+            remove_headers=remove,
+            body=new_body,
+            metadata={METADATA_NAMESPACE: {"route": route.route_id, "model": model_name}},
             clear_route_cache=True,
         )
-        headers = action.set_headers
-        headers[":path"] = upstream.path
-        headers["x-envoy-upstream-rq-timeout-ms"] = str(max(1, int(timeout * 1000)))
-        if upstream.body is not None:
-            headers["content-length"] = str(len(upstream.body))
-        remove = action.remove_headers
-        # The processor may need to read the provider's body (translation, error
-        # mapping), so it must arrive uncompressed.
-        remove.append("accept-encoding")
-        remove.append(TIMEOUT_HEADER)
-        remove.extend(h for h in self.client_envoy_headers if h not in headers)
-        return action
 
     # -- response --------------------------------------------------------
 
     def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
-        """Decide how the response body is handled: untouched, buffered or streamed."""
+        """Count the answer; attempts already translated it to OpenAI's shape."""
         try:
             status = int(headers.get(":status", "0"))
         except ValueError:
             status = 0
-        adapter = self.adapter
-        # Envoy's own local replies (timeouts, connect failures) carry no upstream
-        # service time and are already OpenAI-shaped by local_reply_config.
-        from_provider = UPSTREAM_TIME_HEADER in headers
-        if adapter is None or not from_provider:
-            self.record(status)
-            return Continue()
-        mode = adapter.response_mode(status, headers)
-        if mode is ResponseMode.PASSTHROUGH:
-            self.record(status)
-            return Continue()
-        self.response_status = status
-        self.response_headers = headers
-        if not 200 <= status < 300:
-            self.response_mode = RESPONSE_ERROR
-            if end_of_stream:
-                return self.fail(adapter.response_error(status, headers, b""))
-            # Buffer the error body; its answer replaces the whole response.
-            return Continue(mode_override=ResponseMode.BUFFERED)
-        self.response_mode = mode
-        changes = adapter.response_headers(status, headers)
+        self.provider = headers.get(PROVIDER_HEADER, "")
         self.record(status)
-        if end_of_stream:
-            raise malformed_response(adapter.provider.name, "an empty response body")
-        return Continue(
-            set_headers=changes.set_headers,
-            remove_headers=changes.remove_headers,
-            mode_override=mode,
-        )
+        return Continue()
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
-        """Translate the provider's body (whole or chunk by chunk), or map its error."""
-        adapter = self.adapter
-        mode = self.response_mode
-        if adapter is None or mode is None:
-            return Continue()
-        if mode == RESPONSE_ERROR:
-            if not end_of_stream:
-                self.body_buffer += chunk
-                return Continue(body=b"")
-            body = bytes(self.body_buffer) + chunk
-            return self.fail(
-                adapter.response_error(self.response_status, self.response_headers, body)
-            )
-        if mode is ResponseMode.BUFFERED:
-            if not end_of_stream:
-                # Envoy sends a BUFFERED body in one message; be safe if it does not.
-                self.body_buffer += chunk
-                return Continue(body=b"")
-            body = bytes(self.body_buffer) + chunk
-            translated = adapter.response_body(body, True)
-            return Continue(body=translated, set_headers={"content-length": str(len(translated))})
-        return Continue(body=adapter.response_body(chunk, end_of_stream))
+        """Not requested by the downstream processing mode; pass through."""
+        return Continue()
 
     def record(self, status: int) -> None:
         """Count this request once, with its final status."""
@@ -335,18 +260,17 @@ class RequestPipeline:
             return
         self.finished = True
         self.status = status
-        provider = self.target.provider.name if self.target is not None else ""
         seconds = time.monotonic() - self.started
-        self.gateway.metrics.observe(self.model, provider, status, seconds)
+        self.gateway.metrics.observe(self.model, self.provider, status, seconds)
 
     def fail(self, error: GatewayError) -> Respond:
         """Turn a GatewayError into the answer, and count it."""
         self.gateway.metrics.errors.labels(error.code).inc()
-        if self.finished and self.status != error.status:
-            # Already counted at response headers (translated 2xx that then failed).
-            self.finished = False
         self.record(error.status)
         return Respond.error(error)
+
+    def finish(self) -> None:
+        """The stream ended (nothing to release for the downstream role)."""
 
 
 def _method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:
@@ -355,6 +279,23 @@ def _method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:
         "method_not_allowed",
         f"{method[:16]} is not allowed on {path[:200]}; use {allowed}",
         headers={"allow": allowed},
+    )
+
+
+def _unavailable(model: str, wait: float, cooling_only: bool) -> GatewayError:
+    retry = str(max(1, math.ceil(wait)))
+    if cooling_only:
+        return GatewayError(
+            429,
+            "rate_limit_exceeded",
+            f"every provider of model '{model[:256]}' is rate limiting; retry in {retry} s",
+            headers={"retry-after": retry},
+        )
+    return GatewayError(
+        503,
+        "no_healthy_provider",
+        f"no provider of model '{model[:256]}' is healthy right now; retry in {retry} s",
+        headers={"retry-after": retry},
     )
 
 

@@ -1,51 +1,88 @@
 """The validated config turned into the lookup tables the hot path uses.
 
-Built once at start-up: models by name, their targets with adapters and
-credentials, the authenticator, limits. No pydantic access per request.
+Built once at start-up: models by name, their targets (with ids, adapters,
+credentials and breakers), the authenticator, limits. No pydantic per request.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from extproc.auth import Authenticator
-from extproc.config import Credential, GatewayConfig, LoadedConfig, ModelConfig, ProviderConfig
+from extproc.breaker import Admission, Breaker, BreakerBoard, BreakerSettings
+from extproc.config import (
+    Credential,
+    GatewayConfig,
+    LoadedConfig,
+    ModelConfig,
+    ProviderConfig,
+    ResilienceConfig,
+    breaker_key,
+    model_route_ids,
+    target_id,
+    target_priority,
+)
 from extproc.metrics import Metrics
 from extproc.providers import ProviderAdapter, adapter_for
+
+_AVAILABLE = (Admission.ALLOW, Admission.PROBE)
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A resolved model target: provider, upstream model name, weight, adapter class."""
+    """A resolved model target: where it goes, how to talk to it, its breaker."""
 
+    id: str  # the Envoy endpoint's gw.target metadata and health-check host
+    route: ModelRoute | None
     provider: ProviderConfig
     upstream_model: str
     weight: int
+    priority: int
     adapter_class: type[ProviderAdapter]
     credential: Credential | None
+    breaker: Breaker
 
     def adapter(self) -> ProviderAdapter:
         """A fresh per-request adapter for this target."""
         return self.adapter_class(self.provider, self.credential)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ModelRoute:
-    """A client-facing model and the targets that can serve it."""
+    """A client-facing model, its Envoy route id and the targets that can serve it."""
 
     name: str
+    route_id: str
     kind: str
     owned_by: str
     default_max_tokens: int
-    targets: tuple[Target, ...]
-    weights: tuple[int, ...]
+    targets: tuple[Target, ...] = ()
+    timeout_cap: float | None = None  # largest provider timeout cap, if all targets have one
 
-    def choose(self) -> Target:
-        """Pick a target by weight."""
-        if len(self.targets) == 1:
-            return self.targets[0]
-        return random.choices(self.targets, weights=self.weights)[0]
+    def availability(self, now: float) -> tuple[bool, float, bool]:
+        """(any target may take traffic, shortest retry-after, all unavailable ones cooling)."""
+        waits: list[float] = []
+        cooling_only = True
+        for target in self.targets:
+            admission = target.breaker.peek(now)
+            if admission in _AVAILABLE:
+                return True, 0.0, False
+            if admission is not Admission.DENY_COOLING:
+                cooling_only = False
+            waits.append(target.breaker.retry_after(now))
+        return False, min(waits, default=0.0), cooling_only
+
+
+def breaker_settings(resilience: ResilienceConfig) -> BreakerSettings:
+    """Breaker settings from the config's resilience section."""
+    return BreakerSettings(
+        consecutive_failures=resilience.breaker_consecutive_failures,
+        failure_rate=resilience.breaker_failure_rate,
+        window_seconds=resilience.breaker_window_seconds,
+        min_requests=resilience.breaker_min_requests,
+        open_seconds=resilience.breaker_open_seconds,
+        half_open_probes=resilience.breaker_half_open_probes,
+    )
 
 
 class Gateway:
@@ -59,33 +96,52 @@ class Gateway:
         self.max_body_bytes = config.limits.max_body_bytes
         self.max_json_depth = config.limits.max_json_depth
         self.default_timeout = config.limits.default_timeout_seconds
+        self.per_try_timeout = config.resilience.per_try_timeout_seconds
+        self.breakers = BreakerBoard(
+            breaker_settings(config.resilience), on_transition=self.metrics.breaker_transition
+        )
         providers = {p.name: p for p in config.providers}
-        self.models: dict[str, ModelRoute] = {
-            m.name: _model_route(m, providers, loaded.credentials) for m in config.models
-        }
+        route_ids = model_route_ids(config)
+        self.models: dict[str, ModelRoute] = {}
+        self.targets: dict[str, Target] = {}
+        for model in config.models:
+            route = self._model_route(model, route_ids[model.name], providers, loaded.credentials)
+            self.models[model.name] = route
+            self.targets.update((t.id, t) for t in route.targets)
         self.created = 0
 
-
-def _model_route(
-    model: ModelConfig,
-    providers: dict[str, ProviderConfig],
-    credentials: dict[str, Credential],
-) -> ModelRoute:
-    targets = tuple(
-        Target(
-            provider=providers[t.provider],
-            upstream_model=t.model,
-            weight=t.weight,
-            adapter_class=adapter_for(providers[t.provider].type),
-            credential=credentials.get(t.provider),
+    def _model_route(
+        self,
+        model: ModelConfig,
+        route_id: str,
+        providers: dict[str, ProviderConfig],
+        credentials: dict[str, Credential],
+    ) -> ModelRoute:
+        route = ModelRoute(
+            name=model.name,
+            route_id=route_id,
+            kind=model.kind,
+            owned_by=model.owned_by,
+            default_max_tokens=model.default_max_tokens,
         )
-        for t in model.targets
-    )
-    return ModelRoute(
-        name=model.name,
-        kind=model.kind,
-        owned_by=model.owned_by,
-        default_max_tokens=model.default_max_tokens,
-        targets=targets,
-        weights=tuple(t.weight for t in targets),
-    )
+        targets = []
+        for index, spec in enumerate(model.targets):
+            provider = providers[spec.provider]
+            targets.append(
+                Target(
+                    id=target_id(route_id, index),
+                    route=route,
+                    provider=provider,
+                    upstream_model=spec.model,
+                    weight=spec.weight,
+                    priority=target_priority(spec, index),
+                    adapter_class=adapter_for(provider.type),
+                    credential=credentials.get(spec.provider),
+                    breaker=self.breakers.get(breaker_key(provider.name, spec.model)),
+                )
+            )
+        route.targets = tuple(targets)
+        caps = [t.provider.timeout_seconds for t in targets]
+        if all(cap is not None for cap in caps):
+            route.timeout_cap = max(cap for cap in caps if cap is not None)
+        return route

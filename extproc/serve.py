@@ -28,7 +28,9 @@ async def serve(loaded: LoadedConfig) -> None:
     server = ProcessorServer(gateway, config.limits.max_body_bytes + MESSAGE_OVERHEAD_BYTES)
     server.bind(processor.unix_socket, processor.tcp_address)
     state = AdminState()
-    admin = await start_admin(state, gateway.metrics, processor.admin_address, processor.admin_port)
+    admin = await start_admin(
+        state, gateway.metrics, processor.admin_address, processor.admin_port, gateway
+    )
     await server.start()
     state.ready = True
     stop = asyncio.Event()

@@ -22,12 +22,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
+from extproc.attempt import TARGET_ATTRIBUTE, AttemptPipeline
 from extproc.errors import GatewayError, internal_error
 from extproc.pipeline import Action, Continue, RequestPipeline, Respond
 from extproc.providers.base import ResponseMode
 from extproc.runtime import Gateway
 
 log = logging.getLogger("extproc.server")
+Pipeline = RequestPipeline | AttemptPipeline
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _EMPTY_HEADERS = pb.HeadersResponse()
@@ -69,6 +71,17 @@ def _header_mutation(set_headers: dict[str, str], remove: list[str]) -> pb.Heade
         ],
         remove_headers=remove,
     )
+
+
+def attempt_target(request: pb.ProcessingRequest) -> str | None:
+    """The target id of an upstream-filter stream, from its request attributes."""
+    if not request.attributes:
+        return None
+    for struct in request.attributes.values():
+        field = struct.fields.get(TARGET_ATTRIBUTE)
+        if field is not None and field.string_value:
+            return str(field.string_value)
+    return None
 
 
 def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
@@ -125,14 +138,19 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        """Handle one HTTP request's phases, in order, as Envoy sends them."""
-        pipeline = RequestPipeline(self.gateway)
+        """Handle one HTTP request's (or one attempt's) phases, in order, as Envoy sends them."""
+        pipeline: Pipeline | None = None
         metrics = self.gateway.metrics
         metrics.streams_active.inc()
         self.active += 1
         try:
             async for request in request_iterator:
                 phase = request.WhichOneof("request")
+                if pipeline is None:
+                    pipeline, failed = self._pipeline_for(request)
+                    if failed is not None:
+                        yield to_response(phase or "", failed)
+                        return
                 action = self._handle(pipeline, phase, request)
                 if action is None:
                     continue
@@ -142,9 +160,25 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         finally:
             self.active -= 1
             metrics.streams_active.dec()
+            if pipeline is not None:
+                pipeline.finish()
+
+    def _pipeline_for(self, request: pb.ProcessingRequest) -> tuple[Pipeline, Action | None]:
+        """Downstream filter streams get a RequestPipeline; upstream (per attempt) ones an
+        AttemptPipeline, recognised by the endpoint metadata attribute Envoy sends them."""
+        pipeline = RequestPipeline(self.gateway)
+        target = attempt_target(request)
+        if target is None:
+            return pipeline, None
+        try:
+            return AttemptPipeline(self.gateway, target), None
+        except Exception:
+            log.exception("cannot start an attempt")
+            self.gateway.metrics.processor_failures.inc()
+            return pipeline, pipeline.fail(internal_error())
 
     def _handle(
-        self, pipeline: RequestPipeline, phase: str | None, request: pb.ProcessingRequest
+        self, pipeline: Pipeline, phase: str | None, request: pb.ProcessingRequest
     ) -> Action | None:
         try:
             if phase == "request_headers":

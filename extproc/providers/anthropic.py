@@ -75,6 +75,8 @@ _IMAGE_MEDIA_PREFIX: Final = "image/"
 class AnthropicAdapter(TranslatingAdapter):
     """Adapter for the Anthropic Messages API (`base_url` like `https://api.anthropic.com/v1`)."""
 
+    unsupported_endpoints = frozenset({Endpoint.EMBEDDINGS})
+
     def __init__(self, provider: ProviderConfig, credential: Credential | None) -> None:
         super().__init__(provider, credential)
         self._stream: AnthropicStreamTranslator | None = None

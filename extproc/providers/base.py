@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from pydantic import SecretStr
@@ -86,6 +86,20 @@ class ProviderAdapter:
     The defaults suit OpenAI-compatible providers: success bodies pass through
     untouched, error bodies are buffered and mapped by `response_error`.
     """
+
+    # Endpoints this wire API cannot serve: refused before any provider is called.
+    unsupported_endpoints: ClassVar[frozenset[Endpoint]] = frozenset()
+
+    @classmethod
+    def check_support(cls, endpoint: Endpoint, provider: ProviderConfig) -> None:
+        """Raise a 400 naming the provider when this wire API cannot serve `endpoint`."""
+        if endpoint in cls.unsupported_endpoints:
+            raise GatewayError(
+                400,
+                "unsupported_endpoint",
+                f"provider '{provider.name}' (type '{provider.type.value}') does not support "
+                f"{endpoint.value}",
+            )
 
     def __init__(self, provider: ProviderConfig, credential: Credential | None) -> None:
         self.provider = provider

@@ -75,6 +75,8 @@ class BedrockAdapter(TranslatingAdapter):
     refused with 400 `unsupported_endpoint`.
     """
 
+    unsupported_endpoints = frozenset({Endpoint.EMBEDDINGS})
+
     def __init__(self, provider: ProviderConfig, credential: Credential | None) -> None:
         super().__init__(provider, credential)
         self._model = ""

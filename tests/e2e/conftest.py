@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -70,6 +72,9 @@ def gateway_config(
         },
         "limits": {"max_body_bytes": 10 * 1024 * 1024, "default_timeout_seconds": 60},
         "auth": {"enabled": True},
+        # The shared stack isolates features: no retries (tests of one provider see one
+        # attempt), fast health checks so breaker resets reach Envoy quickly.
+        "resilience": {"max_retries": 0, "health_check_interval_ms": 100},
         "providers": [
             {
                 "name": "p-openai",
@@ -251,11 +256,16 @@ class Stack:
 
 
 def make_stack(
-    tmp: Path, processor_overrides: dict[str, Any] | None = None, **overrides: Any
+    tmp: Path,
+    processor_overrides: dict[str, Any] | None = None,
+    customize: Callable[[dict[str, Any]], None] | None = None,
+    **overrides: Any,
 ) -> Stack:
     fake = FakeProviderServer(port=0)
     fake.start()
     config = gateway_config(fake.base_url, tmp, processor_overrides, **overrides)
+    if customize is not None:
+        customize(config)
     config_path = tmp / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
     bootstrap = tmp / "envoy.yaml"
@@ -282,10 +292,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.fake.stop()
 
 
+def reset_breakers(stack: Stack) -> None:
+    """Close every breaker so one test's injected failures cannot affect the next."""
+    changed = httpx.post(f"{stack.admin_url}/breakers/reset", timeout=10).json()["reset"]
+    if changed:
+        # Envoy learns it through its health checks of the processor (100 ms apart).
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def fake(stack: Stack) -> Iterator[FakeProviderServer]:
-    """The shared stack's fake provider, reset before each test."""
+    """The shared stack's fake provider, reset (with the breakers) before each test."""
     stack.fake.clear()
+    reset_breakers(stack)
     yield stack.fake
     stack.fake.clear()
 

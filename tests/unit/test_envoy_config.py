@@ -14,20 +14,34 @@ import pytest
 import yaml
 
 from extproc import pipeline
-from extproc.config import GatewayConfig, HttpProtocol, ProviderConfig, parse_config
+from extproc.config import (
+    GatewayConfig,
+    HttpProtocol,
+    ModelConfig,
+    ProviderConfig,
+    model_route_ids,
+    parse_config,
+    target_id,
+    target_priority,
+)
 from extproc.envoy_config import (
     BUFFER_HEADROOM_BYTES,
     CA_BUNDLE,
     EXT_PROC_ERROR_DETAILS_PREFIX,
     GATEWAY_ERROR_HEADER,
+    HEALTH_CHECK_PATH,
     METADATA_NAMESPACE,
-    PROVIDER_METADATA_KEY,
+    ROUTE_METADATA_KEY,
+    TARGET_METADATA_KEY,
+    UPSTREAM_TARGET_ATTRIBUTE,
+    cluster_protocol,
     render_bootstrap,
     render_yaml,
 )
 
 Json = dict[str, Any]
-H2: Json = {"http2_protocol_options": {}}
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
 
 PROVIDERS: list[Json] = [
     {"name": "local", "type": "vllm", "base_url": "http://127.0.0.1:8000/v1"},
@@ -47,6 +61,7 @@ PROVIDERS: list[Json] = [
         "type": "together",
         "base_url": "https://10.1.2.3:8443",
         "http_protocol": "http1",
+        "connect_timeout_seconds": 7.5,
     },
     {
         "name": "ollama",
@@ -56,16 +71,58 @@ PROVIDERS: list[Json] = [
     },
 ]
 
+# Models over PROVIDERS: a failover chain mixing https and http, a priority level of two weighted
+# targets, an all-HTTP/2 pair, and one provider serving two targets of the same model.
+MODELS: list[Json] = [
+    {
+        "name": "chain",
+        "targets": [
+            {"provider": "local", "model": "a"},
+            {"provider": "oai", "model": "b"},
+            {"provider": "azure-eu", "model": "c"},
+        ],
+    },
+    {
+        "name": "org/weighted model",
+        "targets": [
+            {"provider": "local", "model": "late", "priority": 9},
+            {"provider": "oai", "model": "a", "weight": 3, "priority": 5},
+            {"provider": "h1", "model": "b", "weight": 1, "priority": 5},
+        ],
+    },
+    {
+        "name": "h2",
+        "targets": [
+            {"provider": "azure-eu", "model": "a"},
+            {"provider": "ollama", "model": "b", "priority": 0},
+        ],
+    },
+    {
+        "name": "twice",
+        "targets": [
+            {"provider": "oai", "model": "x", "priority": 3},
+            {"provider": "oai", "model": "y", "priority": 3},
+        ],
+    },
+]
 
-def make_config(providers: list[Json] | None = None, **sections: Json) -> GatewayConfig:
+
+def make_config(
+    providers: list[Json] | None = None, models: list[Json] | None = None, **sections: Json
+) -> GatewayConfig:
     chosen = PROVIDERS if providers is None else providers
     data: Json = {
         "auth": {"enabled": False},
         "providers": chosen,
-        "models": [{"name": "m", "targets": [{"provider": chosen[0]["name"], "model": "m"}]}],
+        "models": models
+        or [{"name": "m", "targets": [{"provider": chosen[0]["name"], "model": "m"}]}],
         **sections,
     }
     return parse_config(data)
+
+
+def full_config(**sections: Json) -> GatewayConfig:
+    return make_config(PROVIDERS, MODELS, **sections)
 
 
 # --- navigation helpers ------------------------------------------------------------------------
@@ -101,6 +158,10 @@ def cluster(bootstrap: Json, name: str) -> Json:
     return cast(Json, found[0])
 
 
+def model_cluster(bootstrap: Json, config: GatewayConfig, model: ModelConfig) -> Json:
+    return cluster(bootstrap, model_route_ids(config)[model.name])
+
+
 def endpoint_address(c: Json) -> Json:
     (locality,) = c["load_assignment"]["endpoints"]
     (lb_endpoint,) = locality["lb_endpoints"]
@@ -108,13 +169,28 @@ def endpoint_address(c: Json) -> Json:
 
 
 def protocol_options(c: Json) -> Json:
-    options = c["typed_extension_protocol_options"]
-    return cast(Json, options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"])
+    return cast(Json, c["typed_extension_protocol_options"][HTTP_PROTOCOL_OPTIONS])
+
+
+def upstream_ext_proc(c: Json) -> Json:
+    first = protocol_options(c)["http_filters"][0]
+    assert first["name"] == "envoy.filters.http.ext_proc"
+    return cast(Json, first["typed_config"])
+
+
+def providers_of(config: GatewayConfig, model: ModelConfig) -> list[ProviderConfig]:
+    by_name = {p.name: p for p in config.providers}
+    return [by_name[t.provider] for t in model.targets]
 
 
 def seconds(duration: str) -> float:
     assert duration.endswith("s"), duration
     return float(duration[:-1])
+
+
+def socket(address: Json) -> tuple[str, int]:
+    inner = address["socket_address"]
+    return inner["address"], inner["port_value"]
 
 
 def is_ip(host: str) -> bool:
@@ -144,12 +220,10 @@ def test_node_admin_and_listener_addresses_follow_config() -> None:
     )
     bootstrap = render_bootstrap(config)
     assert bootstrap["node"] == {"id": "llm-gateway", "cluster": "llm-gateway"}
-    admin = bootstrap["admin"]["address"]["socket_address"]
-    assert (admin["address"], admin["port_value"]) == ("127.0.0.2", 19901)
+    assert socket(bootstrap["admin"]["address"]) == ("127.0.0.2", 19901)
     gateway = listener(bootstrap)
     assert gateway["name"] == "gateway"
-    bound = gateway["address"]["socket_address"]
-    assert (bound["address"], bound["port_value"]) == ("0.0.0.0", 18080)
+    assert socket(gateway["address"]) == ("0.0.0.0", 18080)
 
 
 def test_http_connection_manager_settings() -> None:
@@ -165,7 +239,7 @@ def test_http_connection_manager_settings() -> None:
 
 
 def test_render_yaml_is_the_bootstrap_with_a_do_not_edit_header() -> None:
-    config = make_config()
+    config = full_config()
     text = render_yaml(config)
     first_line = text.splitlines()[0]
     assert first_line.startswith("#")
@@ -176,6 +250,11 @@ def test_render_yaml_is_the_bootstrap_with_a_do_not_edit_header() -> None:
 def test_constants_agree_with_the_processor() -> None:
     assert GATEWAY_ERROR_HEADER == pipeline.ORIGIN_HEADER
     assert METADATA_NAMESPACE == pipeline.METADATA_NAMESPACE
+    assert (ROUTE_METADATA_KEY, TARGET_METADATA_KEY) == ("route", "target")
+    assert UPSTREAM_TARGET_ATTRIBUTE == (
+        "xds.upstream_host_metadata.filter_metadata['gw']['target']"
+    )
+    assert HEALTH_CHECK_PATH == "/breaker/health"
 
 
 # --- buffer limits -----------------------------------------------------------------------------
@@ -183,81 +262,155 @@ def test_constants_agree_with_the_processor() -> None:
 
 @pytest.mark.parametrize("max_body", [1024, 3 * 1024 * 1024 + 7])
 def test_buffer_limits_leave_room_for_a_body_at_the_limit(max_body: int) -> None:
-    config = make_config(limits={"max_body_bytes": max_body})
+    config = full_config(limits={"max_body_bytes": max_body})
     bootstrap = render_bootstrap(config)
     expected = max_body + BUFFER_HEADROOM_BYTES
     assert BUFFER_HEADROOM_BYTES == 1024 * 1024
     assert listener(bootstrap)["per_connection_buffer_limit_bytes"] == expected
-    for provider in config.providers:
-        assert cluster(bootstrap, provider.cluster_name)["per_connection_buffer_limit_bytes"] == (
-            expected
-        )
+    for model in config.models:
+        c = model_cluster(bootstrap, config, model)
+        assert c["per_connection_buffer_limit_bytes"] == expected
 
 
-# --- ext_proc filter ---------------------------------------------------------------------------
+# --- ext_proc filters --------------------------------------------------------------------------
+
+
+def both_ext_procs(config: GatewayConfig) -> list[Json]:
+    """The downstream filter, then the upstream filter of every model cluster."""
+    bootstrap = render_bootstrap(config)
+    return [
+        ext_proc(bootstrap),
+        *(upstream_ext_proc(model_cluster(bootstrap, config, m)) for m in config.models),
+    ]
 
 
 @pytest.mark.parametrize("timeout_ms", [10, 2000, 2500])
 def test_ext_proc_timeouts_follow_processor_config(timeout_ms: int) -> None:
-    config = make_config(processor={"message_timeout_ms": timeout_ms})
-    filter_config = ext_proc(render_bootstrap(config))
+    config = full_config(processor={"message_timeout_ms": timeout_ms})
     expected = timeout_ms / 1000
-    assert seconds(filter_config["message_timeout"]) == expected
-    assert seconds(filter_config["max_message_timeout"]) >= expected
-    grpc = filter_config["grpc_service"]
-    assert grpc["envoy_grpc"] == {"cluster_name": "extproc"}
-    assert seconds(grpc["timeout"]) == expected
+    for filter_config in both_ext_procs(config):
+        assert seconds(filter_config["message_timeout"]) == expected
+        assert seconds(filter_config["max_message_timeout"]) >= expected
+        grpc = filter_config["grpc_service"]
+        assert grpc["envoy_grpc"] == {"cluster_name": "extproc"}
+        assert seconds(grpc["timeout"]) == expected
 
 
-def test_ext_proc_modes_metadata_and_mutation_rules() -> None:
-    filter_config = ext_proc(render_bootstrap(make_config()))
-    assert filter_config["@type"].endswith(
-        "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-    )
-    assert filter_config.get("failure_mode_allow", False) is False
-    assert filter_config["allow_mode_override"] is True
-    mode = filter_config["processing_mode"]
-    assert mode["request_header_mode"] == "SEND"
-    assert mode["request_body_mode"] == "BUFFERED"
-    assert mode["response_header_mode"] == "SEND"
-    assert mode.get("response_body_mode", "NONE") == "NONE"
-    assert mode["request_trailer_mode"] == "SKIP"
-    assert mode["response_trailer_mode"] == "SKIP"
-    namespaces = filter_config["metadata_options"]["receiving_namespaces"]
+def test_ext_proc_modes_and_mutation_rules_downstream_and_upstream() -> None:
+    for filter_config in both_ext_procs(full_config()):
+        assert filter_config["@type"].endswith(
+            "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+        )
+        assert filter_config["allow_mode_override"] is True
+        mode = filter_config["processing_mode"]
+        assert mode["request_header_mode"] == "SEND"
+        assert mode["request_body_mode"] == "BUFFERED"
+        assert mode["response_header_mode"] == "SEND"
+        assert mode.get("response_body_mode", "NONE") == "NONE"
+        assert mode["request_trailer_mode"] == "SKIP"
+        assert mode["response_trailer_mode"] == "SKIP"
+        rules = filter_config["mutation_rules"]
+        assert rules["allow_all_routing"] is True  # :authority / host
+        assert rules["allow_envoy"] is True  # x-envoy-upstream-rq-timeout-ms
+        assert rules.get("disallow_is_error", False) is False
+        for forbidding in ("disallow_system", "disallow_all", "disallow_expression"):
+            assert forbidding not in rules
+
+
+def test_only_the_downstream_filter_receives_metadata_and_only_upstream_asks_for_target() -> None:
+    downstream, *upstream = both_ext_procs(full_config())
+    namespaces = downstream["metadata_options"]["receiving_namespaces"]
     assert namespaces["untyped"] == [METADATA_NAMESPACE]
-    rules = filter_config["mutation_rules"]
-    assert rules["allow_all_routing"] is True  # :authority / host
-    assert rules["allow_envoy"] is True  # x-envoy-upstream-rq-timeout-ms
-    assert rules.get("disallow_is_error", False) is False
-    for forbidding in ("disallow_system", "disallow_all", "disallow_expression"):
-        assert forbidding not in rules
+    assert "request_attributes" not in downstream
+    assert upstream
+    for filter_config in upstream:
+        assert filter_config["request_attributes"] == [UPSTREAM_TARGET_ATTRIBUTE]
+        assert "metadata_options" not in filter_config
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_failure_mode_follows_processor_failure_open(fail_open: bool) -> None:
+    config = full_config(resilience={"processor_failure_open": fail_open})
+    for filter_config in both_ext_procs(config):
+        assert filter_config.get("failure_mode_allow", False) is fail_open
 
 
 # --- routes ------------------------------------------------------------------------------------
 
 
-def test_one_metadata_selected_route_per_provider_in_config_order() -> None:
-    config = make_config()
-    provider_routes = routes(render_bootstrap(config))[:-1]
-    assert len(provider_routes) == len(config.providers)
-    for provider, route in zip(config.providers, provider_routes, strict=True):
-        assert route["name"] == f"provider_{provider.name}"
+def test_one_metadata_selected_route_per_model_in_config_order() -> None:
+    config = full_config(limits={"default_timeout_seconds": 33.5})
+    route_ids = model_route_ids(config)
+    model_routes = routes(render_bootstrap(config))[:-1]
+    assert len(model_routes) == len(config.models)
+    for model, route in zip(config.models, model_routes, strict=True):
+        rid = route_ids[model.name]
+        assert route["name"] == f"model_{rid}"
         assert route["match"]["prefix"] == "/"
         (matcher,) = route["match"]["dynamic_metadata"]
         assert matcher == {
             "filter": METADATA_NAMESPACE,
-            "path": [{"key": PROVIDER_METADATA_KEY}],
-            "value": {"string_match": {"exact": provider.name}},
+            "path": [{"key": ROUTE_METADATA_KEY}],
+            "value": {"string_match": {"exact": rid}},
         }
         action = route["route"]
-        assert action["cluster"] == provider.cluster_name
-        assert action["host_rewrite_literal"] == provider.authority
-        expected = provider.timeout_seconds or config.limits.default_timeout_seconds
-        assert seconds(action["timeout"]) == expected
+        assert action["cluster"] == rid
+        assert action["auto_host_rewrite"] is True
+        assert "host_rewrite_literal" not in action
+        assert seconds(action["timeout"]) == config.limits.default_timeout_seconds
+
+
+@pytest.mark.parametrize(
+    "resilience",
+    [
+        {},
+        {
+            "max_retries": 4,
+            "retry_base_interval_ms": 25,
+            "retry_max_interval_ms": 900,
+            "max_rate_limited_wait_seconds": 2.5,
+        },
+        {"max_retries": 0},
+    ],
+)
+def test_retry_policy_follows_resilience_config(resilience: Json) -> None:
+    config = full_config(resilience=resilience)
+    settings = config.resilience
+    for route in routes(render_bootstrap(config))[:-1]:
+        policy = route["route"]["retry_policy"]
+        assert policy["retry_on"].split(",") == [
+            "5xx",
+            "reset",
+            "connect-failure",
+            "retriable-status-codes",
+        ]
+        assert policy["retriable_status_codes"] == [429]
+        # Rendered even when 0: an absent num_retries means one retry to Envoy.
+        assert policy["num_retries"] == settings.max_retries
+        back_off = policy["retry_back_off"]
+        assert seconds(back_off["base_interval"]) * 1000 == pytest.approx(
+            settings.retry_base_interval_ms
+        )
+        assert seconds(back_off["max_interval"]) * 1000 == pytest.approx(
+            settings.retry_max_interval_ms
+        )
+        limited = policy["rate_limited_retry_back_off"]
+        (reset_header,) = limited["reset_headers"]
+        assert reset_header["name"] == "retry-after"
+        assert reset_header.get("format", "SECONDS") == "SECONDS"
+        assert seconds(limited["max_interval"]) == settings.max_rate_limited_wait_seconds
+        priority = policy["retry_priority"]
+        assert priority["name"] == "envoy.retry_priorities.previous_priorities"
+        assert priority["typed_config"]["@type"].endswith("PreviousPrioritiesConfig")
+        assert priority["typed_config"]["update_frequency"] == 1
+        (predicate,) = policy["retry_host_predicate"]
+        assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+        assert predicate["typed_config"]["@type"].endswith("PreviousHostsPredicate")
+        assert int(policy["host_selection_retry_max_attempts"]) == 3
 
 
 def test_fallback_route_is_last_and_answers_503_in_openai_shape() -> None:
-    all_routes = routes(render_bootstrap(make_config()))
+    all_routes = routes(render_bootstrap(full_config()))
     fallback = all_routes[-1]
     assert fallback["match"] == {"prefix": "/"}
     assert "route" not in fallback
@@ -384,81 +537,295 @@ def test_extproc_cluster_over_tcp(tcp_address: str, host: str, port: int, kind: 
     assert extproc.get("type", "STATIC") == kind
 
 
-def test_every_provider_has_a_cluster_at_its_host_and_port() -> None:
-    config = make_config()
+def test_one_cluster_per_model_and_none_per_provider() -> None:
+    config = full_config()
     bootstrap = render_bootstrap(config)
     names = [c["name"] for c in bootstrap["static_resources"]["clusters"]]
-    assert names == ["extproc", *(p.cluster_name for p in config.providers)]
-    for provider in config.providers:
-        c = cluster(bootstrap, provider.cluster_name)
-        socket = endpoint_address(c)["socket_address"]
-        assert (socket["address"], socket["port_value"]) == (provider.host, provider.port)
-        assert seconds(c["connect_timeout"]) == provider.connect_timeout_seconds
-        if is_ip(provider.host):
-            assert c.get("type", "STATIC") == "STATIC"
-            assert "dns_lookup_family" not in c
-        else:
-            assert c["type"] == "STRICT_DNS"
-            assert c["dns_lookup_family"] == "V4_PREFERRED"
+    assert names == ["extproc", *(model_route_ids(config)[m.name] for m in config.models)]
+    assert not any(name.startswith("provider_") for name in names)
 
 
-def tls_context(c: Json) -> Json:
-    socket = c["transport_socket"]
-    assert socket["name"] == "envoy.transport_sockets.tls"
-    context = socket["typed_config"]
+def test_model_cluster_connect_timeout_is_the_longest_of_its_providers() -> None:
+    config = full_config()
+    bootstrap = render_bootstrap(config)
+    for model in config.models:
+        c = model_cluster(bootstrap, config, model)
+        expected = max(p.connect_timeout_seconds for p in providers_of(config, model))
+        assert seconds(c["connect_timeout"]) == expected
+        assert c.get("lb_policy", "ROUND_ROBIN") == "ROUND_ROBIN"
+        assert "transport_socket" not in c  # plaintext unless a TLS match applies
+    assert {
+        seconds(model_cluster(bootstrap, config, m)["connect_timeout"]) for m in config.models
+    } == {
+        5.0,
+        7.5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("names", "kind"),
+    [
+        pytest.param(["local", "h1"], "STATIC", id="all-ip"),
+        pytest.param(["local", "oai"], "STRICT_DNS", id="ip-and-name"),
+        pytest.param(["ollama"], "STRICT_DNS", id="name"),
+    ],
+)
+def test_model_cluster_uses_dns_when_any_target_host_is_a_name(names: list[str], kind: str) -> None:
+    model = {"name": "m", "targets": [{"provider": name, "model": "x"} for name in names]}
+    config = make_config(PROVIDERS, [model])
+    c = model_cluster(render_bootstrap(config), config, config.models[0])
+    assert c.get("type", "STATIC") == kind
+    assert c["dns_lookup_family"] == "V4_PREFERRED"
+
+
+def test_no_panic_routing_and_health_changes_apply_at_once() -> None:
+    config = full_config()
+    bootstrap = render_bootstrap(config)
+    for model in config.models:
+        common = model_cluster(bootstrap, config, model)["common_lb_config"]
+        assert common["healthy_panic_threshold"].get("value", 0) == 0
+        assert seconds(common["update_merge_window"]) == 0
+
+
+def lb_endpoints_by_priority(c: Json) -> list[list[Json]]:
+    localities = c["load_assignment"]["endpoints"]
+    assert [loc.get("priority", 0) for loc in localities] == list(range(len(localities)))
+    return [cast(list[Json], loc["lb_endpoints"]) for loc in localities]
+
+
+def test_targets_grouped_into_contiguous_priorities_in_configured_order() -> None:
+    config = full_config()
+    bootstrap = render_bootstrap(config)
+    route_ids = model_route_ids(config)
+    for model in config.models:
+        rid = route_ids[model.name]
+        c = model_cluster(bootstrap, config, model)
+        assert c["load_assignment"]["cluster_name"] == rid
+        configured = [target_priority(t, i) for i, t in enumerate(model.targets)]
+        levels = sorted(set(configured))
+        expected = [
+            [target_id(rid, i) for i, p in enumerate(configured) if p == level] for level in levels
+        ]
+        got = [
+            [
+                e["metadata"]["filter_metadata"][METADATA_NAMESPACE][TARGET_METADATA_KEY]
+                for e in group
+            ]
+            for group in lb_endpoints_by_priority(c)
+        ]
+        assert got == expected
+
+
+def test_weighted_targets_share_one_priority() -> None:
+    config = full_config()
+    weighted = config.models[1]
+    groups = lb_endpoints_by_priority(model_cluster(render_bootstrap(config), config, weighted))
+    # priorities 9, 5, 5 -> level 0 holds targets 1 and 2 (weights 3 and 1), level 1 target 0
+    assert [[e["load_balancing_weight"] for e in group] for group in groups] == [[3, 1], [1]]
+
+
+def test_each_endpoint_is_its_provider_with_target_metadata_and_breaker_health_check() -> None:
+    config = full_config(processor={"admin_address": "127.0.0.7", "admin_port": 9191})
+    bootstrap = render_bootstrap(config)
+    route_ids = model_route_ids(config)
+    for model in config.models:
+        rid = route_ids[model.name]
+        endpoints = [
+            e for g in lb_endpoints_by_priority(model_cluster(bootstrap, config, model)) for e in g
+        ]
+        by_target = {
+            e["metadata"]["filter_metadata"][METADATA_NAMESPACE][TARGET_METADATA_KEY]: e
+            for e in endpoints
+        }
+        assert len(by_target) == len(model.targets)
+        for index, (target, provider) in enumerate(
+            zip(model.targets, providers_of(config, model), strict=True)
+        ):
+            tid = target_id(rid, index)
+            lb_endpoint = by_target[tid]
+            endpoint = lb_endpoint["endpoint"]
+            assert socket(endpoint["address"]) == (provider.host, provider.port)
+            assert endpoint["hostname"] == provider.authority  # sent by auto_host_rewrite
+            health = endpoint["health_check_config"]
+            assert health["hostname"] == tid
+            assert socket(health["address"]) == ("127.0.0.7", 9191)
+            assert lb_endpoint["load_balancing_weight"] == target.weight
+            metadata = lb_endpoint["metadata"]["filter_metadata"]
+            if provider.scheme == "https":
+                assert set(metadata) == {METADATA_NAMESPACE, TRANSPORT_SOCKET_MATCH}
+                assert metadata[TRANSPORT_SOCKET_MATCH] == {"tls": provider.name}
+            else:
+                assert set(metadata) == {METADATA_NAMESPACE}
+
+
+@pytest.mark.parametrize(
+    ("admin_address", "reached_at"),
+    [("0.0.0.0", "127.0.0.1"), ("::", "127.0.0.1"), ("10.0.0.9", "10.0.0.9")],
+)
+def test_health_checks_reach_a_wildcard_bound_admin_server_on_loopback(
+    admin_address: str, reached_at: str
+) -> None:
+    config = full_config(processor={"admin_address": admin_address, "admin_port": 9393})
+    bootstrap = render_bootstrap(config)
+    for model in config.models:
+        for group in lb_endpoints_by_priority(model_cluster(bootstrap, config, model)):
+            for e in group:
+                assert socket(e["endpoint"]["health_check_config"]["address"]) == (reached_at, 9393)
+
+
+@pytest.mark.parametrize("interval_ms", [50, 500, 2500])
+def test_breaker_health_check_asks_the_processor_in_plaintext(interval_ms: int) -> None:
+    config = full_config(resilience={"health_check_interval_ms": interval_ms})
+    bootstrap = render_bootstrap(config)
+    for model in config.models:
+        c = model_cluster(bootstrap, config, model)
+        (check,) = c["health_checks"]
+        assert seconds(check["timeout"]) == 1
+        for key in ("interval", "unhealthy_interval", "no_traffic_interval"):
+            assert seconds(check[key]) * 1000 == pytest.approx(interval_ms), key
+        assert seconds(check["no_traffic_healthy_interval"]) * 1000 == pytest.approx(interval_ms)
+        assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (1, 1)
+        assert check["http_health_check"] == {"path": HEALTH_CHECK_PATH}
+        # The criteria match no TLS socket, so even https targets are checked in plaintext.
+        criteria = check["transport_socket_match_criteria"]
+        for match in c.get("transport_socket_matches", []):
+            assert not set(match["match"].items()) <= set(criteria.items())
+
+
+def tls_context(socket_config: Json) -> Json:
+    assert socket_config["name"] == "envoy.transport_sockets.tls"
+    context = socket_config["typed_config"]
     assert context["@type"].endswith("UpstreamTlsContext")
     return cast(Json, context)
 
 
-def expected_alpn(provider: ProviderConfig) -> list[str]:
-    return {
-        HttpProtocol.AUTO: ["h2", "http/1.1"],
-        HttpProtocol.HTTP2: ["h2"],
-        HttpProtocol.HTTP1: ["http/1.1"],
-    }[provider.http_protocol]
-
-
-def test_tls_only_for_https_providers_with_name_checks() -> None:
-    config = make_config()
+def test_tls_per_https_provider_through_transport_socket_matches() -> None:
+    config = full_config()
     bootstrap = render_bootstrap(config)
-    assert {p.scheme for p in config.providers} == {"http", "https"}
-    for provider in config.providers:
-        c = cluster(bootstrap, provider.cluster_name)
-        if provider.scheme == "http":
-            assert "transport_socket" not in c
-            continue
-        context = tls_context(c)
-        common = context["common_tls_context"]
-        assert common["alpn_protocols"] == expected_alpn(provider)
-        validation = common["validation_context"]
-        assert validation["trusted_ca"] == {"filename": CA_BUNDLE}
-        (san,) = validation["match_typed_subject_alt_names"]
-        assert san["matcher"] == {"exact": provider.host}
-        if is_ip(provider.host):
-            assert san["san_type"] == "IP_ADDRESS"
-            assert "sni" not in context
-        else:
-            assert san["san_type"] == "DNS"
-            assert context["sni"] == provider.host
+    checked = 0
+    for model in config.models:
+        c = model_cluster(bootstrap, config, model)
+        providers = providers_of(config, model)
+        https = list(dict.fromkeys(p.name for p in providers if p.scheme == "https"))
+        matches = c.get("transport_socket_matches", [])
+        assert [m["name"] for m in matches] == [f"tls_{name}" for name in https]
+        alpn = ["h2"] if cluster_protocol(providers) is HttpProtocol.HTTP2 else ["http/1.1"]
+        for match in matches:
+            provider = next(p for p in providers if f"tls_{p.name}" == match["name"])
+            assert match["match"] == {"tls": provider.name}
+            context = tls_context(match["transport_socket"])
+            common = context["common_tls_context"]
+            assert common["alpn_protocols"] == alpn
+            validation = common["validation_context"]
+            assert validation["trusted_ca"] == {"filename": CA_BUNDLE}
+            (san,) = validation["match_typed_subject_alt_names"]
+            assert san["matcher"] == {"exact": provider.host}
+            if is_ip(provider.host):
+                assert san["san_type"] == "IP_ADDRESS"
+                assert "sni" not in context
+            else:
+                assert san["san_type"] == "DNS"
+                assert context["sni"] == provider.host
+            checked += 1
+    assert checked == 6  # chain: oai, azure; weighted: oai, h1; h2: azure; twice: oai once
+
+
+def test_a_plain_http_only_model_has_no_tls() -> None:
+    config = make_config()
+    c = model_cluster(render_bootstrap(config), config, config.models[0])
+    assert "transport_socket_matches" not in c and "transport_socket" not in c
+
+
+H1: Json = {"http_protocol_options": {}}
+H2: Json = {"http2_protocol_options": {}}
 
 
 @pytest.mark.parametrize(
-    ("base_url", "protocol", "expected"),
+    ("targets", "expected"),
     [
-        ("https://a.example", "auto", {"auto_config": {"http_protocol_options": {}, **H2}}),
-        ("http://a.example", "auto", {"explicit_http_config": {"http_protocol_options": {}}}),
-        ("https://a.example", "http1", {"explicit_http_config": {"http_protocol_options": {}}}),
-        ("http://a.example", "http1", {"explicit_http_config": {"http_protocol_options": {}}}),
-        ("https://a.example", "http2", {"explicit_http_config": H2}),
-        ("http://a.example", "http2", {"explicit_http_config": H2}),
+        pytest.param([("https", "auto")], H1, id="https-auto"),
+        pytest.param([("http", "auto")], H1, id="http-auto"),
+        pytest.param([("https", "http1"), ("http", "http1")], H1, id="all-http1"),
+        pytest.param([("https", "http2")], H2, id="https-http2"),
+        pytest.param([("http", "http2"), ("https", "http2")], H2, id="all-http2"),
+        pytest.param([("https", "http2"), ("https", "auto")], H1, id="http2-and-auto"),
+        pytest.param([("https", "http2"), ("http", "http1")], H1, id="http2-and-http1"),
     ],
 )
-def test_upstream_http_protocol(base_url: str, protocol: str, expected: Json) -> None:
-    provider: Json = {"name": "p", "type": "vllm", "base_url": base_url, "http_protocol": protocol}
-    config = make_config([provider])
-    options = protocol_options(cluster(render_bootstrap(config), "provider_p"))
-    del options["@type"]
-    assert options == expected
+def test_cluster_protocol_is_http2_only_when_every_provider_asks(
+    targets: list[tuple[str, str]], expected: Json
+) -> None:
+    providers: list[Json] = [
+        {
+            "name": f"p{i}",
+            "type": "vllm",
+            "base_url": f"{scheme}://p{i}.example",
+            "http_protocol": p,
+        }
+        for i, (scheme, p) in enumerate(targets)
+    ]
+    model = {"name": "m", "targets": [{"provider": p["name"], "model": "x"} for p in providers]}
+    config = make_config(providers, [model])
+    c = model_cluster(render_bootstrap(config), config, config.models[0])
+    options = protocol_options(c)
+    assert options["@type"].endswith("HttpProtocolOptions")
+    assert options["explicit_http_config"] == expected
+    assert "auto_config" not in options  # Envoy rejects ALPN with a plaintext socket in the cluster
+    alpn = ["h2"] if expected == H2 else ["http/1.1"]
+    for match in c.get("transport_socket_matches", []):
+        assert (
+            tls_context(match["transport_socket"])["common_tls_context"]["alpn_protocols"] == alpn
+        )
+
+
+def test_upstream_filters_are_ext_proc_then_upstream_codec() -> None:
+    config = full_config()
+    bootstrap = render_bootstrap(config)
+    for model in config.models:
+        filters = protocol_options(model_cluster(bootstrap, config, model))["http_filters"]
+        assert [f["name"] for f in filters] == [
+            "envoy.filters.http.ext_proc",
+            "envoy.filters.http.upstream_codec",
+        ]
+        assert filters[1]["typed_config"]["@type"].endswith(
+            "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+        )
+
+
+@pytest.mark.parametrize(
+    "resilience",
+    [{}, {"breaker_consecutive_failures": 2, "breaker_open_seconds": 7.5}],
+)
+def test_outlier_detection_follows_the_breaker_settings(resilience: Json) -> None:
+    config = full_config(resilience=resilience)
+    settings = config.resilience
+    bootstrap = render_bootstrap(config)
+    for model in config.models:
+        outlier = model_cluster(bootstrap, config, model)["outlier_detection"]
+        assert outlier["consecutive_5xx"] == settings.breaker_consecutive_failures
+        assert outlier["consecutive_gateway_failure"] == settings.breaker_consecutive_failures
+        assert seconds(outlier["interval"]) == 10
+        assert seconds(outlier["base_ejection_time"]) == settings.breaker_open_seconds
+        assert outlier["max_ejection_percent"] == 100
+
+
+@pytest.mark.parametrize(
+    ("max_pending", "max_requests", "max_retries"),
+    [(100, 1000, 100), (5, 12, 3), (1, 1, 3), (7, 45, 4)],
+)
+def test_circuit_breakers_follow_the_capacity_settings(
+    max_pending: int, max_requests: int, max_retries: int
+) -> None:
+    config = full_config(
+        resilience={"max_pending_requests": max_pending, "max_requests": max_requests}
+    )
+    bootstrap = render_bootstrap(config)
+    for model in config.models:
+        (thresholds,) = model_cluster(bootstrap, config, model)["circuit_breakers"]["thresholds"]
+        assert thresholds.get("priority", "DEFAULT") == "DEFAULT"
+        assert thresholds["max_pending_requests"] == max_pending
+        assert thresholds["max_requests"] == max_requests
+        assert thresholds["max_retries"] == max_retries == max(3, max_requests // 10)
 
 
 # --- the real binary ---------------------------------------------------------------------------
@@ -487,27 +854,38 @@ def validate(config: GatewayConfig, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+TCP_PROCESSOR: Json = {"unix_socket": None, "tcp_address": "127.0.0.1:50051"}
+
+
 @pytest.mark.parametrize(
-    ("providers", "sections"),
+    ("providers", "models", "sections"),
     [
-        pytest.param(PROVIDERS[:1], {}, id="plain-http"),
-        pytest.param(PROVIDERS, {"limits": {"max_body_bytes": 2048}}, id="https-azure-h1-h2"),
+        pytest.param(PROVIDERS[:1], None, {}, id="plain-http"),
+        pytest.param(PROVIDERS, MODELS[:1], {"limits": {"max_body_bytes": 2048}}, id="mixed-tls"),
+        pytest.param(PROVIDERS, MODELS[1:2], {}, id="equal-priority-weighted"),
+        pytest.param(PROVIDERS, MODELS, {}, id="all-models"),
+        pytest.param(PROVIDERS, MODELS[2:], {"processor": TCP_PROCESSOR}, id="tcp-processor"),
         pytest.param(
-            PROVIDERS[1:3],
-            {"processor": {"unix_socket": None, "tcp_address": "127.0.0.1:50051"}},
-            id="tcp-processor",
-        ),
-        pytest.param(
-            PROVIDERS[3:],
+            PROVIDERS,
+            MODELS,
             {"processor": {"unix_socket": None, "tcp_address": "localhost:50051"}},
             id="dns-processor",
+        ),
+        pytest.param(
+            PROVIDERS,
+            MODELS,
+            {
+                "resilience": {"processor_failure_open": True, "max_retries": 0},
+                "processor": {"admin_address": "0.0.0.0"},
+            },
+            id="fail-open",
         ),
     ],
 )
 def test_envoy_accepts_the_rendered_config(
-    providers: list[Json], sections: Json, tmp_path: Path
+    providers: list[Json], models: list[Json] | None, sections: Json, tmp_path: Path
 ) -> None:
-    validate(make_config(providers, **sections), tmp_path)
+    validate(make_config(providers, models, **sections), tmp_path)
 
 
 def test_envoy_accepts_the_example_config(tmp_path: Path) -> None:

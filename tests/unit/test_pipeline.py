@@ -8,6 +8,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from extproc.attempt import AttemptPipeline
 from extproc.auth import hash_key
 from extproc.config import LoadedConfig, parse_config
 from extproc.errors import GatewayError
@@ -91,12 +92,37 @@ def fails(
 CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "hi 😀"}]}
 
 
-def test_openai_request_is_routed_and_rewritten() -> None:
-    action = run(gateway(), CHAT)
-    assert action.metadata == {
-        "gw": {"provider": "oa", "model": "gpt", "upstream_model": "gpt-upstream"}
-    }
+def test_request_is_routed_to_the_model_cluster_untranslated() -> None:
+    gw = gateway()
+    action = run(gw, CHAT, headers(**{"accept-encoding": "gzip"}))
+    assert action.metadata == {"gw": {"route": gw.models["gpt"].route_id, "model": "gpt"}}
     assert action.clear_route_cache
+    # The body stays as the client wrote it: each attempt translates it for its target.
+    assert action.body is None
+    assert ":path" not in action.set_headers
+    for header in ("authorization", "accept-encoding", "x-gateway-timeout"):
+        assert header in action.remove_headers
+
+
+def test_route_ids_are_distinct_per_model() -> None:
+    gw = gateway()
+    ids = [route.route_id for route in gw.models.values()]
+    assert len(set(ids)) == len(ids)
+
+
+def attempt(
+    gw: Gateway, model: str, body: dict[str, Any], path: str = "/v1/chat/completions"
+) -> Continue:
+    target = gw.models[model].targets[0]
+    pipe = AttemptPipeline(gw, target.id)
+    pipe.on_request_headers({":path": path, ":method": "POST"}, False)
+    action = pipe.on_request_body(orjson.dumps(body), True)
+    assert isinstance(action, Continue)
+    return action
+
+
+def test_attempt_translates_for_openai() -> None:
+    action = attempt(gateway(), "gpt", CHAT)
     assert action.set_headers[":path"] == "/v1/chat/completions"
     assert action.set_headers["authorization"] == "Bearer sk-upstream-oa"
     assert action.body is not None
@@ -104,34 +130,36 @@ def test_openai_request_is_routed_and_rewritten() -> None:
     assert sent["model"] == "gpt-upstream"
     assert sent["messages"] == CHAT["messages"]
     assert action.set_headers["content-length"] == str(len(action.body))
-    assert "x-gateway-timeout" in action.remove_headers
+    # Credentials other provider types use are scrubbed (an earlier attempt may have set them).
+    for header in ("api-key", "x-api-key", "x-goog-api-key", "x-amz-date"):
+        assert header in action.remove_headers
 
 
-def test_unchanged_body_is_not_rewritten() -> None:
-    action = run(gateway(), {**CHAT, "model": "same"})
+def test_attempt_keeps_an_unchanged_body() -> None:
+    action = attempt(gateway(), "same", {**CHAT, "model": "same"})
     assert action.body is None
     assert "content-length" not in action.set_headers
 
 
-def test_azure_path_and_key() -> None:
-    action = run(gateway(), {**CHAT, "model": "azgpt"})
+def test_attempt_azure_path_and_key() -> None:
+    action = attempt(gateway(), "azgpt", {**CHAT, "model": "azgpt"})
     assert (
         action.set_headers[":path"]
         == "/openai/deployments/dep%201/chat/completions?api-version=2024-10-21"
     )
     assert action.set_headers["api-key"] == "az-upstream"
     assert "authorization" in action.remove_headers
-    assert "authorization" not in action.set_headers
+    assert "api-key" not in action.remove_headers
 
 
-def test_keyless_provider_drops_client_authorization() -> None:
-    action = run(gateway(), {**CHAT, "model": "llama"})
+def test_attempt_keyless_provider_drops_authorization() -> None:
+    action = attempt(gateway(), "llama", {**CHAT, "model": "llama"})
     assert "authorization" in action.remove_headers
     assert action.set_headers[":path"] == "/v1/chat/completions"
 
 
-def test_embeddings_path() -> None:
-    action = run(gateway(), {"model": "emb", "input": "x"}, headers("/v1/embeddings"))
+def test_attempt_embeddings_path() -> None:
+    action = attempt(gateway(), "emb", {"model": "emb", "input": "x"}, "/v1/embeddings")
     assert action.set_headers[":path"] == "/v1/embeddings"
 
 
@@ -143,6 +171,7 @@ def test_timeout_defaults_header_and_field() -> None:
     action = run(gw, {**CHAT, "model": "same", "timeout": 7})
     assert action.set_headers["x-envoy-upstream-rq-timeout-ms"] == "7000"
     assert action.body is not None and "timeout" not in orjson.loads(action.body)
+    assert action.set_headers["content-length"] == str(len(action.body))
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
+from extproc.attempt import TARGET_ATTRIBUTE
 from extproc.auth import hash_key
 from extproc.config import LoadedConfig, parse_config
 from extproc.runtime import Gateway
@@ -81,17 +82,46 @@ async def test_chat_request_flow(stub: tuple[Any, ProcessorServer]) -> None:
     assert second.WhichOneof("response") == "request_body"
     common = second.request_body.response
     assert common.clear_route_cache
+    assert not common.body_mutation.HasField("body")  # translated per attempt, not here
+    assert "authorization" in common.header_mutation.remove_headers
+    set_headers = {h.header.key: h.header for h in common.header_mutation.set_headers}
+    # All header values travel in raw_value only.
+    assert all(not h.value and h.raw_value for h in set_headers.values())
+    metadata = json_format.MessageToDict(second.dynamic_metadata)
+    assert metadata["gw"]["model"] == "m"
+    assert metadata["gw"]["route"]
+
+
+def attempt_headers(target: str) -> pb.ProcessingRequest:
+    message = header_msg("/v1/chat/completions")
+    attributes = struct_pb2.Struct()
+    attributes.update({TARGET_ATTRIBUTE: target})
+    message.attributes["envoy.filters.http.ext_proc"].CopyFrom(attributes)
+    return message
+
+
+async def test_attempt_stream_is_translated_for_its_target(
+    stub: tuple[Any, ProcessorServer],
+) -> None:
+    client, server = stub
+    target = server.gateway.models["m"].targets[0]
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    first, second = await exchange(client, attempt_headers(target.id), body_msg(body))
+    assert first.WhichOneof("response") == "request_headers"
+    common = second.request_body.response
     assert orjson.loads(common.body_mutation.body)["model"] == "m-up"
     set_headers = {
         h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers
     }
     assert set_headers[":path"] == "/v1/chat/completions"
     assert set_headers["content-length"] == str(len(common.body_mutation.body))
-    # All header values travel in raw_value only.
-    assert all(not h.header.value for h in common.header_mutation.set_headers)
-    assert "authorization" in common.header_mutation.remove_headers
-    metadata = json_format.MessageToDict(second.dynamic_metadata)
-    assert metadata["gw"]["provider"] == "oa"
+    assert not common.clear_route_cache
+
+
+async def test_attempt_for_an_unknown_target_is_a_500(stub: tuple[Any, ProcessorServer]) -> None:
+    client, _ = stub
+    (answer,) = await exchange(client, attempt_headers("nope.t9"))
+    assert answer.immediate_response.status.code == 500
 
 
 async def test_immediate_error_ends_the_stream(stub: tuple[Any, ProcessorServer]) -> None:

@@ -1,0 +1,265 @@
+"""End to end: breaker-aware routing and same-request failover across providers, real Envoy.
+
+Each test gets its own stack (breaker state must not leak between tests): a primary
+OpenAI-compatible fake and a backup fake spoken to as Anthropic, behind one model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from extproc.fakes import FakeProviderServer
+from tests.e2e.conftest import FULL_KEY, Stack, make_stack
+
+pytestmark = pytest.mark.e2e
+
+OPEN_SECONDS = 2.0
+HC_INTERVAL_MS = 100
+
+
+@dataclass
+class Pair:
+    """A stack whose model `resilient` has a primary and a backup target."""
+
+    stack: Stack
+    primary: FakeProviderServer
+    backup: FakeProviderServer
+
+    def client(self) -> openai.OpenAI:
+        return self.stack.client()
+
+    def chat(self, content: str = "hello", **kwargs: Any) -> Any:
+        return self.client().chat.completions.create(
+            model="resilient", messages=[{"role": "user", "content": content}], **kwargs
+        )
+
+    def post(self, **body: Any) -> httpx.Response:
+        payload = {"model": "resilient", "messages": [{"role": "user", "content": "hi"}], **body}
+        return httpx.post(
+            f"{self.stack.base_url}/v1/chat/completions",
+            json=payload,
+            headers={"authorization": f"Bearer {FULL_KEY}"},
+            timeout=30,
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.stack.admin_url}/metrics").text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name + "{"):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def breakers(self) -> dict[str, Any]:
+        result: dict[str, Any] = httpx.get(f"{self.stack.admin_url}/breakers").json()
+        return result
+
+    def wait_for_health_checks(self) -> None:
+        # Envoy learns breaker states through active health checks of the processor.
+        time.sleep(HC_INTERVAL_MS / 1000 * 4)
+
+
+def resilient_config(backup_url: str, **resilience: Any) -> Any:
+    def customize(config: dict[str, Any]) -> None:
+        config["providers"].append(
+            {
+                "name": "p-backup",
+                "type": "anthropic",
+                "base_url": f"{backup_url}/v1",
+                "api_key_env": "TEST_ANTHROPIC_KEY",
+            }
+        )
+        config["models"].append(
+            {
+                "name": "resilient",
+                "targets": [
+                    {"provider": "p-openai", "model": "primary-model"},
+                    {"provider": "p-backup", "model": "backup-model"},
+                ],
+            }
+        )
+        config["resilience"] = {
+            "breaker_consecutive_failures": 5,
+            "breaker_open_seconds": OPEN_SECONDS,
+            "health_check_interval_ms": HC_INTERVAL_MS,
+            "max_retries": 2,
+            "retry_base_interval_ms": 10,
+            "retry_max_interval_ms": 40,
+            **resilience,
+        }
+
+    return customize
+
+
+def make_pair(tmp_path: Path, **resilience: Any) -> Iterator[Pair]:
+    backup = FakeProviderServer(port=0).start()
+    stack = make_stack(tmp_path, customize=resilient_config(backup.base_url, **resilience))
+    try:
+        yield Pair(stack, stack.fake, backup)
+    finally:
+        stack.stop()
+        stack.fake.stop()
+        backup.stop()
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    yield from make_pair(tmp_path)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_primary_5xx_fails_over_to_a_different_provider_type(pair: Pair, status: int) -> None:
+    pair.primary.set_behaviour(status=status)
+    reply = pair.chat("fail over please")
+    # One normal OpenAI answer, produced by the Anthropic-speaking backup and translated back.
+    assert reply.choices[0].message.content == "echo: fail over please"
+    assert reply.model == "resilient"
+    assert len(pair.primary.requests) == 1
+    (seen,) = pair.backup.requests
+    assert seen.path == "/v1/messages"
+    assert seen.json["model"] == "backup-model"
+    assert seen.header("x-api-key")
+    # Credentials of the first attempt did not follow the request to the second provider.
+    assert seen.header("authorization") is None
+    assert pair.primary.requests[0].header("x-api-key") is None
+
+
+def test_unreachable_primary_fails_over(pair: Pair) -> None:
+    pair.primary.stop()  # connection refused
+    reply = pair.chat("anyone there?")
+    assert reply.choices[0].message.content == "echo: anyone there?"
+    assert len(pair.backup.requests) == 1
+
+
+def test_streams_fail_over_before_the_first_byte(pair: Pair) -> None:
+    pair.primary.set_behaviour(status=503)
+    stream = pair.chat("stream it", stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "echo: stream it"
+    assert len(pair.primary.requests) == 1 and len(pair.backup.requests) == 1
+
+
+def test_provider_429_cools_the_target_and_fails_over(pair: Pair) -> None:
+    pair.primary.set_behaviour(status=429, error_headers={"retry-after": "1"})
+    reply = pair.chat("rate limited")
+    assert reply.choices[0].message.content == "echo: rate limited"
+    state = pair.breakers()["p-openai/primary-model"]
+    assert state["state"] == "closed"  # a 429 is a cool-down, not a failure
+    assert pair.metric("gateway_upstream_attempts_total", outcome="rate_limited") == 1
+
+
+def test_breaker_opens_after_n_failures_and_then_skips_the_primary(pair: Pair) -> None:
+    pair.primary.set_behaviour(status=500)
+    for i in range(5):
+        assert pair.chat(f"attempt {i}").choices[0].message.content == f"echo: attempt {i}"
+    assert len(pair.primary.requests) == 5
+    assert pair.breakers()["p-openai/primary-model"]["state"] == "open"
+    assert pair.metric("gateway_breaker_transitions_total", state="open") == 1
+    pair.wait_for_health_checks()
+    pair.primary.clear()
+    for i in range(5):
+        assert pair.chat(f"after {i}").choices[0].message.content == f"echo: after {i}"
+    # The open breaker kept every request away from the primary: it saw nothing.
+    assert pair.primary.requests == []
+
+
+def test_half_open_probe_recovers_the_primary(pair: Pair) -> None:
+    pair.primary.set_behaviour(status=500)
+    for _ in range(5):
+        pair.chat()
+    assert pair.breakers()["p-openai/primary-model"]["state"] == "open"
+    pair.primary.clear()  # the primary is healthy again
+    time.sleep(OPEN_SECONDS)
+    pair.wait_for_health_checks()
+    deadline = time.monotonic() + 10
+    while not pair.primary.requests and time.monotonic() < deadline:
+        pair.chat("probe?")
+        time.sleep(0.05)
+    assert pair.primary.requests, "no probe reached the recovered primary"
+    assert pair.breakers()["p-openai/primary-model"]["state"] == "closed"
+    before = len(pair.backup.requests)
+    pair.wait_for_health_checks()
+    pair.chat("back to normal")
+    assert len(pair.backup.requests) == before  # traffic is back on the primary
+
+
+def test_fifty_concurrent_failures_open_the_breaker_exactly_once(pair: Pair) -> None:
+    pair.primary.set_behaviour(status=500)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=25) as pool:
+        statuses = list(pool.map(lambda _: pair.post().status_code, range(50)))
+    assert statuses == [200] * 50  # every one failed over
+    assert pair.metric("gateway_breaker_transitions_total", state="open") == 1
+    assert pair.breakers()["p-openai/primary-model"]["state"] == "open"
+
+
+def test_all_providers_down_is_a_fast_503(pair: Pair) -> None:
+    pair.primary.set_behaviour(status=500)
+    pair.backup.set_behaviour(status=500)
+    for _ in range(20):
+        # Every attempt fails: the client gets the last provider error (or Envoy's 503
+        # once its health checks see both targets out).
+        assert pair.post().status_code in (502, 503)
+        states = pair.breakers()
+        if all(states[k]["state"] == "open" for k in states if k.startswith("p-")):
+            break
+    assert states["p-openai/primary-model"]["state"] == "open"
+    assert states["p-backup/backup-model"]["state"] == "open"
+    pair.primary.clear()
+    pair.backup.clear()
+    started = time.monotonic()
+    response = pair.post()
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "no_healthy_provider"
+    assert int(response.headers["retry-after"]) >= 1
+    assert pair.primary.requests == [] and pair.backup.requests == []
+    assert elapsed < 5  # answered by the processor, not after provider timeouts
+
+
+def test_all_providers_rate_limited_is_a_429(pair: Pair) -> None:
+    # Retry-After values above max_rate_limited_wait_seconds (10): Envoy does not wait
+    # for them between attempts, it fails over on its normal back-off.
+    pair.primary.set_behaviour(status=429, error_headers={"retry-after": "30"})
+    pair.backup.set_behaviour(status=429, error_headers={"retry-after": "20"})
+    first = pair.post()
+    assert first.status_code == 429
+    pair.primary.clear()
+    pair.backup.clear()
+    response = pair.post()
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 15 <= int(response.headers["retry-after"]) <= 20  # the shortest cool-down
+    assert pair.primary.requests == [] and pair.backup.requests == []
+
+
+def test_slow_primary_times_out_per_try_and_fails_over(tmp_path: Path) -> None:
+    for p in make_pair(tmp_path, per_try_timeout_seconds=0.5):
+        p.primary.set_behaviour(latency_s=3)
+        started = time.monotonic()
+        reply = p.chat("too slow")
+        assert reply.choices[0].message.content == "echo: too slow"
+        assert time.monotonic() - started < 3
+        assert len(p.backup.requests) == 1
+
+
+def test_capacity_overflow_is_an_openai_503(tmp_path: Path) -> None:
+    for p in make_pair(tmp_path, max_requests=1, max_pending_requests=1, max_retries=0):
+        p.primary.set_behaviour(latency_s=1.5)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(lambda _, pair=p: pair.post(), range(6)))
+        overflow = [r for r in results if r.status_code == 503]
+        assert overflow, [r.status_code for r in results]
+        for response in overflow:
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
