@@ -260,8 +260,11 @@ class ResilienceConfig(_Strict):
     # Capacity per model: requests waiting for a connection, and in flight.
     max_pending_requests: Annotated[int, Field(ge=1, le=100000)] = 100
     max_requests: Annotated[int, Field(ge=1, le=1000000)] = 1000
-    # Processor down or slow: answer 503 (false) or let requests through untouched (true).
+    # Processor down or slow: answer 503 (false, the default) or let requests through
+    # unprocessed (true) to `fail_open_model`'s targets: no auth, no validation, no
+    # translation, no credentials. Only for keyless, OpenAI-compatible internal backends.
     processor_failure_open: bool = False
+    fail_open_model: str | None = None
 
 
 class ListenerConfig(_Strict):
@@ -371,6 +374,43 @@ def reference_problems(config: GatewayConfig) -> list[str]:
     if config.auth.enabled and not config.tenants:
         problems.append("tenants: auth is enabled but no tenant is configured")
     problems += _port_clashes(config)
+    problems += _fail_open_problems(config)
+    return problems
+
+
+_FAIL_OPEN_TYPES = (
+    ProviderType.OPENAI,
+    ProviderType.VLLM,
+    ProviderType.OLLAMA,
+    ProviderType.TOGETHER,
+)
+
+
+def _fail_open_problems(config: GatewayConfig) -> list[str]:
+    resilience = config.resilience
+    if not resilience.processor_failure_open:
+        if resilience.fail_open_model is not None:
+            return ["resilience.fail_open_model: only used with processor_failure_open: true"]
+        return []
+    if resilience.fail_open_model is None:
+        return [
+            "resilience.fail_open_model: processor_failure_open needs the model whose targets "
+            "take unprocessed requests while the processor is down"
+        ]
+    model = next((m for m in config.models if m.name == resilience.fail_open_model), None)
+    if model is None:
+        return [f"resilience.fail_open_model: unknown model '{resilience.fail_open_model}'"]
+    providers = {p.name: p for p in config.providers}
+    problems = []
+    for target in model.targets:
+        provider = providers.get(target.provider)
+        if provider is not None and (
+            provider.type not in _FAIL_OPEN_TYPES or provider.api_key_env or provider.api_key_file
+        ):
+            problems.append(
+                f"resilience.fail_open_model: target provider '{provider.name}' must be a keyless "
+                "OpenAI-compatible backend (requests reach it unprocessed when failing open)"
+            )
     return problems
 
 

@@ -28,8 +28,9 @@ HTTP protocol is one choice for all its endpoints (`cluster_protocol`): HTTP/2 w
 provider asks for `http2`, else HTTP/1.1 (also for `auto`: Envoy's ALPN-negotiating `auto_config`
 rejects a cluster with any plaintext transport socket, and the health checks need one).
 
-With `resilience.processor_failure_open` true and the processor down, requests pass the downstream
-filter without metadata, so no model route matches and the fallback route answers 503 `no_route`.
+With `resilience.processor_failure_open` true and the processor down, requests pass both ext_proc
+filters unprocessed; with no metadata set, the `processor_failed_open` route sends `/v1/...`
+requests to `resilience.fail_open_model`'s cluster (keyless OpenAI-compatible backends only).
 Only a processor failing between the downstream and the upstream phase of one request lets that
 attempt go out untranslated and without provider credentials (the upstream filter fails open too).
 """
@@ -283,9 +284,37 @@ def build_bootstrap(config: GatewayConfig) -> Bootstrap:
                     _model_cluster(config, model, route_ids[model.name], providers, buffer_limit)
                     for model in config.models
                 ),
+                *_fail_open_clusters(config, route_ids, providers, buffer_limit),
             ],
         ),
     )
+
+
+FAIL_OPEN_CLUSTER = "fail_open"
+
+
+def _fail_open_clusters(
+    config: GatewayConfig,
+    route_ids: dict[str, str],
+    providers: dict[str, ProviderConfig],
+    buffer_limit: int,
+) -> list[Cluster]:
+    """The fail-open model's targets without the processor: no health checks, no upstream
+    ext_proc (both need the processor, which is down whenever this cluster is used)."""
+    name = config.resilience.fail_open_model
+    if not config.resilience.processor_failure_open or name is None:
+        return []
+    model = next(m for m in config.models if m.name == name)
+    cluster = _model_cluster(config, model, route_ids[name], providers, buffer_limit)
+    cluster.name = FAIL_OPEN_CLUSTER
+    cluster.load_assignment.cluster_name = FAIL_OPEN_CLUSTER
+    cluster.health_checks = []
+    options = _model_http_options(
+        config, cluster_protocol(providers[t.provider] for t in model.targets)
+    )
+    options.http_filters = []
+    cluster.typed_extension_protocol_options = _protocol_options(options)
+    return [cluster]
 
 
 # --- listener ---------------------------------------------------------------------------------
@@ -364,6 +393,9 @@ def _route_config(config: GatewayConfig, route_ids: dict[str, str]) -> RouteConf
         )
         for model in config.models
     ]
+    fail_open = config.resilience.fail_open_model
+    if config.resilience.processor_failure_open and fail_open is not None:
+        routes.append(_fail_open_route(route_ids[fail_open], config))
     routes.append(_fallback_route())
     return RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
@@ -421,6 +453,21 @@ def _retry_policy(resilience: ResilienceConfig) -> RetryPolicy:
             )
         ],
         host_selection_retry_max_attempts=HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+    )
+
+
+def _fail_open_route(route_id: str, config: GatewayConfig) -> Route:
+    # Reached only when the processor failed open (no metadata was set): the request goes
+    # unprocessed to the fail-open model's targets, with the normal retry policy.
+    return Route(
+        name="processor_failed_open",
+        match=RouteMatch(prefix="/v1/"),
+        route=RouteAction(
+            cluster=FAIL_OPEN_CLUSTER,
+            auto_host_rewrite=True,
+            timeout=timedelta(seconds=config.limits.default_timeout_seconds),
+            retry_policy=_retry_policy(config.resilience),
+        ),
     )
 
 

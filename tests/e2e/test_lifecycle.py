@@ -46,29 +46,45 @@ def test_sigterm_lets_in_flight_requests_finish(fresh_stack: Stack) -> None:
 def test_processor_outage_is_a_clear_503_and_recovers(fresh_stack: Stack) -> None:
     stack = fresh_stack
     assert stack.processor is not None
-    stack.processor.send_signal(signal.SIGKILL)
-    stack.processor.wait(10)
-    response = httpx.post(
-        f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30
-    )
-    assert response.status_code == 503
-    error = response.json()["error"]
-    assert error["code"] == "processor_unavailable"
-    assert set(error) == {"message", "type", "param", "code"}
-    health = httpx.get(f"{stack.base_url}/health", timeout=10)
-    assert health.status_code == 503
-    assert stack.fake.requests == []  # fail-closed: nothing reached the provider
+    statuses: list[int] = []
+    stop = threading.Event()
 
-    stack.start_processor()  # same socket path; Envoy reconnects by itself
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def traffic() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                url = f"{stack.base_url}/v1/chat/completions"
+                statuses.append(client.post(url, json=CHAT, headers=AUTH).status_code)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        time.sleep(0.3)
+        stack.processor.send_signal(signal.SIGKILL)  # killed under traffic
+        stack.processor.wait(10)
+        time.sleep(0.3)
+        reached = len(stack.fake.requests)
         response = httpx.post(
             f"{stack.base_url}/v1/chat/completions", json=CHAT, headers=AUTH, timeout=30
         )
-        if response.status_code == 200:
-            break
-        time.sleep(0.2)
-    assert response.status_code == 200, response.text
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["code"] == "processor_unavailable"
+        assert set(error) == {"message", "type", "param", "code"}
+        assert httpx.get(f"{stack.base_url}/health", timeout=10).status_code == 503
+        time.sleep(0.5)
+        # Fail-closed: nothing reached the provider while the processor was down.
+        assert len(stack.fake.requests) == reached
+
+        stack.start_processor()  # same socket path; Envoy reconnects by itself
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and statuses[-5:] != [200] * 5:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join(30)
+    # Traffic saw answers before the kill, clean 503s during the outage, answers after.
+    assert statuses[0] == 200 and 503 in statuses and statuses[-5:] == [200] * 5
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
 
 
 def test_processor_admin_endpoints(stack: Stack) -> None:
@@ -91,6 +107,36 @@ def test_processor_over_tcp_instead_of_a_unix_socket(tmp_path: Path) -> None:
             model="chat-openai", messages=[{"role": "user", "content": "over tcp"}]
         )
         assert reply.choices[0].message.content == "echo: over tcp"
+    finally:
+        stack.stop()
+        stack.fake.stop()
+
+
+def test_fail_open_sends_requests_through_when_the_processor_is_down(tmp_path: Path) -> None:
+    from tests.e2e.conftest import make_stack
+
+    def customize(config: dict[str, object]) -> None:
+        resilience = config["resilience"]
+        assert isinstance(resilience, dict)
+        resilience.update(processor_failure_open=True, fail_open_model="chat-vllm")
+
+    stack = make_stack(tmp_path, customize=customize)
+    try:
+        assert stack.processor is not None
+        stack.processor.send_signal(signal.SIGKILL)
+        stack.processor.wait(10)
+        response = httpx.post(
+            f"{stack.base_url}/v1/chat/completions",
+            json={"model": "chat-vllm", "messages": [{"role": "user", "content": "unprocessed"}]},
+            headers=AUTH,
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"] == "echo: unprocessed"
+        (seen,) = stack.fake.requests
+        # Unprocessed: the client's path, body and model name went through as they were.
+        assert seen.path == "/v1/chat/completions"
+        assert seen.json["model"] == "chat-vllm"
     finally:
         stack.stop()
         stack.fake.stop()

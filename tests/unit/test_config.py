@@ -280,3 +280,17 @@ def test_hash_key_cli_reads_stdin() -> None:
 
     result = run_cli("hash-key", stdin="sk-some-key\n")
     assert result.stdout.strip() == hashlib.sha256(b"sk-some-key").hexdigest()
+
+
+def test_fail_open_needs_a_keyless_openai_compatible_model() -> None:
+    data = base()
+    data["resilience"] = {"processor_failure_open": True}
+    assert any("fail_open_model: processor_failure_open needs" in p for p in problems(data))
+    data["resilience"]["fail_open_model"] = "m1"
+    # A provider with a key cannot take unprocessed requests.
+    data["providers"][0]["api_key_env"] = "K"
+    assert any("must be a keyless OpenAI-compatible backend" in p for p in problems(data))
+    del data["providers"][0]["api_key_env"]
+    parse_config(data)
+    data["resilience"] = {"fail_open_model": "m1"}
+    assert any("only used with processor_failure_open" in p for p in problems(data))

@@ -104,6 +104,7 @@ MODELS: list[Json] = [
             {"provider": "oai", "model": "y", "priority": 3},
         ],
     },
+    {"name": "local-only", "targets": [{"provider": "local", "model": "a"}]},
 ]
 
 
@@ -330,9 +331,23 @@ def test_only_the_downstream_filter_receives_metadata_and_only_upstream_asks_for
 
 @pytest.mark.parametrize("fail_open", [False, True])
 def test_failure_mode_follows_processor_failure_open(fail_open: bool) -> None:
-    config = full_config(resilience={"processor_failure_open": fail_open})
+    resilience: Json = {"processor_failure_open": fail_open}
+    if fail_open:
+        resilience["fail_open_model"] = "local-only"
+    config = full_config(resilience=resilience)
     for filter_config in both_ext_procs(config):
         assert filter_config.get("failure_mode_allow", False) is fail_open
+    names = [route["name"] for route in routes(render_bootstrap(config))]
+    assert ("processor_failed_open" in names) is fail_open
+    if fail_open:
+        fail_open_route = routes(render_bootstrap(config))[-2]
+        assert fail_open_route["name"] == "processor_failed_open"
+        assert fail_open_route["route"]["cluster"] == "fail_open"
+        all_clusters = render_bootstrap(config)["static_resources"]["clusters"]
+        (cluster,) = [c for c in all_clusters if c["name"] == "fail_open"]
+        assert "health_checks" not in cluster  # both would need the processor, which is down
+        assert "http_filters" not in str(cluster)
+        assert "dynamic_metadata" not in fail_open_route["match"]
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -875,7 +890,11 @@ TCP_PROCESSOR: Json = {"unix_socket": None, "tcp_address": "127.0.0.1:50051"}
             PROVIDERS,
             MODELS,
             {
-                "resilience": {"processor_failure_open": True, "max_retries": 0},
+                "resilience": {
+                    "processor_failure_open": True,
+                    "fail_open_model": "local-only",
+                    "max_retries": 0,
+                },
                 "processor": {"admin_address": "0.0.0.0"},
             },
             id="fail-open",
