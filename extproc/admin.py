@@ -47,13 +47,19 @@ def make_admin_app(
         target = gateway.targets.get(request.host.rsplit(":", 1)[0]) if gateway else None
         if target is None:
             return web.Response(status=404, text="unknown target")
-        admission = target.breaker.peek(time.monotonic())
+        admission = target.admission(time.monotonic())
         if admission in (Admission.ALLOW, Admission.PROBE):
             return web.Response(text=admission.value)
         return web.Response(status=503, text=admission.value)
 
     async def breakers(_: web.Request) -> web.Response:
-        snapshot = gateway.breakers.snapshot(time.monotonic()) if gateway else {}
+        snapshot: dict[str, object] = {}
+        if gateway is not None:
+            snapshot.update(gateway.breakers.snapshot(time.monotonic()))
+            snapshot["providers"] = {
+                name: {"healthy": h.healthy, "last_error": h.last_error}
+                for name, h in gateway.provider_health.items()
+            }
         return web.json_response(snapshot, dumps=_dumps)
 
     async def reset_breakers(_: web.Request) -> web.Response:

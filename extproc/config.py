@@ -60,6 +60,16 @@ class HttpProtocol(StrEnum):
     HTTP2 = "http2"
 
 
+class ProviderHealthCheck(_Strict):
+    """Optional active health check of a provider, run by the processor."""
+
+    path: Annotated[str, Field(pattern=r"^/")]  # appended to base_url, e.g. "/models"
+    interval_seconds: Annotated[float, Field(ge=0.1, le=3600)] = 10.0
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0
+    unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 2
+    healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+
+
 class ProviderConfig(_Strict):
     """One upstream provider: where it is, how to authenticate, how long to wait."""
 
@@ -86,6 +96,9 @@ class ProviderConfig(_Strict):
     timeout_seconds: Annotated[float | None, Field(gt=0, le=600)] = None
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
     http_protocol: HttpProtocol = HttpProtocol.AUTO
+    # GET base_url + path every interval; while it fails, the provider's targets get no
+    # traffic (their breakers are left alone). Sent with the provider's API key, if any.
+    health_check: ProviderHealthCheck | None = None
 
     @field_validator("base_url")
     @classmethod

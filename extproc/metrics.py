@@ -69,6 +69,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.provider_healthy = Gauge(
+            "gateway_provider_healthy",
+            "Active health check result per provider with health_check configured (1 healthy).",
+            ["provider"],
+            registry=self.registry,
+        )
+
     def breaker_transition(self, transition: Transition) -> None:
         """Record a breaker state change (called by the breaker board)."""
         self.breaker_state.labels(transition.target).set(_STATE_VALUES[transition.new])

@@ -23,6 +23,7 @@ from extproc.config import (
     target_priority,
 )
 from extproc.metrics import Metrics
+from extproc.provider_health import ProviderHealth
 from extproc.providers import ProviderAdapter, adapter_for
 
 _AVAILABLE = (Admission.ALLOW, Admission.PROBE)
@@ -41,6 +42,13 @@ class Target:
     adapter_class: type[ProviderAdapter]
     credential: Credential | None
     breaker: Breaker
+    health: ProviderHealth  # the provider's active health check (healthy when none)
+
+    def admission(self, now: float) -> Admission:
+        """May this target take traffic now? (Breaker and provider health, no slot taken.)"""
+        if not self.health.healthy:
+            return Admission.DENY_OPEN
+        return self.breaker.peek(now)
 
     def adapter(self) -> ProviderAdapter:
         """A fresh per-request adapter for this target."""
@@ -64,7 +72,7 @@ class ModelRoute:
         waits: list[float] = []
         cooling_only = True
         for target in self.targets:
-            admission = target.breaker.peek(now)
+            admission = target.admission(now)
             if admission in _AVAILABLE:
                 return True, 0.0, False
             if admission is not Admission.DENY_COOLING:
@@ -101,6 +109,7 @@ class Gateway:
             breaker_settings(config.resilience), on_transition=self.metrics.breaker_transition
         )
         providers = {p.name: p for p in config.providers}
+        self.provider_health = {name: ProviderHealth(name) for name in providers}
         route_ids = model_route_ids(config)
         self.models: dict[str, ModelRoute] = {}
         self.targets: dict[str, Target] = {}
@@ -138,6 +147,7 @@ class Gateway:
                     adapter_class=adapter_for(provider.type),
                     credential=credentials.get(spec.provider),
                     breaker=self.breakers.get(breaker_key(provider.name, spec.model)),
+                    health=self.provider_health[provider.name],
                 )
             )
         route.targets = tuple(targets)

@@ -11,6 +11,7 @@ import logging
 
 from extproc.admin import AdminState, start_admin
 from extproc.config import LoadedConfig
+from extproc.provider_health import ProviderHealth, run_checks
 from extproc.runtime import Gateway
 from extproc.server import ProcessorServer, install_signal_handlers
 
@@ -18,6 +19,27 @@ log = logging.getLogger("extproc.serve")
 
 # Room for protobuf framing and headers around the largest allowed body.
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+
+
+def start_provider_checks(loaded: LoadedConfig, gateway: Gateway) -> list[asyncio.Task[None]]:
+    """One background task per provider with an active health check."""
+    tasks = []
+    gauge = gateway.metrics.provider_healthy
+    for provider in loaded.config.providers:
+        if provider.health_check is None:
+            continue
+        health = gateway.provider_health[provider.name]
+        gauge.labels(provider.name).set(1)
+
+        def changed(h: ProviderHealth, name: str = provider.name) -> None:
+            gauge.labels(name).set(1 if gateway.provider_health[name].healthy else 0)
+
+        tasks.append(
+            asyncio.create_task(
+                run_checks(provider, loaded.credentials.get(provider.name), health, changed)
+            )
+        )
+    return tasks
 
 
 async def serve(loaded: LoadedConfig) -> None:
@@ -32,6 +54,7 @@ async def serve(loaded: LoadedConfig) -> None:
         state, gateway.metrics, processor.admin_address, processor.admin_port, gateway
     )
     await server.start()
+    checks = start_provider_checks(loaded, gateway)
     state.ready = True
     stop = asyncio.Event()
     install_signal_handlers(stop.set)
@@ -51,6 +74,9 @@ async def serve(loaded: LoadedConfig) -> None:
         processor.shutdown_grace_seconds,
     )
     await server.stop(processor.shutdown_grace_seconds)
+    for task in checks:
+        task.cancel()
+    await asyncio.gather(*checks, return_exceptions=True)
     await admin.cleanup()
     if processor.unix_socket is not None and processor.unix_socket.exists():
         processor.unix_socket.unlink()

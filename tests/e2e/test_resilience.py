@@ -265,3 +265,46 @@ def test_capacity_overflow_is_an_openai_503(tmp_path: Path) -> None:
         for response in overflow:
             error = response.json()["error"]
             assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_active_health_check_keeps_traffic_off_a_sick_provider_and_back_on_recovery(
+    tmp_path: Path,
+) -> None:
+    def with_health_check(config: dict[str, Any]) -> None:
+        primary = next(p for p in config["providers"] if p["name"] == "p-openai")
+        primary["health_check"] = {"path": "/models", "interval_seconds": 0.1}
+
+    backup = FakeProviderServer(port=0).start()
+    customize = resilient_config(backup.base_url)
+
+    def both(config: dict[str, Any]) -> None:
+        customize(config)
+        with_health_check(config)
+
+    stack = make_stack(tmp_path, customize=both)
+    try:
+        pair = Pair(stack, stack.fake, backup)
+        pair.primary.set_behaviour(status=503)  # sick: its health endpoint fails too
+        time.sleep(0.5)
+        pair.wait_for_health_checks()
+        pair.primary.clear()
+        pair.primary.set_behaviour(status=503)
+        assert pair.chat("routed around").choices[0].message.content == "echo: routed around"
+        # Only health checks reached the sick primary; the request went to the backup.
+        assert [r.method for r in pair.primary.requests if r.method != "GET"] == []
+        assert pair.breakers()["providers"]["p-openai"]["healthy"] is False
+        pair.primary.clear()  # recovered
+        time.sleep(0.3)
+        pair.wait_for_health_checks()
+        assert pair.breakers()["providers"]["p-openai"]["healthy"] is True
+        before = len(pair.backup.requests)
+        pair.chat("back on the primary")
+        assert len(pair.backup.requests) == before
+        assert any(r.method == "POST" for r in pair.primary.requests)
+        health_checks = [r for r in pair.primary.requests if r.method == "GET"]
+        assert health_checks and health_checks[0].path == "/v1/models"
+        assert health_checks[0].header("authorization") == "Bearer sk-upstream-openai-secret"
+    finally:
+        stack.stop()
+        stack.fake.stop()
+        backup.stop()
