@@ -268,6 +268,9 @@ class ResilienceConfig(_Strict):
     # Give up on one attempt after this long and try the next target (None: only the
     # request timeout applies). It bounds the whole attempt, streamed body included.
     per_try_timeout_seconds: Annotated[float | None, Field(gt=0, le=600)] = None
+    # Cut an attempt that sends nothing for this long (a stalled stream); also before the
+    # first byte, so keep it above the slowest time to first token (None: off).
+    per_try_idle_timeout_seconds: Annotated[float | None, Field(gt=0, le=600)] = None
     # Longest Retry-After a provider 429 may make Envoy wait before retrying.
     max_rate_limited_wait_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     # Capacity per model: requests waiting for a connection, and in flight.

@@ -424,7 +424,9 @@ def _model_route(route_id: str, default_timeout: float, resilience: ResilienceCo
 
 
 def _retry_policy(resilience: ResilienceConfig) -> RetryPolicy:
+    idle = resilience.per_try_idle_timeout_seconds
     return RetryPolicy(
+        per_try_idle_timeout=timedelta(seconds=idle) if idle is not None else None,
         retry_on=RETRY_ON,
         retriable_status_codes=list(RETRIABLE_STATUS_CODES),
         num_retries=resilience.max_retries,

@@ -7,6 +7,7 @@ OpenAI-compatible fake and a backup fake spoken to as Anthropic, behind one mode
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -308,3 +309,19 @@ def test_active_health_check_keeps_traffic_off_a_sick_provider_and_back_on_recov
         stack.stop()
         stack.fake.stop()
         backup.stop()
+
+
+def test_stream_hanging_mid_way_is_cut_by_the_idle_timeout(tmp_path: Path) -> None:
+    for p in make_pair(tmp_path, per_try_idle_timeout_seconds=1):
+        never = threading.Event()  # the primary sends its first chunk, then hangs
+        p.primary.set_behaviour(stream_chunks=["partial ", "never"], stream_gate=never)
+        started = time.monotonic()
+        received = ""
+        with pytest.raises((httpx.HTTPError, openai.APIError)):
+            for chunk in p.chat("hang", stream=True):
+                if chunk.choices:
+                    received += chunk.choices[0].delta.content or ""
+        # Bytes already reached the client, so no failover; but no hang either.
+        assert received == "partial "
+        assert time.monotonic() - started < 10
+        never.set()

@@ -912,3 +912,14 @@ def test_envoy_accepts_the_example_config(tmp_path: Path) -> None:
     if not example.is_file():
         pytest.skip("no examples/gateway.yaml")
     validate(parse_config(yaml.safe_load(example.read_text(encoding="utf-8"))), tmp_path)
+
+
+def test_per_try_idle_timeout_is_rendered_only_when_set() -> None:
+    def policy(config: GatewayConfig) -> dict[str, Any]:
+        route = routes(render_bootstrap(config))[0]
+        result: dict[str, Any] = route["route"]["retry_policy"]
+        return result
+
+    assert "per_try_idle_timeout" not in policy(full_config())
+    config = full_config(resilience={"per_try_idle_timeout_seconds": 2.5})
+    assert policy(config)["per_try_idle_timeout"] == "2.500s"
