@@ -7,12 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench
 
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
 	@echo "make test         install, then ruff + mypy + the whole pytest suite"
 	@echo "make render-envoy regenerate envoy/envoy.yaml from $(CONFIG)"
+	@echo "make bench        plain Envoy vs the gateway, side by side (QUICK=1 for a short run)"
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -54,6 +55,9 @@ e2e: $(STAMP)
 
 test: lint typecheck tools
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(if $(filter 1,$(QUICK)),--quick)
 
 render-envoy: $(STAMP)
 	$(BIN)/extproc render-envoy --config $(CONFIG) --output envoy/envoy.yaml
