@@ -13,7 +13,6 @@ from typing import Any, Final
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 
 from extproc.fakes.openai_server import (
     JSON_CONTENT_TYPE,
@@ -21,7 +20,9 @@ from extproc.fakes.openai_server import (
     Arrival,
     FakeProvider,
     count_tokens,
+    injected_error,
     last_user_text,
+    reply_text,
     split_reply,
 )
 
@@ -94,16 +95,8 @@ class AnthropicWire:
 
         behaviour = arrival.behaviour
         messages = parsed["messages"]
-        pieces: list[str] | None = None
-        if behaviour.stream_chunks is not None:
-            pieces = list(behaviour.stream_chunks)
-            reply = "".join(pieces)
-        elif behaviour.reply is not None:
-            reply = behaviour.reply
-        elif behaviour.tool_calls:
-            reply = ""
-        else:
-            reply = "echo: " + last_user_text(messages)
+        pieces = None if behaviour.stream_chunks is None else list(behaviour.stream_chunks)
+        reply = reply_text(behaviour, last_user_text(messages))
         tools = [
             {
                 "type": "tool_use",
@@ -201,16 +194,10 @@ class AnthropicWire:
 
     def error_response(self, arrival: Arrival) -> web.Response:
         """The injected error: `error_body` verbatim or Anthropic's shape for `status`."""
-        behaviour = arrival.behaviour
-        status = behaviour.status
+        status = arrival.behaviour.status
         assert status is not None
-        headers: CIMultiDict[str] = CIMultiDict(
-            {"Content-Type": JSON_CONTENT_TYPE, "request-id": _request_id(arrival.seq)}
-        )
-        headers.update(behaviour.error_headers)
-        body = behaviour.error_body if behaviour.error_body is not None else anthropic_error(status)
-        return web.Response(
-            status=status, body=None if status in (204, 304) else body, headers=headers
+        return injected_error(
+            arrival, anthropic_error(status), {"request-id": _request_id(arrival.seq)}
         )
 
 

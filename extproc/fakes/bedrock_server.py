@@ -28,6 +28,7 @@ from extproc.fakes.openai_server import (
     FakeProvider,
     WireFormat,
     count_tokens,
+    reply_text,
     split_reply,
 )
 
@@ -498,16 +499,8 @@ class BedrockWire:
             return aws_error(400, "ValidationException", str(invalid), seq)
 
         behaviour = arrival.behaviour
-        pieces: list[str] | None = None
-        if behaviour.stream_chunks is not None:
-            pieces = list(behaviour.stream_chunks)
-            reply = "".join(pieces)
-        elif behaviour.reply is not None:
-            reply = behaviour.reply
-        elif behaviour.tool_calls:
-            reply = ""
-        else:
-            reply = "echo: " + last_user_text(parsed["messages"])
+        pieces = None if behaviour.stream_chunks is None else list(behaviour.stream_chunks)
+        reply = reply_text(behaviour, last_user_text(parsed["messages"]))
         calls = [
             (f"tooluse_fake_{seq}_{i}", str(call["name"]), dict(call.get("arguments", {})))
             for i, call in enumerate(behaviour.tool_calls or ())

@@ -23,6 +23,7 @@ from extproc.fakes.openai_server import (
     FakeProvider,
     count_tokens,
     embedding_vector,
+    reply_text,
     split_reply,
 )
 
@@ -221,13 +222,7 @@ def _stream_event(
 
 
 def _reply(behaviour: Behaviour, contents: list[Any]) -> str:
-    if behaviour.stream_chunks is not None:
-        return "".join(behaviour.stream_chunks)
-    if behaviour.reply is not None:
-        return behaviour.reply
-    if behaviour.tool_calls:
-        return ""
-    return "echo: " + _last_user_text(contents)
+    return reply_text(behaviour, _last_user_text(contents))
 
 
 def _function_calls(behaviour: Behaviour) -> list[dict[str, Any]]:

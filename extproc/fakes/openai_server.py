@@ -719,12 +719,30 @@ def _unparsable_body(seq: int) -> web.Response:
 
 
 def _injected_response(arrival: Arrival) -> web.Response:
+    status = arrival.behaviour.status
+    assert status is not None
+    return injected_error(arrival, openai_error(status), {"x-request-id": _request_id(arrival.seq)})
+
+
+def injected_error(arrival: Arrival, default_body: bytes, headers: dict[str, str]) -> web.Response:
+    """The injected error of any wire format: `error_body` (else `default_body`) with
+    `behaviour.status`, JSON content type, `headers` and then `behaviour.error_headers`."""
     behaviour = arrival.behaviour
     status = behaviour.status
     assert status is not None
-    headers: CIMultiDict[str] = CIMultiDict(
-        {"Content-Type": JSON_CONTENT_TYPE, "x-request-id": _request_id(arrival.seq)}
-    )
-    headers.update(behaviour.error_headers)
-    body = behaviour.error_body if behaviour.error_body is not None else openai_error(status)
-    return web.Response(status=status, body=None if status in (204, 304) else body, headers=headers)
+    merged: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON_CONTENT_TYPE, **headers})
+    merged.update(behaviour.error_headers)
+    body = behaviour.error_body if behaviour.error_body is not None else default_body
+    return web.Response(status=status, body=None if status in (204, 304) else body, headers=merged)
+
+
+def reply_text(behaviour: Behaviour, last_user: str) -> str:
+    """What a translating fake answers: the stream pieces joined, `reply`, nothing when it
+    only makes tool calls, else an echo of the last user text."""
+    if behaviour.stream_chunks is not None:
+        return "".join(behaviour.stream_chunks)
+    if behaviour.reply is not None:
+        return behaviour.reply
+    if behaviour.tool_calls:
+        return ""
+    return "echo: " + last_user
