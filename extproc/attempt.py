@@ -197,7 +197,7 @@ class AttemptPipeline:
             breaker.record_failure(now, self.probe, f"HTTP {status}", admitted_at=self.admitted_at)
             self.outcome = "failure"
         elif status == 429:
-            breaker.cool_down(now, _retry_after_seconds(headers))
+            breaker.cool_down(now, float(retry_after_from(headers)))
             if self.probe:
                 breaker.release_probe()
             self.outcome = "rate_limited"
@@ -232,7 +232,3 @@ class AttemptPipeline:
             )
             self.outcome = "no_response"
             self._count()
-
-
-def _retry_after_seconds(headers: dict[str, str]) -> float:
-    return float(retry_after_from(headers))

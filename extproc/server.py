@@ -166,15 +166,15 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def _pipeline_for(self, request: pb.ProcessingRequest) -> tuple[Pipeline, Action | None]:
         """Downstream filter streams get a RequestPipeline; upstream (per attempt) ones an
         AttemptPipeline, recognised by the endpoint metadata attribute Envoy sends them."""
-        pipeline = RequestPipeline(self.gateway)
         target = attempt_target(request)
         if target is None:
-            return pipeline, None
+            return RequestPipeline(self.gateway), None
         try:
             return AttemptPipeline(self.gateway, target), None
         except Exception:
             log.exception("cannot start an attempt")
             self.gateway.metrics.processor_failures.inc()
+            pipeline = RequestPipeline(self.gateway)
             return pipeline, pipeline.fail(internal_error())
 
     def _handle(

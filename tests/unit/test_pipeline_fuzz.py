@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from extproc.errors import GatewayError
@@ -53,6 +53,9 @@ messages = st.lists(
 )
 
 
+REACHED: set[str] = set()
+
+
 def drive(headers: dict[str, str], body: bytes) -> None:
     pipe = RequestPipeline(GATEWAY)
     try:
@@ -62,7 +65,8 @@ def drive(headers: dict[str, str], body: bytes) -> None:
         assert isinstance(action, Continue)
         action = pipe.on_request_body(body, True)
         assert isinstance(action, Continue)
-        assert action.metadata and action.metadata["gw"]["provider"]
+        assert action.metadata and action.metadata["gw"]["route"]
+        REACHED.add("routed")
         answer = pipe.on_response_headers({":status": "200"}, False)
         assert isinstance(answer, Continue)
     except GatewayError as error:
@@ -79,6 +83,7 @@ def test_arbitrary_bytes(path: str, method: str, body: bytes) -> None:
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies, st.sampled_from(["gpt", "emb", "azgpt", "ghost"]), messages)
+@example(body={}, model="gpt", msgs=[{"role": "user", "content": "hi"}])
 def test_arbitrary_json_fields(body: dict[str, Any], model: str, msgs: list[Any]) -> None:
     body.setdefault("model", model)
     body.setdefault("messages", msgs)
@@ -92,3 +97,12 @@ def test_arbitrary_json_fields(body: dict[str, Any], model: str, msgs: list[Any]
 @given(st.dictionaries(st.text(max_size=30), st.text(max_size=60), max_size=6))
 def test_arbitrary_headers(headers: dict[str, str]) -> None:
     drive(headers, b"{}")
+
+
+def test_the_properties_reach_the_routed_path() -> None:
+    # Guards the properties above: without a routed request their success branch is dead.
+    drive(
+        {":path": "/v1/chat/completions", ":method": "POST", "authorization": f"Bearer {KEY}"},
+        orjson.dumps({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    assert "routed" in REACHED
