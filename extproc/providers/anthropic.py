@@ -43,6 +43,7 @@ from extproc.providers.base import (
     TranslatingAdapter,
     UpstreamRequest,
     api_key,
+    append_turn,
     serialize,
 )
 from extproc.providers.errors import malformed_response, provider_error
@@ -346,10 +347,7 @@ def _translate_messages(messages: list[Any]) -> tuple[str, list[dict[str, Any]]]
             raise unsupported("legacy function calling ('function' messages); use tools", where)
         if not blocks:
             raise bad_request("invalid_message", f"{where} has no content", where)
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        append_turn(turns, role, blocks)
     if not turns:
         raise bad_request(
             "invalid_message",

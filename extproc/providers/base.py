@@ -174,6 +174,17 @@ def api_key(credential: Credential | None) -> str:
     return credential.get_secret_value()
 
 
+def append_turn(
+    turns: list[dict[str, Any]], role: str, items: list[Any], field: str = "content"
+) -> None:
+    """Add a conversation turn, merging it into the previous one of the same role
+    (Anthropic, Gemini and Bedrock all require alternating roles)."""
+    if turns and turns[-1]["role"] == role:
+        turns[-1][field].extend(items)
+    else:
+        turns.append({"role": role, field: items})
+
+
 def rewrite_model(body: dict[str, Any], upstream_model: str) -> bool:
     """Point the body at the upstream model name; True if that changed it."""
     if body.get("model") == upstream_model:

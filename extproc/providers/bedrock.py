@@ -25,6 +25,7 @@ from extproc.providers.base import (
     RequestContext,
     TranslatingAdapter,
     UpstreamRequest,
+    append_turn,
     serialize,
 )
 from extproc.providers.bedrock_stream import FINISH_REASONS, BedrockStreamTranslator, read_usage
@@ -325,10 +326,7 @@ def _messages(messages: Any) -> _Conversation:
             )
         if not blocks:
             continue
-        if turns and turns[-1]["role"] == turn_role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": turn_role, "content": blocks})
+        append_turn(turns, turn_role, blocks)
     out.has_tool_blocks = out.has_tool_blocks or bool(out.tool_names)
     return out
 

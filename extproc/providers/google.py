@@ -25,6 +25,7 @@ from extproc.providers.base import (
     TranslatingAdapter,
     UpstreamRequest,
     api_key,
+    append_turn,
     serialize,
 )
 from extproc.providers.errors import malformed_response, parse_json_error
@@ -122,10 +123,7 @@ def _contents(
     def add(role: str, parts: list[dict[str, Any]]) -> None:
         if not parts:
             return
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+        append_turn(contents, role, parts, "parts")
 
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
