@@ -11,12 +11,13 @@ removes every credential header any provider type uses.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 
+from extproc.actions import ORIGIN_HEADER, PROVIDER_HEADER, Continue, Respond
 from extproc.breaker import Admission
 from extproc.errors import GatewayError
-from extproc.pipeline import PROVIDER_HEADER, Continue, Respond
 from extproc.providers.base import Endpoint, ProviderAdapter, RequestContext, ResponseMode
 from extproc.providers.errors import malformed_response, retry_after_from
 from extproc.runtime import Gateway, Target
@@ -37,17 +38,27 @@ CREDENTIAL_HEADERS = (
     "x-envoy-original-host",
 )
 _ERROR = "error"
+# Error codes of Envoy's own replies (see envoy_config's local reply mappers) that mean no
+# request reached the provider: no healthy endpoint, or the cluster's capacity was reached.
+NOT_SENT_CODES = frozenset({"no_healthy_provider", "capacity_exceeded"})
 
 
 class AttemptPipeline:
-    """One attempt of one request to one target (one upstream ext_proc stream)."""
+    """One attempt of one request to one target.
+
+    Either its own upstream ext_proc stream (models with several targets: Envoy picks the
+    target per attempt) or run inline by the downstream `RequestPipeline` (models with one
+    target: every attempt goes to it, so the request is translated once, downstream).
+    """
 
     __slots__ = (
         "adapter",
         "admitted_at",
         "body_buffer",
         "endpoint",
+        "final_status",
         "gateway",
+        "inline",
         "mode",
         "outcome",
         "probe",
@@ -56,13 +67,16 @@ class AttemptPipeline:
         "target",
     )
 
-    def __init__(self, gateway: Gateway, target_id: str) -> None:
+    def __init__(self, gateway: Gateway, target: Target, inline: bool = False) -> None:
         self.gateway = gateway
-        target = gateway.targets.get(target_id)
-        if target is None:
-            raise RuntimeError(f"unknown target id {target_id[:100]!r} in endpoint metadata")
-        self.target: Target = target
+        self.target = target
+        self.inline = inline
+        # Not from :path: an earlier attempt may already have rewritten it. The
+        # downstream filter checked that the endpoint matches the model's kind.
+        route = target.route
         self.endpoint: Endpoint | None = None
+        if route is not None:
+            self.endpoint = Endpoint.CHAT if route.kind == "chat" else Endpoint.EMBEDDINGS
         self.adapter: ProviderAdapter | None = None
         self.probe = False
         self.admitted_at: float | None = None
@@ -71,25 +85,28 @@ class AttemptPipeline:
         self.mode: ResponseMode | str | None = None
         self.response_headers: dict[str, str] = {}
         self.body_buffer = bytearray()
+        # The status the client gets, once known (after any error mapping).
+        self.final_status: int | None = None
 
     # -- request ---------------------------------------------------------
 
     def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
         """Nothing to decide yet: the body carries the request."""
-        # Not from :path: an earlier attempt may already have rewritten it. The
-        # downstream filter checked that the endpoint matches the model's kind.
-        route = self.target.route
-        if route is not None:
-            self.endpoint = Endpoint.CHAT if route.kind == "chat" else Endpoint.EMBEDDINGS
         return Continue()
 
     def on_request_body(self, body: bytes, end_of_stream: bool) -> Continue | Respond:
         """Translate this attempt's request for its target, and take a breaker slot."""
+        parsed = orjson.loads(body)  # validated by the downstream filter
+        if not isinstance(parsed, dict):
+            raise RuntimeError("attempt without a validated OpenAI request")
+        return self.translate(parsed, False)
+
+    def translate(self, parsed: dict[str, Any], body_changed: bool) -> Continue:
+        """The changes that make the validated OpenAI request `parsed` this target's request."""
         target = self.target
         route = target.route
-        parsed = orjson.loads(body)  # validated by the downstream filter
-        if not isinstance(parsed, dict) or self.endpoint is None or route is None:
-            raise RuntimeError("attempt without a validated OpenAI request")
+        if self.endpoint is None or route is None:
+            raise RuntimeError("attempt without a routed model")
         options = parsed.get("stream_options")
         context = RequestContext(
             endpoint=self.endpoint,
@@ -102,7 +119,7 @@ class AttemptPipeline:
         adapter = target.adapter()
         adapter.context = context
         self.adapter = adapter
-        upstream = adapter.request(context, parsed, False)
+        upstream = adapter.request(context, parsed, body_changed)
         # Envoy routed here because health checks said the target may take
         # traffic; admission only decides whether this attempt is a probe.
         self.admitted_at = time.monotonic()
@@ -124,13 +141,28 @@ class AttemptPipeline:
         except ValueError:
             status = 0
         self.status = status
+        tag = {PROVIDER_HEADER: self.target.provider.name}
+        envoy_reply = headers.get(ORIGIN_HEADER) if self.inline else None
+        if envoy_reply is not None:
+            # Not the provider's answer but Envoy's own, already in OpenAI form (inline
+            # attempts see those; upstream filters never do). A timeout or a failed
+            # connection counts against the target; no request sent at all does not.
+            self.final_status = status
+            if envoy_reply in NOT_SENT_CODES:
+                self.outcome = "not_sent"
+                if self.probe:
+                    self.target.breaker.release_probe()
+            else:
+                self._record(status, headers)
+            return Continue(set_headers=tag)
         self._record(status, headers)
         adapter = self.adapter
-        tag = {PROVIDER_HEADER: self.target.provider.name}
         if adapter is None:
+            self.final_status = status
             return Continue(set_headers=tag)
         mode = adapter.response_mode(status, headers)
         if mode is ResponseMode.PASSTHROUGH:
+            self.final_status = status
             return Continue(set_headers=tag)
         if not 200 <= status < 300:
             self.mode = _ERROR
@@ -142,6 +174,8 @@ class AttemptPipeline:
         changes = adapter.response_headers(status, headers)
         if end_of_stream:
             raise malformed_response(adapter.provider.name, "an empty response body")
+        if mode is ResponseMode.STREAMED:
+            self.final_status = status  # errors after this are events in the stream
         return Continue(
             set_headers={**tag, **changes.set_headers},
             remove_headers=changes.remove_headers,
@@ -170,6 +204,7 @@ class AttemptPipeline:
             return Continue(
                 set_headers=self._status_headers(error, error.body()), body=error.body()
             )
+        self.final_status = self.status
         return Continue(body=translated, set_headers={"content-length": str(len(translated))})
 
     def _error_headers(self, body: bytes) -> tuple[dict[str, str], bytes]:
@@ -181,6 +216,7 @@ class AttemptPipeline:
 
     def _status_headers(self, error: GatewayError, payload: bytes) -> dict[str, str]:
         self.gateway.metrics.errors.labels(error.code).inc()
+        self.final_status = error.status
         return {
             ":status": str(error.status),
             "content-type": "application/json",

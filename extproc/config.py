@@ -357,6 +357,12 @@ def target_priority(target: TargetConfig, index: int) -> int:
     return target.priority if target.priority is not None else index
 
 
+def inline_translation(target_count: int) -> bool:
+    """A model with one target is translated once by the downstream filter: every attempt
+    goes to that target. With several, each attempt is translated by the upstream filter."""
+    return target_count == 1
+
+
 def breaker_key(provider: str, upstream_model: str) -> str:
     """Breakers are per provider + upstream model, shared by models that use the same."""
     return f"{provider}/{upstream_model}"

@@ -56,6 +56,7 @@ from extproc.config import (
     ProcessorConfig,
     ProviderConfig,
     ResilienceConfig,
+    inline_translation,
     model_route_ids,
     target_id,
     target_priority,
@@ -72,6 +73,7 @@ with warnings.catch_warnings():
         ComparisonFilter,
         ComparisonFilterOp,
         ExtensionFilter,
+        ResponseFlagFilter,
         StatusCodeFilter,
     )
     from envoy_data_plane.envoy.config.bootstrap.v3 import (
@@ -310,9 +312,8 @@ def _fail_open_clusters(
     cluster.load_assignment.cluster_name = FAIL_OPEN_CLUSTER
     cluster.health_checks = []
     options = _model_http_options(
-        config, cluster_protocol(providers[t.provider] for t in model.targets)
+        config, cluster_protocol(providers[t.provider] for t in model.targets), per_attempt=False
     )
-    options.http_filters = []
     cluster.typed_extension_protocol_options = _protocol_options(options)
     return [cluster]
 
@@ -503,50 +504,60 @@ _LOCAL_REPLY_ERRORS: tuple[tuple[int, str, str], ...] = (
     (502, "provider_error", "the provider returned an invalid response"),
     (404, "not_found", "not found"),
 )
+# Envoy's 503s that mean no request was sent (by response flag); the codes are known to
+# attempt.NOT_SENT_CODES, so these do not count against a provider's breaker.
+_LOCAL_REPLY_FLAGS: dict[str, tuple[str, str]] = {
+    "UH": ("no_healthy_provider", "no provider of this model is healthy right now"),
+    "UO": ("capacity_exceeded", "too many requests to this model are in flight; retry later"),
+}
+# Last: a catch-all for Envoy's own 500s.
+_LOCAL_REPLY_500 = (500, "internal_error", "internal gateway error")
 
 
 def _local_reply_config() -> LocalReplyConfig:
-    """Rewrite Envoy's own local replies; leave replies that carry the marker header untouched."""
+    """Rewrite Envoy's own local replies; leave replies that carry the marker header untouched.
+
+    Rewritten replies get the marker too: the downstream filter then knows them for Envoy's
+    (inline attempts must not take them for a provider's answer, see attempt.py).
+    """
     ext_proc_failed = _cel_filter(
         f"response.code_details.startsWith('{EXT_PROC_ERROR_DETAILS_PREFIX}')"
     )
     mappers = [
         # First match wins, and a mapper that sets nothing leaves the reply as it is.
         ResponseMapper(filter=_cel_filter(f"'{GATEWAY_ERROR_HEADER}' in response.headers")),
-        ResponseMapper(
-            filter=AccessLogFilter(
-                and_filter=AndFilter(filters=[_status_filter(504), ext_proc_failed])
-            ),
-            body_format_override=_json_body(
-                "the gateway processor did not answer in time", "timeout_error", "processor_timeout"
-            ),
+        _error_mapper(
+            AccessLogFilter(and_filter=AndFilter(filters=[_status_filter(504), ext_proc_failed])),
+            "the gateway processor did not answer in time",
+            "timeout_error",
+            "processor_timeout",
         ),
-        ResponseMapper(
-            filter=ext_proc_failed,
-            status_code=503,
-            body_format_override=_json_body(
-                "the gateway processor is unavailable",
-                "service_unavailable",
-                "processor_unavailable",
-            ),
+        _error_mapper(
+            ext_proc_failed,
+            "the gateway processor is unavailable",
+            "service_unavailable",
+            "processor_unavailable",
+            status=503,
         ),
     ]
-    for status, code, message in _LOCAL_REPLY_ERRORS:
-        mappers.append(
-            ResponseMapper(
-                filter=_status_filter(status),
-                body_format_override=_json_body(message, ERROR_TYPES[status], code),
-            )
-        )
-    mappers.append(
-        ResponseMapper(
-            filter=_status_filter(500),
-            body_format_override=_json_body(
-                "internal gateway error", "server_error", "internal_error"
-            ),
-        )
-    )
+    for flag, (code, message) in _LOCAL_REPLY_FLAGS.items():
+        mappers.append(_error_mapper(_flag_filter(flag), message, ERROR_TYPES[503], code))
+    for status, code, message in (*_LOCAL_REPLY_ERRORS, _LOCAL_REPLY_500):
+        mappers.append(_error_mapper(_status_filter(status), message, ERROR_TYPES[status], code))
     return LocalReplyConfig(mappers=mappers)
+
+
+def _error_mapper(
+    match: AccessLogFilter, message: str, error_type: str, code: str, status: int | None = None
+) -> ResponseMapper:
+    mapper = ResponseMapper(
+        filter=match,
+        body_format_override=_json_body(message, error_type, code),
+        headers_to_add=[_header(GATEWAY_ERROR_HEADER, code)],
+    )
+    if status is not None:
+        mapper.status_code = status
+    return mapper
 
 
 def _cel_filter(expression: str) -> AccessLogFilter:
@@ -557,6 +568,10 @@ def _cel_filter(expression: str) -> AccessLogFilter:
     return AccessLogFilter(
         extension_filter=ExtensionFilter(name=CEL_FILTER, typed_config=Any.pack(cel))
     )
+
+
+def _flag_filter(flag: str) -> AccessLogFilter:
+    return AccessLogFilter(response_flag_filter=ResponseFlagFilter(flags=[flag]))
 
 
 def _status_filter(status: int) -> AccessLogFilter:
@@ -673,7 +688,9 @@ def _model_cluster(
                 )
             ]
         ),
-        typed_extension_protocol_options=_protocol_options(_model_http_options(config, protocol)),
+        typed_extension_protocol_options=_protocol_options(
+            _model_http_options(config, protocol, per_attempt=not inline_translation(len(targets)))
+        ),
     )
 
 
@@ -732,7 +749,10 @@ def _breaker_health_check(resilience: ResilienceConfig) -> HealthCheck:
     )
 
 
-def _model_http_options(config: GatewayConfig, protocol: HttpProtocol) -> HttpProtocolOptions:
+def _model_http_options(
+    config: GatewayConfig, protocol: HttpProtocol, per_attempt: bool
+) -> HttpProtocolOptions:
+    """HTTP settings of a model cluster; `per_attempt`: run the upstream ext_proc filter."""
     if protocol is HttpProtocol.HTTP2:
         explicit = HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=Http2ProtocolOptions()
@@ -741,6 +761,8 @@ def _model_http_options(config: GatewayConfig, protocol: HttpProtocol) -> HttpPr
         explicit = HttpProtocolOptionsExplicitHttpConfig(
             http_protocol_options=Http1ProtocolOptions()
         )
+    if not per_attempt:
+        return HttpProtocolOptions(explicit_http_config=explicit)
     return HttpProtocolOptions(
         explicit_http_config=explicit,
         http_filters=[

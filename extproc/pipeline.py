@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from extproc.actions import (
+    PROVIDER_HEADER,
+    Action,
+    Continue,
+    Respond,
+)
+from extproc.attempt import AttemptPipeline
 from extproc.auth import Tenant, forbid_model
 from extproc.errors import GatewayError, bad_request
 from extproc.providers import Endpoint
-from extproc.providers.base import ResponseMode, serialize
+from extproc.providers.base import serialize
 from extproc.runtime import Gateway, ModelRoute
 from extproc.validation import (
     check_chat_request,
@@ -29,12 +33,6 @@ from extproc.validation import (
 )
 
 TIMEOUT_HEADER = "x-gateway-timeout"
-# Set on responses by the attempt that produced them (see attempt.py).
-PROVIDER_HEADER = "x-gateway-provider"
-JSON_HEADERS = {"content-type": "application/json"}
-# Marks answers written by the processor, so Envoy's local-reply rewriting
-# (meant for Envoy's own errors) leaves them alone.
-ORIGIN_HEADER = "x-gateway-error"
 METADATA_NAMESPACE = "gw"
 
 _POST_ENDPOINTS = {
@@ -44,47 +42,11 @@ _POST_ENDPOINTS = {
 _HEALTH_PATHS = frozenset({"/health", "/healthz"})
 
 
-@dataclass(slots=True)
-class Continue:
-    """Let the request go on, optionally changed and routed."""
-
-    set_headers: dict[str, str] = field(default_factory=dict)
-    remove_headers: list[str] = field(default_factory=list)
-    body: bytes | None = None
-    metadata: dict[str, Any] | None = None
-    clear_route_cache: bool = False
-    # How Envoy should send this response's body (set in the response headers phase).
-    mode_override: ResponseMode | None = None
-
-
-@dataclass(slots=True)
-class Respond:
-    """Answer the client now, without calling a provider."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    details: str = ""
-
-    @classmethod
-    def error(cls, error: GatewayError) -> Respond:
-        """An OpenAI-style error answer."""
-        headers = {**JSON_HEADERS, ORIGIN_HEADER: error.code, **error.headers}
-        return cls(error.status, error.body(), headers, details=error.code)
-
-    @classmethod
-    def json(cls, status: int, payload: Any) -> Respond:
-        """A JSON answer."""
-        return cls(status, orjson.dumps(payload), dict(JSON_HEADERS))
-
-
-Action = Continue | Respond
-
-
 class RequestPipeline:
     """The decisions for one HTTP request, across its ext_proc phases."""
 
     __slots__ = (
+        "attempt",
         "client_envoy_headers",
         "endpoint",
         "finished",
@@ -108,6 +70,7 @@ class RequestPipeline:
         self.finished = False
         self.client_envoy_headers: list[str] = []
         self.provider = ""
+        self.attempt: AttemptPipeline | None = None
 
     # -- request headers -------------------------------------------------
 
@@ -208,10 +171,9 @@ class RequestPipeline:
         for target in route.targets:
             target.adapter_class.check_support(endpoint, target.provider)
         timeout = self.header_timeout
-        new_body = None
-        if "timeout" in parsed:
+        body_changed = "timeout" in parsed
+        if body_changed:
             timeout = check_timeout(parsed.pop("timeout"), "the timeout field")
-            new_body = serialize(parsed)
         if timeout is None:
             timeout = gateway.default_timeout
         if route.timeout_cap is not None and timeout > route.timeout_cap:
@@ -220,19 +182,28 @@ class RequestPipeline:
         if not available:
             raise _unavailable(model_name, wait, cooling)
 
-        # The body stays in OpenAI form: each attempt is translated for its own
-        # target by the upstream ext_proc filter (see attempt.py).
         headers = {"x-envoy-upstream-rq-timeout-ms": str(max(1, int(timeout * 1000)))}
         if gateway.per_try_timeout is not None and gateway.per_try_timeout < timeout:
             per_try = str(max(1, int(gateway.per_try_timeout * 1000)))
             headers["x-envoy-upstream-rq-per-try-timeout-ms"] = per_try
-        if new_body is not None:
+        remove = ["authorization", "accept-encoding", TIMEOUT_HEADER, *self.client_envoy_headers]
+        if route.inline:
+            # One target: every attempt goes to it, so translate here, once. (Several
+            # targets: the body stays in OpenAI form and each attempt is translated for its
+            # own target by the upstream ext_proc filter, see attempt.py.)
+            self.attempt = AttemptPipeline(gateway, route.targets[0], inline=True)
+            translated = self.attempt.translate(parsed, body_changed)
+            headers.update(translated.set_headers)
+            remove.extend(translated.remove_headers)
+            new_body = translated.body
+        elif body_changed:
+            new_body = serialize(parsed)
             headers["content-length"] = str(len(new_body))
-        remove = ["authorization", "accept-encoding", TIMEOUT_HEADER]
-        remove.extend(h for h in self.client_envoy_headers if h not in headers)
+        else:
+            new_body = None
         return Continue(
             set_headers=headers,
-            remove_headers=remove,
+            remove_headers=list(dict.fromkeys(h for h in remove if h not in headers)),
             body=new_body,
             metadata={METADATA_NAMESPACE: {"route": route.route_id, "model": model_name}},
             clear_route_cache=True,
@@ -241,7 +212,14 @@ class RequestPipeline:
     # -- response --------------------------------------------------------
 
     def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
-        """Count the answer; attempts already translated it to OpenAI's shape."""
+        """Count the answer (translated by its attempt: upstream, or inline here)."""
+        attempt = self.attempt
+        if attempt is not None:
+            self.provider = attempt.target.provider.name
+            action = attempt.on_response_headers(headers, end_of_stream)
+            if attempt.final_status is not None:
+                self.record(attempt.final_status)
+            return action
         try:
             status = int(headers.get(":status", "0"))
         except ValueError:
@@ -251,8 +229,14 @@ class RequestPipeline:
         return Continue()
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
-        """Not requested by the downstream processing mode; pass through."""
-        return Continue()
+        """Translate an inline attempt's answer; otherwise not requested (pass through)."""
+        attempt = self.attempt
+        if attempt is None:
+            return Continue()
+        action = attempt.on_response_body(chunk, end_of_stream)
+        if attempt.final_status is not None:
+            self.record(attempt.final_status)
+        return action
 
     def record(self, status: int) -> None:
         """Count this request once, with its final status."""
@@ -270,7 +254,9 @@ class RequestPipeline:
         return Respond.error(error)
 
     def finish(self) -> None:
-        """The stream ended (nothing to release for the downstream role)."""
+        """The stream ended: an inline attempt without an answer counts as failed."""
+        if self.attempt is not None:
+            self.attempt.finish()
 
 
 def _method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:

@@ -18,6 +18,7 @@ from extproc.config import (
     ProviderConfig,
     ResilienceConfig,
     breaker_key,
+    inline_translation,
     model_route_ids,
     target_id,
     target_priority,
@@ -66,6 +67,8 @@ class ModelRoute:
     default_max_tokens: int
     targets: tuple[Target, ...] = ()
     timeout_cap: float | None = None  # largest provider timeout cap, if all targets have one
+    # Translated by the downstream filter (one target) rather than by each attempt.
+    inline: bool = False
 
     def availability(self, now: float) -> tuple[bool, float, bool]:
         """(any target may take traffic, shortest retry-after, all unavailable ones cooling)."""
@@ -151,6 +154,7 @@ class Gateway:
                 )
             )
         route.targets = tuple(targets)
+        route.inline = inline_translation(len(targets))
         caps = [t.provider.timeout_seconds for t in targets]
         if all(cap is not None for cap in caps):
             route.timeout_cap = max(cap for cap in caps if cap is not None)

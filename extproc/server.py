@@ -22,9 +22,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
+from extproc.actions import Action, Continue, Respond
 from extproc.attempt import TARGET_ATTRIBUTE, AttemptPipeline
 from extproc.errors import GatewayError, internal_error
-from extproc.pipeline import Action, Continue, RequestPipeline, Respond
+from extproc.pipeline import RequestPipeline
 from extproc.providers.base import ResponseMode
 from extproc.runtime import Gateway
 
@@ -169,13 +170,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         target = attempt_target(request)
         if target is None:
             return RequestPipeline(self.gateway), None
-        try:
-            return AttemptPipeline(self.gateway, target), None
-        except Exception:
-            log.exception("cannot start an attempt")
-            self.gateway.metrics.processor_failures.inc()
-            pipeline = RequestPipeline(self.gateway)
-            return pipeline, pipeline.fail(internal_error())
+        resolved = self.gateway.targets.get(target)
+        if resolved is not None:
+            return AttemptPipeline(self.gateway, resolved), None
+        log.error("unknown target id %r in endpoint metadata", target[:100])
+        self.gateway.metrics.processor_failures.inc()
+        pipeline = RequestPipeline(self.gateway)
+        return pipeline, pipeline.fail(internal_error())
 
     def _handle(
         self, pipeline: Pipeline, phase: str | None, request: pb.ProcessingRequest

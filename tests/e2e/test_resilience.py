@@ -325,3 +325,47 @@ def test_stream_hanging_mid_way_is_cut_by_the_idle_timeout(tmp_path: Path) -> No
         assert received == "partial "
         assert time.monotonic() - started < 10
         never.set()
+
+
+def test_single_target_model_breaker_opens_and_recovers(tmp_path: Path) -> None:
+    # `chat-openai` has one target: its requests are translated once by the downstream filter
+    # (no upstream filter), which feeds the breaker from the final answer of each request.
+    # No retries: Envoy's outlier detection would otherwise eject the target after 5 tries.
+    for pair in make_pair(tmp_path, max_retries=0):
+        _single_target_breaker(pair)
+
+
+def _single_target_breaker(pair: Pair) -> None:
+    def post() -> httpx.Response:
+        return httpx.post(
+            f"{pair.stack.base_url}/v1/chat/completions",
+            json={"model": "chat-openai", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {FULL_KEY}"},
+            timeout=30,
+        )
+
+    pair.primary.set_behaviour(status=500)
+    for _ in range(5):
+        response = post()
+        assert response.status_code == 502, response.text
+        assert response.json()["error"]["code"] == "provider_error"
+    assert len(pair.primary.requests) == 5
+    assert pair.breakers()["p-openai/gpt-up"]["state"] == "open"
+    pair.primary.clear()
+    refused = post()
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "no_healthy_provider"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert pair.primary.requests == []  # refused without calling the provider
+
+    time.sleep(OPEN_SECONDS)
+    pair.wait_for_health_checks()
+    deadline = time.monotonic() + 10
+    statuses = []
+    while time.monotonic() < deadline and statuses[-3:] != [200] * 3:
+        statuses.append(post().status_code)
+        time.sleep(0.05)
+    # Envoy's own "no healthy upstream" replies while its health checks catch up must not
+    # count as failures (they would hold the breaker open forever).
+    assert statuses[-3:] == [200] * 3, statuses
+    assert pair.breakers()["p-openai/gpt-up"]["state"] == "closed"

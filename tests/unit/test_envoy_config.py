@@ -13,7 +13,8 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from extproc import pipeline
+from extproc import actions, pipeline
+from extproc.attempt import NOT_SENT_CODES
 from extproc.config import (
     GatewayConfig,
     HttpProtocol,
@@ -249,7 +250,7 @@ def test_render_yaml_is_the_bootstrap_with_a_do_not_edit_header() -> None:
 
 
 def test_constants_agree_with_the_processor() -> None:
-    assert GATEWAY_ERROR_HEADER == pipeline.ORIGIN_HEADER
+    assert GATEWAY_ERROR_HEADER == actions.ORIGIN_HEADER
     assert METADATA_NAMESPACE == pipeline.METADATA_NAMESPACE
     assert (ROUTE_METADATA_KEY, TARGET_METADATA_KEY) == ("route", "target")
     assert UPSTREAM_TARGET_ATTRIBUTE == (
@@ -276,12 +277,19 @@ def test_buffer_limits_leave_room_for_a_body_at_the_limit(max_body: int) -> None
 # --- ext_proc filters --------------------------------------------------------------------------
 
 
+def multi_target(config: GatewayConfig) -> list[ModelConfig]:
+    """The models translated per attempt (several targets)."""
+    return [m for m in config.models if len(m.targets) > 1]
+
+
 def both_ext_procs(config: GatewayConfig) -> list[Json]:
-    """The downstream filter, then the upstream filter of every model cluster."""
+    """The downstream filter, then the upstream filter of every multi-target model cluster."""
     bootstrap = render_bootstrap(config)
+    models = multi_target(config)
+    assert models
     return [
         ext_proc(bootstrap),
-        *(upstream_ext_proc(model_cluster(bootstrap, config, m)) for m in config.models),
+        *(upstream_ext_proc(model_cluster(bootstrap, config, m)) for m in models),
     ]
 
 
@@ -489,7 +497,33 @@ def test_ext_proc_failures_become_processor_errors_before_status_mappers() -> No
     assert failure["status_code"] == 503
     error = error_of(failure["body_format_override"]["text_format_source"]["inline_string"])
     assert (error["code"], error["type"]) == ("processor_unavailable", "service_unavailable")
-    assert all(status_of(m["filter"]) is not None for m in all_mappers[3:])
+    flags = [m["filter"]["response_flag_filter"]["flags"] for m in all_mappers[3:5]]
+    assert flags == [["UH"], ["UO"]]
+    assert all(status_of(m["filter"]) is not None for m in all_mappers[5:])
+
+
+@pytest.mark.parametrize(
+    ("flag", "code"), [("UH", "no_healthy_provider"), ("UO", "capacity_exceeded")]
+)
+def test_replies_that_sent_nothing_carry_codes_the_attempt_knows(flag: str, code: str) -> None:
+    (mapper,) = [
+        m
+        for m in mappers(render_bootstrap(make_config()))
+        if m["filter"].get("response_flag_filter", {}).get("flags") == [flag]
+    ]
+    assert "status_code" not in mapper  # Envoy's 503 stays
+    error = error_of(mapper["body_format_override"]["text_format_source"]["inline_string"])
+    assert (error["code"], error["type"]) == (code, "service_unavailable")
+    # The marker names the code; an inline attempt then leaves the target's breaker alone.
+    assert mapper["headers_to_add"][0]["header"] == {"key": GATEWAY_ERROR_HEADER, "value": code}
+    assert code in NOT_SENT_CODES
+
+
+def test_every_rewritten_local_reply_is_marked_with_its_code() -> None:
+    for mapper in mappers(render_bootstrap(make_config()))[1:]:
+        body = mapper["body_format_override"]["text_format_source"]["inline_string"]
+        (header,) = mapper["headers_to_add"]
+        assert header["header"] == {"key": GATEWAY_ERROR_HEADER, "value": error_of(body)["code"]}
 
 
 @pytest.mark.parametrize(
@@ -793,10 +827,10 @@ def test_cluster_protocol_is_http2_only_when_every_provider_asks(
         )
 
 
-def test_upstream_filters_are_ext_proc_then_upstream_codec() -> None:
+def test_upstream_filters_are_ext_proc_then_upstream_codec_for_multi_target_models() -> None:
     config = full_config()
     bootstrap = render_bootstrap(config)
-    for model in config.models:
+    for model in multi_target(config):
         filters = protocol_options(model_cluster(bootstrap, config, model))["http_filters"]
         assert [f["name"] for f in filters] == [
             "envoy.filters.http.ext_proc",
@@ -805,6 +839,18 @@ def test_upstream_filters_are_ext_proc_then_upstream_codec() -> None:
         assert filters[1]["typed_config"]["@type"].endswith(
             "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
         )
+
+
+def test_single_target_models_have_no_upstream_filter() -> None:
+    # Their requests are translated once, by the downstream filter (RequestPipeline inline).
+    config = full_config()
+    bootstrap = render_bootstrap(config)
+    single = [m for m in config.models if len(m.targets) == 1]
+    assert single
+    for model in single:
+        options = protocol_options(model_cluster(bootstrap, config, model))
+        assert "http_filters" not in options
+        assert set(options) == {"@type", "explicit_http_config"}
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,13 @@ def gateway(**limits: Any) -> Gateway:
             ],
             "models": [
                 {"name": "gpt", "targets": [{"provider": "oa", "model": "gpt-upstream"}]},
+                {
+                    "name": "pair",
+                    "targets": [
+                        {"provider": "oa", "model": "gpt-upstream"},
+                        {"provider": "az", "model": "dep 1"},
+                    ],
+                },
                 {"name": "same", "targets": [{"provider": "oa", "model": "same"}]},
                 {"name": "azgpt", "targets": [{"provider": "az", "model": "dep 1"}]},
                 {"name": "llama", "targets": [{"provider": "local", "model": "llama3"}]},
@@ -92,16 +99,33 @@ def fails(
 CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "hi 😀"}]}
 
 
-def test_request_is_routed_to_the_model_cluster_untranslated() -> None:
+def test_multi_target_request_is_routed_to_the_model_cluster_untranslated() -> None:
     gw = gateway()
-    action = run(gw, CHAT, headers(**{"accept-encoding": "gzip"}))
-    assert action.metadata == {"gw": {"route": gw.models["gpt"].route_id, "model": "gpt"}}
+    action = run(gw, {**CHAT, "model": "pair"}, headers(**{"accept-encoding": "gzip"}))
+    assert action.metadata == {"gw": {"route": gw.models["pair"].route_id, "model": "pair"}}
     assert action.clear_route_cache
     # The body stays as the client wrote it: each attempt translates it for its target.
     assert action.body is None
     assert ":path" not in action.set_headers
     for header in ("authorization", "accept-encoding", "x-gateway-timeout"):
         assert header in action.remove_headers
+
+
+def test_single_target_request_is_translated_once_downstream() -> None:
+    gw = gateway()
+    hdrs = headers(**{"accept-encoding": "gzip", "x-envoy-max-retries": "9"})
+    action = run(gw, CHAT, hdrs)
+    assert action.metadata == {"gw": {"route": gw.models["gpt"].route_id, "model": "gpt"}}
+    assert action.clear_route_cache
+    assert action.set_headers[":path"] == "/v1/chat/completions"
+    # The client's key is replaced by the provider's: set, and so not also removed.
+    assert action.set_headers["authorization"] == "Bearer sk-upstream-oa"
+    assert "authorization" not in action.remove_headers
+    assert action.body is not None and orjson.loads(action.body)["model"] == "gpt-upstream"
+    assert action.set_headers["content-length"] == str(len(action.body))
+    for header in ("accept-encoding", "x-gateway-timeout", "x-envoy-max-retries", "x-api-key"):
+        assert header in action.remove_headers
+    assert len(set(action.remove_headers)) == len(action.remove_headers)
 
 
 def test_route_ids_are_distinct_per_model() -> None:
@@ -114,7 +138,7 @@ def attempt(
     gw: Gateway, model: str, body: dict[str, Any], path: str = "/v1/chat/completions"
 ) -> Continue:
     target = gw.models[model].targets[0]
-    pipe = AttemptPipeline(gw, target.id)
+    pipe = AttemptPipeline(gw, target)
     pipe.on_request_headers({":path": path, ":method": "POST"}, False)
     action = pipe.on_request_body(orjson.dumps(body), True)
     assert isinstance(action, Continue)

@@ -13,6 +13,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import json_format, struct_pb2
+from pydantic import SecretStr
 
 from extproc.attempt import TARGET_ATTRIBUTE
 from extproc.auth import hash_key
@@ -31,7 +32,7 @@ def make_gateway() -> Gateway:
             "tenants": [{"name": "t", "api_key_sha256": [hash_key(KEY)]}],
         }
     )
-    return Gateway(LoadedConfig(config, {}, "test"))
+    return Gateway(LoadedConfig(config, {"oa": SecretStr("sk-up")}, "test"))
 
 
 def header_msg(
@@ -82,9 +83,11 @@ async def test_chat_request_flow(stub: tuple[Any, ProcessorServer]) -> None:
     assert second.WhichOneof("response") == "request_body"
     common = second.request_body.response
     assert common.clear_route_cache
-    assert not common.body_mutation.HasField("body")  # translated per attempt, not here
-    assert "authorization" in common.header_mutation.remove_headers
+    # One target: translated here, once (the client's key replaced by the provider's).
+    assert orjson.loads(common.body_mutation.body)["model"] == "m-up"
+    assert "authorization" not in common.header_mutation.remove_headers
     set_headers = {h.header.key: h.header for h in common.header_mutation.set_headers}
+    assert set_headers["authorization"].raw_value == b"Bearer sk-up"
     # All header values travel in raw_value only.
     assert all(not h.value and h.raw_value for h in set_headers.values())
     metadata = json_format.MessageToDict(second.dynamic_metadata)

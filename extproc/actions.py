@@ -1,0 +1,59 @@
+"""What a pipeline phase decides: go on (with changes) or answer now.
+
+Shared by the downstream request pipeline and the per-attempt pipeline;
+`server.py` turns these into ext_proc protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from extproc.errors import GatewayError
+from extproc.providers.base import ResponseMode
+
+# Set on responses by the attempt that produced them (see attempt.py).
+PROVIDER_HEADER = "x-gateway-provider"
+JSON_HEADERS = {"content-type": "application/json"}
+# Marks answers written by the processor, so Envoy's local-reply rewriting
+# (meant for Envoy's own errors) leaves them alone.
+ORIGIN_HEADER = "x-gateway-error"
+
+
+@dataclass(slots=True)
+class Continue:
+    """Let the request go on, optionally changed and routed."""
+
+    set_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: list[str] = field(default_factory=list)
+    body: bytes | None = None
+    metadata: dict[str, Any] | None = None
+    clear_route_cache: bool = False
+    # How Envoy should send this response's body (set in the response headers phase).
+    mode_override: ResponseMode | None = None
+
+
+@dataclass(slots=True)
+class Respond:
+    """Answer the client now, without calling a provider."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    details: str = ""
+
+    @classmethod
+    def error(cls, error: GatewayError) -> Respond:
+        """An OpenAI-style error answer."""
+        headers = {**JSON_HEADERS, ORIGIN_HEADER: error.code, **error.headers}
+        return cls(error.status, error.body(), headers, details=error.code)
+
+    @classmethod
+    def json(cls, status: int, payload: Any) -> Respond:
+        """A JSON answer."""
+        return cls(status, orjson.dumps(payload), dict(JSON_HEADERS))
+
+
+Action = Continue | Respond
