@@ -83,7 +83,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from extproc.serve import serve
 
     try:
-        asyncio.run(serve(loaded))
+        if loaded.config.processor.event_loop == "uvloop":
+            import uvloop
+
+            uvloop.run(serve(loaded))
+        else:
+            asyncio.run(serve(loaded))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

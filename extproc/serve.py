@@ -59,12 +59,13 @@ async def serve(loaded: LoadedConfig) -> None:
     stop = asyncio.Event()
     install_signal_handlers(stop.set)
     log.info(
-        "extproc serving on %s (admin http://%s:%d, %d models, auth %s)",
+        "extproc serving on %s (admin http://%s:%d, %d models, auth %s, event loop %s)",
         ", ".join(server.addresses),
         processor.admin_address,
         processor.admin_port,
         len(gateway.models),
         "on" if gateway.auth.enabled else "OFF",
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     await stop.wait()
     state.draining = True

@@ -112,6 +112,22 @@ def test_processor_over_tcp_instead_of_a_unix_socket(tmp_path: Path) -> None:
         stack.fake.stop()
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_processor_event_loop_is_configurable(tmp_path: Path, loop: str) -> None:
+    from tests.e2e.conftest import make_stack
+
+    stack = make_stack(tmp_path, processor_overrides={"event_loop": loop})
+    try:
+        reply = stack.client().chat.completions.create(
+            model="chat-anthropic", messages=[{"role": "user", "content": f"on {loop}"}]
+        )
+        assert reply.choices[0].message.content == f"echo: on {loop}"
+    finally:
+        stack.stop()
+        stack.fake.stop()
+    assert f"event loop {loop}" in stack.dump_logs(tail=None)
+
+
 def test_fail_open_sends_requests_through_when_the_processor_is_down(tmp_path: Path) -> None:
     from tests.e2e.conftest import make_stack
 
