@@ -215,7 +215,7 @@ class AttemptPipeline:
         return self._status_headers(error, payload), payload
 
     def _status_headers(self, error: GatewayError, payload: bytes) -> dict[str, str]:
-        self.gateway.metrics.errors.labels(error.code).inc()
+        self.gateway.metrics.error(error.code)
         self.final_status = error.status
         return {
             ":status": str(error.status),
@@ -251,13 +251,13 @@ class AttemptPipeline:
 
     def _count(self) -> None:
         route = self.target.route
-        self.gateway.metrics.attempts.labels(
+        self.gateway.metrics.attempt(
             route.name if route else "", self.target.provider.name, self.outcome or "unknown"
-        ).inc()
+        )
 
     def fail(self, error: GatewayError) -> Respond:
         """An error before the attempt reached the provider: answer it directly."""
-        self.gateway.metrics.errors.labels(error.code).inc()
+        self.gateway.metrics.error(error.code)
         return Respond.error(error)
 
     def finish(self) -> None:

@@ -6,6 +6,9 @@ label sets stay bounded; client input never becomes a label.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from extproc.breaker import State, Transition
@@ -20,6 +23,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # Labelled children by label values: `labels()` costs a lock and a lookup per call,
+        # too much on the hot path. Label values are bounded (see the module docstring).
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.requests = Counter(
             "gateway_requests_total",
             "Requests answered, by model, provider and HTTP status.",
@@ -42,6 +48,12 @@ class Metrics:
         self.streams_active = Gauge(
             "gateway_extproc_streams_active",
             "ext_proc streams (one per HTTP request) currently open.",
+            registry=self.registry,
+        )
+        self.streams_cancelled = Counter(
+            "gateway_extproc_streams_cancelled_total",
+            "ext_proc streams Envoy cancelled before the processor finished them (client gone, "
+            "timeouts); normal requests end without one.",
             registry=self.registry,
         )
         self.processor_failures = Counter(
@@ -81,8 +93,27 @@ class Metrics:
         self.breaker_state.labels(transition.target).set(_STATE_VALUES[transition.new])
         self.breaker_transitions.labels(transition.target, transition.new.value).inc()
 
+    def count_streams(self, active: Callable[[], float]) -> None:
+        """Report open ext_proc streams by asking `active` at scrape time."""
+        self.streams_active.set_function(active)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, model: str, provider: str, status: int, seconds: float | None) -> None:
         """Count one answered request and, when known, its latency."""
-        self.requests.labels(model, provider, str(status)).inc()
+        self._child(self.requests, model, provider, str(status)).inc()
         if seconds is not None:
-            self.latency.labels(model, provider).observe(seconds)
+            self._child(self.latency, model, provider).observe(seconds)
+
+    def attempt(self, model: str, provider: str, outcome: str) -> None:
+        """Count one attempt sent to a provider, by outcome."""
+        self._child(self.attempts, model, provider, outcome).inc()
+
+    def error(self, code: str) -> None:
+        """Count one error answered by the gateway, by code."""
+        self._child(self.errors, code).inc()

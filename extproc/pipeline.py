@@ -48,6 +48,7 @@ class RequestPipeline:
     __slots__ = (
         "attempt",
         "client_envoy_headers",
+        "client_headers",
         "endpoint",
         "finished",
         "gateway",
@@ -69,6 +70,7 @@ class RequestPipeline:
         self.status: int | None = None
         self.finished = False
         self.client_envoy_headers: list[str] = []
+        self.client_headers: dict[str, str] = {}
         self.provider = ""
         self.attempt: AttemptPipeline | None = None
 
@@ -90,6 +92,7 @@ class RequestPipeline:
             # x-envoy-* headers steer Envoy's router (timeouts, retries): only the
             # gateway may set them, so any a client sent are dropped upstream.
             self.client_envoy_headers = [h for h in headers if h.startswith("x-envoy-")]
+            self.client_headers = headers
             raw_timeout = headers.get(TIMEOUT_HEADER)
             if raw_timeout is not None:
                 self.header_timeout = check_timeout(raw_timeout, f"the {TIMEOUT_HEADER} header")
@@ -201,9 +204,13 @@ class RequestPipeline:
             headers["content-length"] = str(len(new_body))
         else:
             new_body = None
+        # Only headers the client sent can be here to remove (fewer mutations for Envoy).
+        client = self.client_headers
         return Continue(
             set_headers=headers,
-            remove_headers=list(dict.fromkeys(h for h in remove if h not in headers)),
+            remove_headers=list(
+                dict.fromkeys(h for h in remove if h in client and h not in headers)
+            ),
             body=new_body,
             metadata={METADATA_NAMESPACE: {"route": route.route_id, "model": model_name}},
             clear_route_cache=True,
@@ -249,7 +256,7 @@ class RequestPipeline:
 
     def fail(self, error: GatewayError) -> Respond:
         """Turn a GatewayError into the answer, and count it."""
-        self.gateway.metrics.errors.labels(error.code).inc()
+        self.gateway.metrics.error(error.code)
         self.record(error.status)
         return Respond.error(error)
 

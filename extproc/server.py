@@ -35,6 +35,15 @@ Pipeline = RequestPipeline | AttemptPipeline
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _EMPTY_HEADERS = pb.HeadersResponse()
 _EMPTY_BODY = pb.BodyResponse()
+# "Continue unchanged" per phase, built once (gRPC only reads them; never mutate).
+_CONTINUE = {
+    "request_headers": pb.ProcessingResponse(request_headers=_EMPTY_HEADERS),
+    "response_headers": pb.ProcessingResponse(response_headers=_EMPTY_HEADERS),
+    "request_body": pb.ProcessingResponse(request_body=_EMPTY_BODY),
+    "response_body": pb.ProcessingResponse(response_body=_EMPTY_BODY),
+    "request_trailers": pb.ProcessingResponse(request_trailers=pb.TrailersResponse()),
+    "response_trailers": pb.ProcessingResponse(response_trailers=pb.TrailersResponse()),
+}
 _MODE_OVERRIDES = {
     ResponseMode.PASSTHROUGH: mode_pb.ProcessingMode(
         response_body_mode=mode_pb.ProcessingMode.NONE
@@ -99,6 +108,9 @@ def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
     if not (action.set_headers or action.remove_headers or action.body is not None) and not (
         action.metadata or action.clear_route_cache or action.mode_override
     ):
+        unchanged = _CONTINUE.get(phase)
+        if unchanged is not None:
+            return unchanged
         common = None
     else:
         common = pb.CommonResponse(
@@ -127,40 +139,64 @@ def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
     return response
 
 
+def _last_message(phase: str | None, request: pb.ProcessingRequest, action: Continue) -> bool:
+    """Whether Envoy sends nothing more on this stream after this answer.
+
+    Both filters' processing modes (envoy_config) send no response body and no trailers unless
+    the response-headers answer overrides the body mode; a body then ends with end_of_stream.
+    """
+    if phase == "response_headers":
+        return request.response_headers.end_of_stream or action.mode_override is None
+    if phase == "response_body":
+        return bool(request.response_body.end_of_stream)
+    return False
+
+
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Envoy ext_proc servicer: one `RequestPipeline` per stream."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.active = 0
+        gateway.metrics.count_streams(lambda: self.active)
 
     async def Process(  # noqa: N802 - gRPC method name
         self,
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[pb.ProcessingResponse]:
-        """Handle one HTTP request's (or one attempt's) phases, in order, as Envoy sends them."""
+    ) -> None:
+        """Handle one HTTP request's (or one attempt's) phases, in order, as Envoy sends them.
+
+        Uses the context's read/write calls rather than an async generator: measurably less
+        CPU per message in grpc.aio.
+        """
         pipeline: Pipeline | None = None
-        metrics = self.gateway.metrics
-        metrics.streams_active.inc()
         self.active += 1
         try:
-            async for request in request_iterator:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
                 phase = request.WhichOneof("request")
                 if pipeline is None:
                     pipeline, failed = self._pipeline_for(request)
                     if failed is not None:
-                        yield to_response(phase or "", failed)
+                        await context.write(to_response(phase or "", failed))
                         return
                 action = self._handle(pipeline, phase, request)
                 if action is None:
                     continue
-                yield to_response(phase or "", action)
-                if isinstance(action, Respond):
+                await context.write(to_response(phase or "", action))
+                if isinstance(action, Respond) or _last_message(phase, request, action):
+                    # Closing the stream ourselves, with OK, tells Envoy we are done. Left
+                    # open, Envoy cancels it when the HTTP request ends, and grpc.aio leaks
+                    # native memory per cancelled call (grpc/grpc#43360).
                     return
+        except asyncio.CancelledError:
+            self.gateway.metrics.streams_cancelled.inc()
+            raise
         finally:
             self.active -= 1
-            metrics.streams_active.dec()
             if pipeline is not None:
                 pipeline.finish()
 

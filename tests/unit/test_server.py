@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,41 @@ async def test_unrequested_phases_pass_through(stub: tuple[Any, ProcessorServer]
     client, _ = stub
     answers = await exchange(
         client,
-        pb.ProcessingRequest(response_body=pb.HttpBody(body=b"x", end_of_stream=True)),
         pb.ProcessingRequest(response_trailers=pb.HttpTrailers()),
         pb.ProcessingRequest(),  # no phase at all: ignored
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=b"x", end_of_stream=False)),
     )
-    assert [a.WhichOneof("response") for a in answers] == ["response_body", "response_trailers"]
+    assert [a.WhichOneof("response") for a in answers] == ["response_trailers", "response_body"]
+
+
+async def test_the_processor_ends_the_stream_after_the_last_answer(
+    stub: tuple[Any, ProcessorServer],
+) -> None:
+    # Envoy never half-closes here: the client keeps its side open, as Envoy does, and the
+    # call still completes because the processor returns after the last expected answer.
+    client, _ = stub
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    more = asyncio.Event()
+
+    async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+        yield header_msg("/v1/chat/completions")
+        yield body_msg(body)
+        status = base_pb2.HeaderValue(key=":status", raw_value=b"200")
+        headers = pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[status]))
+        yield pb.ProcessingRequest(response_headers=headers)
+        await more.wait()  # never set: no half-close from this side
+
+    call = client.Process(requests())
+
+    async def answers() -> list[str | None]:
+        return [a.WhichOneof("response") async for a in call]
+
+    try:
+        # All answers arrive and the call ends OK while this side is still open.
+        got = await asyncio.wait_for(answers(), 10)
+        assert got == ["request_headers", "request_body", "response_headers"]
+        assert await call.code() == grpc.StatusCode.OK
+        assert not more.is_set()
+    finally:
+        call.cancel()
+        more.set()  # let grpc's request-consuming task finish before the channel closes
