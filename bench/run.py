@@ -72,6 +72,8 @@ PASSTHROUGH = "gateway-passthrough"
 ANTHROPIC = "gateway-anthropic"
 ALL_FEATURES = "gateway-all-features"
 ANTHROPIC_REFERENCE = "plain-envoy, Anthropic wire (reference)"
+# Envoy + a do-nothing Python ext_proc server (bench/floor_processor.py): the floor.
+FLOOR = "floor: Envoy + empty Python ext_proc"
 
 
 @dataclass(frozen=True)
@@ -307,8 +309,15 @@ def gateway_config(fake: str, workdir: Path) -> dict[str, Any]:
     }
 
 
-def plain_bootstrap(listen_port: int, admin_port: int, fake_port: int) -> dict[str, Any]:
-    """A minimal Envoy: listener -> router -> one STATIC cluster (the fake); no ext_proc."""
+def plain_bootstrap(
+    listen_port: int, admin_port: int, fake_port: int, ext_proc_socket: Path | None = None
+) -> dict[str, Any]:
+    """A minimal Envoy: listener -> router -> one STATIC cluster (the fake).
+
+    With `ext_proc_socket`, an ext_proc filter before the router sends the gateway's
+    pass-through phases (request headers, buffered request body, response headers) to the
+    server on that unix socket: the floor scenario.
+    """
 
     def address(port: int) -> dict[str, Any]:
         return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
@@ -339,6 +348,20 @@ def plain_bootstrap(listen_port: int, admin_port: int, fake_port: int) -> dict[s
             }
         ],
     }
+    clusters: list[dict[str, Any]] = [
+        {
+            "name": "fake",
+            "type": "STATIC",
+            "connect_timeout": "5s",
+            "load_assignment": {
+                "cluster_name": "fake",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(fake_port)}}]}],
+            },
+        }
+    ]
+    if ext_proc_socket is not None:
+        hcm["http_filters"].insert(0, _floor_ext_proc_filter())
+        clusters.append(_floor_ext_proc_cluster(ext_proc_socket))
     return {
         "admin": {"address": address(admin_port)},
         "static_resources": {
@@ -358,19 +381,48 @@ def plain_bootstrap(listen_port: int, admin_port: int, fake_port: int) -> dict[s
                     ],
                 }
             ],
-            "clusters": [
-                {
-                    "name": "fake",
-                    "type": "STATIC",
-                    "connect_timeout": "5s",
-                    "load_assignment": {
-                        "cluster_name": "fake",
-                        "endpoints": [
-                            {"lb_endpoints": [{"endpoint": {"address": address(fake_port)}}]}
-                        ],
-                    },
-                }
+            "clusters": clusters,
+        },
+    }
+
+
+def _floor_ext_proc_filter() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
+            "ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "floor_ext_proc"}, "timeout": "2s"},
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "message_timeout": "2s",
+        },
+    }
+
+
+def _floor_ext_proc_cluster(socket_path: Path) -> dict[str, Any]:
+    return {
+        "name": "floor_ext_proc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "floor_ext_proc",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(socket_path)}}}}]}
             ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
         },
     }
 
@@ -454,11 +506,34 @@ def start_system(workdir: Path) -> System:
     plain = f"http://127.0.0.1:{plain_port}"
     log(f"plain Envoy (pid {plain_envoy.pid}) on {plain}")
 
+    floor_socket = workdir / "floor.sock"
+    floor_processor = spawn(
+        [sys.executable, str(ROOT / "bench" / "floor_processor.py"), "--socket", str(floor_socket)],
+        workdir / "floor-processor.log",
+    )
+    floor_port = free_port()
+    floor_bootstrap_path = workdir / "floor-envoy.yaml"
+    floor_bootstrap_path.write_text(
+        yaml.safe_dump(plain_bootstrap(floor_port, free_port(), fake_port, floor_socket)),
+        encoding="utf-8",
+    )
+    floor_envoy = start_tracked_envoy(floor_bootstrap_path, workdir / "floor-envoy.log")
+    floor = f"http://127.0.0.1:{floor_port}"
+    log(f"floor: empty Python ext_proc (pid {floor_processor.pid}) and its Envoy on {floor}")
+
     auth = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
     chat = "/v1/chat/completions"
     targets = {
         PLAIN: Target(
             PLAIN, plain + chat, chat_body(MODEL_PASSTHROUGH), auth, plain_envoy.pid, None
+        ),
+        FLOOR: Target(
+            FLOOR,
+            floor + chat,
+            chat_body(MODEL_PASSTHROUGH),
+            auth,
+            floor_envoy.pid,
+            floor_processor.pid,
         ),
         PASSTHROUGH: Target(
             PASSTHROUGH,
@@ -673,7 +748,8 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
     Envoy. The 8-client slices are sized from the warm-up's rate to last about
     `eight_client_slice_s` each; CPU is read before and after each slice.
     """
-    targets = [system.targets[name] for name in (PLAIN, PASSTHROUGH, ANTHROPIC, ALL_FEATURES)]
+    names = (PLAIN, FLOOR, PASSTHROUGH, ANTHROPIC, ALL_FEATURES)
+    targets = [system.targets[name] for name in names]
     slice_requests = {}
     for target in targets:
         warm = hey.run(target, 8, seconds=s.warmup_s)
@@ -692,7 +768,8 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
     cpu = {t.name: [0.0, 0.0, 0.0] for t in targets}  # processor, Envoy, fake
     for _ in range(s.eight_client_rounds):
         for target in targets:
-            pids = [system.processor_pid, target.envoy_pid, system.fake_pid]
+            processor = target.processor_pid or system.processor_pid
+            pids = [processor, target.envoy_pid, system.fake_pid]
             before = [cpu_seconds(pid) for pid in pids]
             eight[target.name].append(hey.run_csv(target, 8, slice_requests[target.name]))
             for index, pid in enumerate(pids):

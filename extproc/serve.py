@@ -7,6 +7,7 @@ new streams and in-flight ones get `shutdown_grace_seconds` to finish.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 from extproc.admin import AdminState, start_admin
@@ -55,6 +56,10 @@ async def serve(loaded: LoadedConfig) -> None:
     )
     await server.start()
     checks = start_provider_checks(loaded, gateway)
+    # Everything loaded so far (config, adapters, botocore, aiohttp: ~70k objects) lives as
+    # long as the process: keep it out of the cyclic GC, whose full passes over it cost
+    # ~18 ms each under load.
+    gc.freeze()
     state.ready = True
     stop = asyncio.Event()
     install_signal_handlers(stop.set)
