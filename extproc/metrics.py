@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from extproc.breaker import State, Transition
 
@@ -23,6 +23,9 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds: the processor's
+        # RSS grows slowly inside grpc.aio (docs/performance.md), so operators alert on it.
+        ProcessCollector(registry=self.registry)
         # Labelled children by label values: `labels()` costs a lock and a lookup per call,
         # too much on the hot path. Label values are bounded (see the module docstring).
         self._children: dict[tuple[Any, ...], Any] = {}

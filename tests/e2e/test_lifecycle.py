@@ -94,6 +94,13 @@ def test_processor_admin_endpoints(stack: Stack) -> None:
     assert metrics.status_code == 200
     assert "gateway_requests_total" in metrics.text
     assert "gateway_extproc_streams_active" in metrics.text
+    # The processor's own RSS, for the memory alert (docs/operations.md).
+    (rss,) = [
+        line
+        for line in metrics.text.splitlines()
+        if line.startswith("process_resident_memory_bytes ")
+    ]
+    assert float(rss.split()[1]) > 10 * 1024 * 1024
 
 
 def test_processor_over_tcp_instead_of_a_unix_socket(tmp_path: Path) -> None:
