@@ -152,8 +152,8 @@ class AttemptPipeline:
                 self.outcome = "not_sent"
                 if self.probe:
                     self.target.breaker.release_probe()
-            else:
-                self._record(status, headers)
+                return Continue()  # no provider was involved: no provider header
+            self._record(status, headers)
             return Continue(set_headers=tag)
         self._record(status, headers)
         adapter = self.adapter

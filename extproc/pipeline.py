@@ -222,8 +222,9 @@ class RequestPipeline:
         """Count the answer (translated by its attempt: upstream, or inline here)."""
         attempt = self.attempt
         if attempt is not None:
-            self.provider = attempt.target.provider.name
             action = attempt.on_response_headers(headers, end_of_stream)
+            sent = attempt.outcome != "not_sent"
+            self.provider = attempt.target.provider.name if sent else ""
             if attempt.final_status is not None:
                 self.record(attempt.final_status)
             return action
@@ -261,9 +262,13 @@ class RequestPipeline:
         return Respond.error(error)
 
     def finish(self) -> None:
-        """The stream ended: an inline attempt without an answer counts as failed."""
-        if self.attempt is not None:
-            self.attempt.finish()
+        """The stream ended: an inline attempt without an answer counts as failed, and a
+        request whose translated body never came is still counted, with the provider's status."""
+        attempt = self.attempt
+        if attempt is not None:
+            attempt.finish()
+            if not self.finished and attempt.status:
+                self.record(attempt.status)
 
 
 def _method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:

@@ -291,3 +291,71 @@ def test_provider_timeout_caps_the_request_timeout() -> None:
     assert run(gw, llama, hdrs).set_headers["x-envoy-upstream-rq-timeout-ms"] == "10000"
     # No cap configured: the client's 500 s stands.
     assert run(gw, CHAT, hdrs).set_headers["x-envoy-upstream-rq-timeout-ms"] == "500000"
+
+
+# --- inline attempts (one-target models): the response side ---------------------------------
+
+
+def routed(gw: Gateway, body: dict[str, Any] | None = None) -> RequestPipeline:
+    pipe = RequestPipeline(gw)
+    pipe.on_request_headers(headers(), False)
+    assert isinstance(pipe.on_request_body(orjson.dumps(body or CHAT), True), Continue)
+    assert pipe.attempt is not None and pipe.attempt.inline
+    return pipe
+
+
+def requests_counted(gw: Gateway, **labels: str) -> float:
+    value = gw.metrics.registry.get_sample_value("gateway_requests_total", labels)
+    return value or 0.0
+
+
+def test_inline_provider_error_is_mapped_in_the_body_phase_and_counted_once() -> None:
+    gw = gateway()
+    pipe = routed(gw)
+    action = pipe.on_response_headers({":status": "401", "content-type": "application/json"}, False)
+    assert isinstance(action, Continue) and action.mode_override is not None  # BUFFERED
+    assert not pipe.finished  # the client's status is not known yet
+    body = orjson.dumps({"error": {"message": "bad key sk-up...", "type": "auth"}})
+    mapped = pipe.on_response_body(body, True)
+    assert isinstance(mapped, Continue) and mapped.body is not None
+    assert mapped.set_headers[":status"] == "502"
+    assert b"sk-up" not in mapped.body
+    assert requests_counted(gw, model="gpt", provider="oa", status="502") == 1
+    pipe.finish()
+    assert requests_counted(gw, model="gpt", provider="oa", status="502") == 1
+
+
+def test_inline_envoy_reply_without_a_request_sent_leaves_the_breaker_alone() -> None:
+    gw = gateway()
+    pipe = routed(gw)
+    breaker = gw.models["gpt"].targets[0].breaker
+    reply = {":status": "503", "x-gateway-error": "no_healthy_provider"}
+    action = pipe.on_response_headers(reply, False)
+    assert action == Continue()  # passed on untouched, no provider header
+    assert breaker.snapshot(0.0)["consecutive_failures"] == 0
+    assert requests_counted(gw, model="gpt", provider="", status="503") == 1
+    pipe.finish()
+    assert breaker.snapshot(0.0)["consecutive_failures"] == 0
+
+
+def test_inline_envoy_timeout_counts_against_the_target_and_is_not_rewritten() -> None:
+    gw = gateway()
+    pipe = routed(gw)
+    breaker = gw.models["gpt"].targets[0].breaker
+    reply = {":status": "504", "x-gateway-error": "provider_timeout"}
+    action = pipe.on_response_headers(reply, False)
+    assert isinstance(action, Continue)
+    assert action.mode_override is None and ":status" not in action.set_headers
+    assert action.set_headers == {"x-gateway-provider": "oa"}
+    assert breaker.snapshot(0.0)["consecutive_failures"] == 1
+    assert requests_counted(gw, model="gpt", provider="oa", status="504") == 1
+
+
+def test_a_provider_cannot_pass_for_envoy_on_the_upstream_path() -> None:
+    # The marker is honoured only inline; an upstream attempt treats it as the provider's.
+    gw = gateway()
+    target = gw.models["pair"].targets[0]
+    pipe = AttemptPipeline(gw, target)
+    pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
+    action = pipe.on_response_headers({":status": "500", "x-gateway-error": "x"}, False)
+    assert action.mode_override is not None  # mapped like any provider error
