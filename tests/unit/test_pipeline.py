@@ -325,12 +325,17 @@ def test_inline_provider_error_is_mapped_in_the_body_phase_and_counted_once() ->
     assert requests_counted(gw, model="gpt", provider="oa", status="502") == 1
 
 
+def envoy_reply(gw: Gateway, status: int, code: str) -> tuple[RequestPipeline, Any, Any]:
+    """A routed inline request answered by Envoy itself (marked local reply)."""
+    pipe = routed(gw)
+    reply = {":status": str(status), "x-gateway-error": code}
+    action = pipe.on_response_headers(reply, False)
+    return pipe, gw.models["gpt"].targets[0].breaker, action
+
+
 def test_inline_envoy_reply_without_a_request_sent_leaves_the_breaker_alone() -> None:
     gw = gateway()
-    pipe = routed(gw)
-    breaker = gw.models["gpt"].targets[0].breaker
-    reply = {":status": "503", "x-gateway-error": "no_healthy_provider"}
-    action = pipe.on_response_headers(reply, False)
+    pipe, breaker, action = envoy_reply(gw, 503, "no_healthy_provider")
     assert action == Continue()  # passed on untouched, no provider header
     assert breaker.snapshot(0.0)["consecutive_failures"] == 0
     assert requests_counted(gw, model="gpt", provider="", status="503") == 1
@@ -340,10 +345,7 @@ def test_inline_envoy_reply_without_a_request_sent_leaves_the_breaker_alone() ->
 
 def test_inline_envoy_timeout_counts_against_the_target_and_is_not_rewritten() -> None:
     gw = gateway()
-    pipe = routed(gw)
-    breaker = gw.models["gpt"].targets[0].breaker
-    reply = {":status": "504", "x-gateway-error": "provider_timeout"}
-    action = pipe.on_response_headers(reply, False)
+    _, breaker, action = envoy_reply(gw, 504, "provider_timeout")
     assert isinstance(action, Continue)
     assert action.mode_override is None and ":status" not in action.set_headers
     assert action.set_headers == {"x-gateway-provider": "oa"}
