@@ -266,6 +266,7 @@ def test_capacity_overflow_is_an_openai_503(tmp_path: Path) -> None:
         for response in overflow:
             error = response.json()["error"]
             assert set(error) == {"message", "type", "param", "code"}
+            assert (error["code"], error["type"]) == ("capacity_exceeded", "service_unavailable")
 
 
 def test_active_health_check_keeps_traffic_off_a_sick_provider_and_back_on_recovery(
