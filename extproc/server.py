@@ -167,8 +167,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     ) -> None:
         """Handle one HTTP request's (or one attempt's) phases, in order, as Envoy sends them.
 
-        Uses the context's read/write calls rather than an async generator: measurably less
-        CPU per message in grpc.aio.
+        Uses the context's read/write calls rather than an async generator, so the servicer
+        decides itself when the call ends (after the last answer, see `_last_message`).
         """
         pipeline: Pipeline | None = None
         self.active += 1
