@@ -377,3 +377,83 @@ def _single_target_breaker(pair: Pair) -> None:
     # count as failures (they would hold the breaker open forever).
     assert statuses[-3:] == [200] * 3, statuses
     assert pair.breakers()["p-openai/gpt-up"]["state"] == "closed"
+
+
+BACKUP_KINDS: dict[str, dict[str, Any]] = {
+    # How each provider type reaches the backup fake; its path marker; its credential header.
+    "google": {
+        "provider": {"type": "google", "api_key_env": "TEST_GOOGLE_KEY"},
+        "suffix": "/gemini/v1beta",
+        "model": "gemini-backup",
+        "path": "/gemini/v1beta/models/gemini-backup:",
+        "credential": "x-goog-api-key",
+    },
+    "bedrock": {
+        "provider": {
+            "type": "bedrock",
+            "aws_region": "us-east-1",
+            "aws_access_key_id_env": "TEST_AWS_KEY_ID",
+            "aws_secret_access_key_env": "TEST_AWS_SECRET",
+            "aws_session_token_env": "TEST_AWS_NO_TOKEN",
+        },
+        "suffix": "",
+        "model": "anthropic.claude-3-haiku-20240307-v1:0",
+        "path": "/model/anthropic.claude-3-haiku-20240307-v1:0/converse",
+        "credential": "authorization",  # SigV4, checked by the fake
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BACKUP_KINDS))
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_attempt_is_translated_for_its_own_provider_type(
+    tmp_path: Path, kind: str, stream: bool
+) -> None:
+    # One-target models are translated by the downstream filter; this is the per-attempt
+    # path (upstream filter) for the wire formats other than Anthropic's: the backup gets a
+    # request in its own format (Bedrock signed with SigV4 for this attempt), the client an
+    # OpenAI answer, and no credential of the first attempt reaches the second provider.
+    spec = BACKUP_KINDS[kind]
+    backup = FakeProviderServer(port=0).start()
+
+    def customize(config: dict[str, Any]) -> None:
+        config["providers"].append(
+            {"name": "p-backup", "base_url": backup.base_url + spec["suffix"], **spec["provider"]}
+        )
+        config["models"].append(
+            {
+                "name": "resilient",
+                "targets": [
+                    {"provider": "p-openai", "model": "primary-model"},
+                    {"provider": "p-backup", "model": spec["model"]},
+                ],
+            }
+        )
+        config["resilience"] = {"max_retries": 2, "health_check_interval_ms": HC_INTERVAL_MS}
+
+    stack = make_stack(tmp_path, customize=customize)
+    try:
+        stack.fake.set_behaviour(status=503)
+        client = stack.client()
+        messages = [{"role": "user", "content": f"fail over to {kind}"}]
+        if stream:
+            chunks = client.chat.completions.create(
+                model="resilient", messages=messages, stream=True
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            reply = client.chat.completions.create(model="resilient", messages=messages)
+            assert reply.model == "resilient"
+            text = reply.choices[0].message.content or ""
+        assert text == f"echo: fail over to {kind}"
+        assert len(stack.fake.requests) == 1
+        (seen,) = backup.requests
+        assert seen.path.startswith(spec["path"]), seen.path
+        assert seen.header(spec["credential"])
+        # The OpenAI key stayed behind: Bedrock's authorization is its own SigV4 signature.
+        auth = seen.header("authorization")
+        assert auth is None if kind != "bedrock" else str(auth).startswith("AWS4-HMAC-SHA256 ")
+    finally:
+        stack.stop()
+        stack.fake.stop()
+        backup.stop()
