@@ -14,12 +14,14 @@ Topology (same-request failover across providers):
   endpoint carries `gw.target = <target id>` (`config.target_id`) as metadata.
 - The route's retry policy retries 5xx, resets, connect failures and 429s (honouring
   `Retry-After`), moving to another host and, with `previous_priorities`, to the next priority.
-- ext_proc also runs as an upstream filter in each model cluster, once per attempt; it receives
-  the attempt's target id as the request attribute `UPSTREAM_TARGET_ATTRIBUTE` and translates the
-  request for that target's provider.
+- In each cluster of a model with several targets, ext_proc also runs as an upstream filter, once
+  per attempt; it receives the attempt's target id as the request attribute
+  `UPSTREAM_TARGET_ATTRIBUTE` and translates the request for that target's provider. A one-target
+  model's request is translated by the downstream filter (`config.inline_translation`).
 - Breakers: Envoy health-checks every endpoint against the processor's admin server
   (`GET /breaker/health`, `Host: <target id>`, answered 200 or 503), so an open breaker takes the
-  target out of load balancing; outlier detection ejects targets on consecutive 5xx as a backstop.
+  target out of load balancing; for models with several targets, outlier detection ejects targets
+  on consecutive 5xx as a backstop.
   The panic threshold is 0: with no healthy target the request fails with 503.
 
 TLS is per endpoint (`transport_socket_matches` keyed by provider), so one model may mix https and
@@ -647,6 +649,7 @@ def _model_cluster(
     resilience = config.resilience
     protocol = cluster_protocol(targets)
     any_dns = any(not _is_ip(p.host) for p in targets)
+    inline = inline_translation(len(targets))
     return Cluster(
         name=route_id,
         type=ClusterDiscoveryType.STRICT_DNS if any_dns else ClusterDiscoveryType.STATIC,
@@ -671,13 +674,7 @@ def _model_cluster(
             if p.scheme == "https"
         ],
         health_checks=[_breaker_health_check(resilience)],
-        outlier_detection=OutlierDetection(
-            consecutive_5xx=resilience.breaker_consecutive_failures,
-            consecutive_gateway_failure=resilience.breaker_consecutive_failures,
-            interval=OUTLIER_INTERVAL,
-            base_ejection_time=timedelta(seconds=resilience.breaker_open_seconds),
-            max_ejection_percent=100,
-        ),
+        outlier_detection=None if inline else _outlier_detection(resilience),
         circuit_breakers=CircuitBreakers(
             thresholds=[
                 CircuitBreakersThresholds(
@@ -689,8 +686,25 @@ def _model_cluster(
             ]
         ),
         typed_extension_protocol_options=_protocol_options(
-            _model_http_options(config, protocol, per_attempt=not inline_translation(len(targets)))
+            _model_http_options(config, protocol, per_attempt=not inline)
         ),
+    )
+
+
+def _outlier_detection(resilience: ResilienceConfig) -> OutlierDetection:
+    """Per-try ejection, a backstop for models with several targets.
+
+    Not for one-target models: their breaker (fed once per request by the downstream filter)
+    is the only mechanism, so clients get its fast 503 with Retry-After, `/breakers` tells the
+    truth, and it recovers through half-open probes. Ejecting their only endpoint would answer
+    Envoy's 503 instead, while the breaker still read closed.
+    """
+    return OutlierDetection(
+        consecutive_5xx=resilience.breaker_consecutive_failures,
+        consecutive_gateway_failure=resilience.breaker_consecutive_failures,
+        interval=OUTLIER_INTERVAL,
+        base_ejection_time=timedelta(seconds=resilience.breaker_open_seconds),
+        max_ejection_percent=100,
     )
 
 
