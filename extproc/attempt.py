@@ -6,6 +6,10 @@ validated, OpenAI-shaped) request for that target, translate its answer back,
 map its errors, and feed its outcome to the target's circuit breaker. Header
 changes of an earlier attempt persist into later ones, so every attempt first
 removes every credential header any provider type uses.
+
+A model with one target has no upstream filter: its `RequestPipeline` runs the
+same decisions inline (`inline=True`), once per request, and then also sees
+Envoy's own replies, recognised by their `x-gateway-error` marker.
 """
 
 from __future__ import annotations
