@@ -45,6 +45,7 @@ from extproc.providers.base import (
     api_key,
     append_turn,
     serialize,
+    tool_arguments,
 )
 from extproc.providers.errors import malformed_response, provider_error
 from extproc.providers.openai_format import ChatStreamWriter, chat_completion, tool_call
@@ -473,17 +474,7 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
                 f"{call_where} must be a function call with an id and a name",
                 call_where,
             )
-        arguments = function.get("arguments")
-        try:
-            parsed = orjson.loads(arguments) if arguments else {}
-        except (orjson.JSONDecodeError, TypeError):
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise bad_request(
-                "invalid_message",
-                f"{call_where}.function.arguments must be a JSON object encoded as a string",
-                call_where,
-            )
+        parsed = tool_arguments(function.get("arguments"), call_where)
         blocks.append(
             {"type": "tool_use", "id": call["id"], "name": function["name"], "input": parsed}
         )

@@ -17,7 +17,7 @@ import orjson
 from pydantic import SecretStr
 
 from extproc.config import Credential, ProviderConfig
-from extproc.errors import GatewayError
+from extproc.errors import GatewayError, bad_request
 
 
 class Endpoint(StrEnum):
@@ -183,6 +183,29 @@ def append_turn(
         turns[-1][field].extend(items)
     else:
         turns.append({"role": role, field: items})
+
+
+def tool_arguments(raw: Any, where: str) -> dict[str, Any]:
+    """A tool call's `function.arguments` (a JSON object encoded as a string) as a dict.
+
+    Missing or blank arguments are an empty object; anything but a JSON object is a 400
+    naming `{where}.function.arguments`.
+    """
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    value: Any = raw
+    if isinstance(raw, str):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+    if not isinstance(value, dict):
+        raise bad_request(
+            "invalid_message",
+            f"{where}.function.arguments must be a JSON object",
+            f"{where}.function.arguments",
+        )
+    return value
 
 
 def rewrite_model(body: dict[str, Any], upstream_model: str) -> bool:

@@ -27,6 +27,7 @@ from extproc.providers.base import (
     UpstreamRequest,
     append_turn,
     serialize,
+    tool_arguments,
 )
 from extproc.providers.bedrock_stream import FINISH_REASONS, BedrockStreamTranslator, read_usage
 from extproc.providers.errors import malformed_response, parse_json_error, provider_error
@@ -430,30 +431,12 @@ def _assistant_blocks(
                 "toolUse": {
                     "toolUseId": call_id,
                     "name": name,
-                    "input": _arguments(function.get("arguments"), call_where),
+                    "input": tool_arguments(function.get("arguments"), call_where),
                 }
             }
         )
         tool_names.append(name)
     return blocks
-
-
-def _arguments(arguments: Any, where: str) -> dict[str, Any]:
-    if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
-        return {}
-    value: Any = arguments
-    if isinstance(arguments, str):
-        try:
-            value = orjson.loads(arguments)
-        except orjson.JSONDecodeError:
-            value = None
-    if not isinstance(value, dict):
-        raise bad_request(
-            "invalid_message",
-            f"{where}.function.arguments must be a JSON object",
-            f"{where}.function.arguments",
-        )
-    return value
 
 
 def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from extproc.providers.base import (
     api_key,
     append_turn,
     serialize,
+    tool_arguments,
 )
 from extproc.providers.errors import malformed_response, parse_json_error
 from extproc.providers.google_stream import (
@@ -242,27 +243,11 @@ def _assistant_parts(
                 "invalid_message", f"{call_where}.function.name is required", call_where
             )
         name = function["name"]
-        args = _arguments(function.get("arguments"), call_where)
+        args = tool_arguments(function.get("arguments"), call_where)
         if isinstance(call.get("id"), str):
             call_names[call["id"]] = name
         parts.append({"functionCall": {"name": name, "args": args}})
     return parts
-
-
-def _arguments(raw: Any, where: str) -> dict[str, Any]:
-    if raw is None or raw == "":
-        return {}
-    try:
-        args = orjson.loads(raw) if isinstance(raw, str) else raw
-    except orjson.JSONDecodeError:
-        args = None
-    if not isinstance(args, dict):
-        raise bad_request(
-            "invalid_message",
-            f"{where}.function.arguments must be a JSON object",
-            f"{where}.function.arguments",
-        )
-    return args
 
 
 def _tool_result(message: dict[str, Any], where: str, call_names: dict[str, str]) -> dict[str, Any]:
