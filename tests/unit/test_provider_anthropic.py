@@ -16,7 +16,7 @@ from extproc.config import ProviderConfig, ProviderType
 from extproc.errors import GatewayError
 from extproc.providers.anthropic import AnthropicAdapter
 from extproc.providers.base import Endpoint, RequestContext, ResponseMode, UpstreamRequest
-from extproc.streaming.sse import SSEParser
+from tests.unit import openai_chunks
 
 KEY = "sk-ant-test-key"
 TRICKY = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth e\u0301 漢字"
@@ -867,20 +867,7 @@ ERROR_STREAM = (
 
 def parse(out: bytes) -> list[Any]:
     """OpenAI SSE output → list of chunk dicts (id/created removed) and "[DONE]"."""
-    parser = SSEParser()
-    events = parser.feed(out)
-    assert not parser.pending, "output must consist of complete events"
-    result: list[Any] = []
-    for item in events:
-        assert item.event == ""
-        if item.data == "[DONE]":
-            result.append("[DONE]")
-            continue
-        chunk = orjson.loads(item.data)
-        chunk.pop("id", None)
-        chunk.pop("created", None)
-        result.append(chunk)
-    return result
+    return openai_chunks.parse_sse(out)
 
 
 def run_stream(chunks: list[bytes], include_usage: bool = True) -> tuple[bytes, AnthropicAdapter]:
@@ -892,27 +879,11 @@ def run_stream(chunks: list[bytes], include_usage: bool = True) -> tuple[bytes, 
 
 
 def chunk(delta_: dict[str, Any], finish: str | None = None, usage: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "object": "chat.completion.chunk",
-        "model": "smart",
-        "choices": [{"index": 0, "delta": delta_, "logprobs": None, "finish_reason": finish}],
-    }
-    if usage:
-        out["usage"] = None
-    return out
+    return openai_chunks.chunk("smart", delta_, finish, usage)
 
 
 def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
-    return {
-        "object": "chat.completion.chunk",
-        "model": "smart",
-        "choices": [],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
-    }
+    return openai_chunks.usage_chunk("smart", prompt, completion)
 
 
 def test_stream_mode_and_headers() -> None:
@@ -953,21 +924,10 @@ def test_tool_stream() -> None:
     out, a = run_stream([TOOL_STREAM])
 
     def call_start(index: int, call_id: str, name: str) -> dict[str, Any]:
-        return chunk(
-            {
-                "tool_calls": [
-                    {
-                        "index": index,
-                        "id": call_id,
-                        "type": "function",
-                        "function": {"name": name, "arguments": ""},
-                    }
-                ]
-            }
-        )
+        return openai_chunks.tool_start("smart", index, call_id, name)
 
     def call_args(index: int, fragment: str) -> dict[str, Any]:
-        return chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+        return openai_chunks.tool_arguments("smart", index, fragment)
 
     assert parse(out) == [
         chunk({"role": "assistant", "content": ""}),

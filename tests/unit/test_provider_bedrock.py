@@ -22,6 +22,7 @@ from extproc.fakes.eventstream_encoder import encode_message, event_message, exc
 from extproc.providers.aws_sigv4 import sign_headers
 from extproc.providers.base import Endpoint, RequestContext, ResponseMode, Usage
 from extproc.providers.bedrock import BedrockAdapter
+from tests.unit import openai_chunks
 
 MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
 CLIENT_MODEL = "claude-haiku"
@@ -913,31 +914,11 @@ TEXT_STREAM = events(
 
 def parse_sse(data: bytes) -> list[Any]:
     """SSE data events as JSON (without `id`/`created`), `[DONE]` as the string."""
-    out: list[Any] = []
-    text = data.decode()
-    assert text.endswith("\n\n") or not text
-    for block in text.split("\n\n")[:-1]:
-        assert block.startswith("data: "), block
-        payload = block[len("data: ") :]
-        if payload == "[DONE]":
-            out.append(payload)
-            continue
-        event = orjson.loads(payload)
-        event.pop("id", None)
-        event.pop("created", None)
-        out.append(event)
-    return out
+    return openai_chunks.parse_sse(data)
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, usage: bool = False) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "object": "chat.completion.chunk",
-        "model": CLIENT_MODEL,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if usage:
-        event["usage"] = None
-    return event
+    return openai_chunks.chunk(CLIENT_MODEL, delta, finish, usage)
 
 
 def run_stream(
@@ -1053,21 +1034,10 @@ TOOL_STREAM = events(
 
 def test_tool_call_stream_at_every_split_point() -> None:
     def start(index: int, call_id: str, name: str) -> dict[str, Any]:
-        return chunk(
-            {
-                "tool_calls": [
-                    {
-                        "index": index,
-                        "id": call_id,
-                        "type": "function",
-                        "function": {"name": name, "arguments": ""},
-                    }
-                ]
-            }
-        )
+        return openai_chunks.tool_start(CLIENT_MODEL, index, call_id, name, usage=False)
 
     def arguments(index: int, fragment: str) -> dict[str, Any]:
-        return chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+        return openai_chunks.tool_arguments(CLIENT_MODEL, index, fragment, usage=False)
 
     assert assert_split_invariant(TOOL_STREAM) == [
         chunk({"role": "assistant", "content": ""}),

@@ -21,6 +21,7 @@ from extproc.config import ProviderConfig, ProviderType
 from extproc.errors import GatewayError
 from extproc.providers.base import Endpoint, RequestContext, ResponseMode
 from extproc.providers.google import GoogleGeminiAdapter
+from tests.unit import openai_chunks
 
 BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 KEY = "AIza-test-key"
@@ -813,23 +814,7 @@ def feed(chunks: list[bytes], include_usage: bool = True) -> tuple[bytes, Google
 def parse(out: bytes) -> list[Any]:
     """OpenAI SSE → list of events (dicts, or "[DONE]"), with random ids normalised."""
     assert out.endswith(b"\n\n")
-    events: list[Any] = []
-    for block in out.decode().split("\n\n")[:-1]:
-        assert block.startswith("data: "), block
-        data = block.removeprefix("data: ")
-        if data == "[DONE]":
-            events.append(data)
-            continue
-        event = orjson.loads(data)
-        event.pop("id", None)
-        event.pop("created", None)
-        for choice in event.get("choices", []):
-            for call in choice["delta"].get("tool_calls", []):
-                if "id" in call:
-                    assert call["id"].startswith("call_")
-                    call["id"] = "ID"
-        events.append(event)
-    return events
+    return openai_chunks.parse_sse(out, call_id_prefix="call_")
 
 
 def splits(raw: bytes) -> Iterator[list[bytes]]:
@@ -847,27 +832,11 @@ def assert_split_invariant(raw: bytes, include_usage: bool = True) -> list[Any]:
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, usage: bool = True) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "object": "chat.completion.chunk",
-        "model": CLIENT_MODEL,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if usage:
-        event["usage"] = None
-    return event
+    return openai_chunks.chunk(CLIENT_MODEL, delta, finish, usage)
 
 
 def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
-    return {
-        "object": "chat.completion.chunk",
-        "model": CLIENT_MODEL,
-        "choices": [],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
-    }
+    return openai_chunks.usage_chunk(CLIENT_MODEL, prompt, completion)
 
 
 TEXT_STREAM = [
@@ -944,16 +913,10 @@ def test_tool_call_stream_at_every_split(newline: bytes) -> None:
     events = assert_split_invariant(sse(TOOL_STREAM, newline))
 
     def start(index: int, name: str) -> dict[str, Any]:
-        call = {
-            "index": index,
-            "id": "ID",
-            "type": "function",
-            "function": {"name": name, "arguments": ""},
-        }
-        return chunk({"tool_calls": [call]})
+        return openai_chunks.tool_start(CLIENT_MODEL, index, "ID", name)
 
     def arguments(index: int, fragment: str) -> dict[str, Any]:
-        return chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+        return openai_chunks.tool_arguments(CLIENT_MODEL, index, fragment)
 
     assert events[:6] == [
         chunk({"role": "assistant", "content": ""}),
