@@ -10,7 +10,6 @@ import http.client
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -26,19 +25,6 @@ from extproc.streaming.sse import SSEEvent, SSEParser
 
 HEADERS = {"x-api-key": "sk-ant-fake", "anthropic-version": "2023-06-01"}
 TRICKY = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth e\u0301 漢字"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeProviderServer]:
-    with FakeProviderServer(port=0) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeProviderServer) -> Iterator[FakeProviderServer]:
-    server.clear()
-    yield server
-    server.clear()
 
 
 def post(

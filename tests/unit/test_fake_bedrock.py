@@ -30,12 +30,6 @@ CREDS = AwsCredentials(DEFAULT_ACCESS_KEY_ID, SecretStr(DEFAULT_SECRET_ACCESS_KE
 TRICKY_TEXT = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth\u200d e\u0301 漢字 🇺🇦"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeProviderServer]:
-    with FakeProviderServer(port=0) as fake:
-        yield fake
-
-
 @pytest.fixture
 def fake(server: FakeProviderServer) -> Iterator[FakeProviderServer]:
     server.clear()

@@ -37,19 +37,6 @@ EMBED = "/v1beta/models/text-embedding-004:embedContent"
 BATCH = "/v1beta/models/text-embedding-004:batchEmbedContents"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeProviderServer]:
-    with FakeProviderServer(port=0) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeProviderServer) -> Iterator[FakeProviderServer]:
-    server.clear()
-    yield server
-    server.clear()
-
-
 def post(
     fake: FakeProviderServer,
     path: str,

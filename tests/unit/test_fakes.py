@@ -31,19 +31,6 @@ from extproc.fakes import (
 TRICKY_TEXT = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth\u200d e\u0301 漢字 🇺🇦"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeProviderServer]:
-    with FakeProviderServer(port=0) as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeProviderServer) -> Iterator[FakeProviderServer]:
-    server.clear()
-    yield server
-    server.clear()
-
-
 @pytest.fixture
 def client(fake: FakeProviderServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(
