@@ -47,7 +47,6 @@ class RequestPipeline:
 
     __slots__ = (
         "attempt",
-        "client_envoy_headers",
         "client_headers",
         "endpoint",
         "finished",
@@ -56,7 +55,6 @@ class RequestPipeline:
         "model",
         "provider",
         "started",
-        "status",
         "tenant",
     )
 
@@ -67,9 +65,7 @@ class RequestPipeline:
         self.endpoint: Endpoint | None = None
         self.header_timeout: float | None = None
         self.model = ""
-        self.status: int | None = None
         self.finished = False
-        self.client_envoy_headers: list[str] = []
         self.client_headers: dict[str, str] = {}
         self.provider = ""
         self.attempt: AttemptPipeline | None = None
@@ -89,9 +85,6 @@ class RequestPipeline:
             self.tenant = self.gateway.auth.authenticate(headers.get("authorization"))
             self.endpoint = endpoint
             self._check_length(headers.get("content-length"))
-            # x-envoy-* headers steer Envoy's router (timeouts, retries): only the
-            # gateway may set them, so any a client sent are dropped upstream.
-            self.client_envoy_headers = [h for h in headers if h.startswith("x-envoy-")]
             self.client_headers = headers
             raw_timeout = headers.get(TIMEOUT_HEADER)
             if raw_timeout is not None:
@@ -189,7 +182,11 @@ class RequestPipeline:
         if gateway.per_try_timeout is not None and gateway.per_try_timeout < timeout:
             per_try = str(max(1, int(gateway.per_try_timeout * 1000)))
             headers["x-envoy-upstream-rq-per-try-timeout-ms"] = per_try
-        remove = ["authorization", "accept-encoding", TIMEOUT_HEADER, *self.client_envoy_headers]
+        client = self.client_headers
+        # x-envoy-* headers steer Envoy's router (timeouts, retries): only the gateway may set
+        # them, so any a client sent are dropped upstream.
+        remove = ["authorization", "accept-encoding", TIMEOUT_HEADER]
+        remove.extend(h for h in client if h.startswith("x-envoy-"))
         if route.inline:
             # One target: every attempt goes to it, so translate here, once. (Several
             # targets: the body stays in OpenAI form and each attempt is translated for its
@@ -205,7 +202,6 @@ class RequestPipeline:
         else:
             new_body = None
         # Only headers the client sent can be here to remove (fewer mutations for Envoy).
-        client = self.client_headers
         return Continue(
             set_headers=headers,
             remove_headers=list(
@@ -251,7 +247,6 @@ class RequestPipeline:
         if self.finished:
             return
         self.finished = True
-        self.status = status
         seconds = time.monotonic() - self.started
         self.gateway.metrics.observe(self.model, self.provider, status, seconds)
 
