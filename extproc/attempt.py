@@ -21,7 +21,7 @@ import orjson
 
 from extproc.actions import ORIGIN_HEADER, PROVIDER_HEADER, Continue, Respond
 from extproc.breaker import Admission
-from extproc.errors import GatewayError
+from extproc.errors import NOT_SENT_REPLIES, GatewayError
 from extproc.providers.base import Endpoint, ProviderAdapter, RequestContext, ResponseMode
 from extproc.providers.errors import malformed_response, retry_after_from
 from extproc.runtime import Gateway, Target
@@ -42,9 +42,7 @@ CREDENTIAL_HEADERS = (
     "x-envoy-original-host",
 )
 _ERROR = "error"
-# Error codes of Envoy's own replies (see envoy_config's local reply mappers) that mean no
-# request reached the provider: no healthy endpoint, or the cluster's capacity was reached.
-NOT_SENT_CODES = frozenset({"no_healthy_provider", "capacity_exceeded"})
+NOT_SENT_CODES = frozenset(code for code, _ in NOT_SENT_REPLIES.values())
 
 
 class AttemptPipeline:

@@ -63,7 +63,7 @@ from extproc.config import (
     target_id,
     target_priority,
 )
-from extproc.errors import ERROR_TYPES
+from extproc.errors import ERROR_TYPES, NOT_SENT_REPLIES
 
 # envoy_data_plane's generated models use a pydantic idiom deprecated since pydantic 2.12; the
 # warning fires once, as the classes are created on import, and is theirs to fix.
@@ -506,12 +506,6 @@ _LOCAL_REPLY_ERRORS: tuple[tuple[int, str, str], ...] = (
     (502, "provider_error", "the provider returned an invalid response"),
     (404, "not_found", "not found"),
 )
-# Envoy's 503s that mean no request was sent (by response flag); the codes are known to
-# attempt.NOT_SENT_CODES, so these do not count against a provider's breaker.
-_LOCAL_REPLY_FLAGS: dict[str, tuple[str, str]] = {
-    "UH": ("no_healthy_provider", "no provider of this model is healthy right now"),
-    "UO": ("capacity_exceeded", "too many requests to this model are in flight; retry later"),
-}
 # Last: a catch-all for Envoy's own 500s.
 _LOCAL_REPLY_500 = (500, "internal_error", "internal gateway error")
 
@@ -542,7 +536,7 @@ def _local_reply_config() -> LocalReplyConfig:
             status=503,
         ),
     ]
-    for flag, (code, message) in _LOCAL_REPLY_FLAGS.items():
+    for flag, (code, message) in NOT_SENT_REPLIES.items():
         mappers.append(_error_mapper(_flag_filter(flag), message, ERROR_TYPES[503], code))
     for status, code, message in (*_LOCAL_REPLY_ERRORS, _LOCAL_REPLY_500):
         mappers.append(_error_mapper(_status_filter(status), message, ERROR_TYPES[status], code))
