@@ -361,3 +361,13 @@ def test_a_provider_cannot_pass_for_envoy_on_the_upstream_path() -> None:
     pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
     action = pipe.on_response_headers({":status": "500", "x-gateway-error": "x"}, False)
     assert action.mode_override is not None  # mapped like any provider error
+
+
+def test_inline_request_whose_error_body_never_came_is_still_counted() -> None:
+    gw = gateway()
+    pipe = routed(gw)
+    action = pipe.on_response_headers({":status": "401", "content-type": "application/json"}, False)
+    assert isinstance(action, Continue) and action.mode_override is not None  # body awaited
+    assert requests_counted(gw, model="gpt", provider="oa", status="401") == 0
+    pipe.finish()  # the stream ended before the body phase
+    assert requests_counted(gw, model="gpt", provider="oa", status="401") == 1
