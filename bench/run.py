@@ -49,7 +49,7 @@ import yaml
 from extproc.auth import hash_key
 from extproc.config import load_config
 from extproc.devrun import find_envoy_binary, start_envoy, stop_process, wait_until_ok
-from extproc.envoy_config import render_yaml
+from extproc.envoy_config import RUNTIME_FLAGS, render_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -316,7 +316,8 @@ def plain_bootstrap(
 
     With `ext_proc_socket`, an ext_proc filter before the router sends the gateway's
     pass-through phases (request headers, buffered request body, response headers) to the
-    server on that unix socket: the floor scenario.
+    server on that unix socket: the floor scenario, with the same Envoy runtime flags as the
+    gateway's bootstrap (Envoy waits for the server's closing status instead of resetting).
     """
 
     def address(port: int) -> dict[str, Any]:
@@ -359,10 +360,15 @@ def plain_bootstrap(
             },
         }
     ]
+    runtime: dict[str, Any] = {}
     if ext_proc_socket is not None:
         hcm["http_filters"].insert(0, _floor_ext_proc_filter())
         clusters.append(_floor_ext_proc_cluster(ext_proc_socket))
+        runtime = {
+            "layered_runtime": {"layers": [{"name": "gateway", "static_layer": RUNTIME_FLAGS}]}
+        }
     return {
+        **runtime,
         "admin": {"address": address(admin_port)},
         "static_resources": {
             "listeners": [

@@ -95,7 +95,12 @@ def attempt_target(request: pb.ProcessingRequest) -> str | None:
 
 
 def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
-    """Translate a pipeline action into the ProcessingResponse for `phase`."""
+    """Translate a pipeline action into the ProcessingResponse for `phase`.
+
+    Answers without a body mutation repeat from request to request (the same target gets the
+    same headers, metadata and route), so they are built once and shared: gRPC only reads
+    them. Never mutate a returned response.
+    """
     if isinstance(action, Respond):
         return pb.ProcessingResponse(
             immediate_response=pb.ImmediateResponse(
@@ -105,6 +110,48 @@ def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
                 details=action.details,
             )
         )
+    if action.body is not None:
+        return _build_response(phase, action)
+    key = _response_key(phase, action)
+    if key is None:
+        return _build_response(phase, action)
+    response = _RESPONSES.get(key)
+    if response is None:
+        if len(_RESPONSES) >= RESPONSE_CACHE_SIZE:
+            _RESPONSES.clear()
+        response = _RESPONSES[key] = _build_response(phase, action)
+    return response
+
+
+# Shared answers by `_response_key`; bounded (cleared when full) so per-request values, had an
+# action any, could not grow it without limit.
+RESPONSE_CACHE_SIZE = 1024
+_RESPONSES: dict[tuple[Any, ...], pb.ProcessingResponse] = {}
+
+
+def _response_key(phase: str, action: Continue) -> tuple[Any, ...] | None:
+    """A hashable key for everything `_build_response` reads except the body; None if a
+    metadata value cannot be hashed (nested containers: build without the cache)."""
+    metadata: tuple[Any, ...] = ()
+    if action.metadata:
+        try:
+            metadata = tuple(
+                (namespace, tuple(fields.items())) for namespace, fields in action.metadata.items()
+            )
+            hash(metadata)
+        except (AttributeError, TypeError):
+            return None
+    return (
+        phase,
+        tuple(action.set_headers.items()),
+        tuple(action.remove_headers),
+        metadata,
+        action.clear_route_cache,
+        action.mode_override,
+    )
+
+
+def _build_response(phase: str, action: Continue) -> pb.ProcessingResponse:
     if not (action.set_headers or action.remove_headers or action.body is not None) and not (
         action.metadata or action.clear_route_cache or action.mode_override
     ):

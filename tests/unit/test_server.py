@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import json_format, struct_pb2
 from pydantic import SecretStr
 
+import extproc.server as server_module
+from extproc.actions import Continue
 from extproc.attempt import TARGET_ATTRIBUTE
 from extproc.auth import hash_key
 from extproc.config import LoadedConfig, parse_config
 from extproc.runtime import Gateway
-from extproc.server import ProcessorServer
+from extproc.server import ProcessorServer, to_response
 
 KEY = "sk-server-test"
 
@@ -211,3 +214,38 @@ async def test_the_processor_ends_the_stream_after_the_last_answer(
     finally:
         call.cancel()
         more.set()  # let grpc's request-consuming task finish before the channel closes
+
+
+def test_answers_without_a_body_are_built_once_and_shared() -> None:
+    routed = Continue(
+        set_headers={":path": "/v1/chat/completions", "authorization": "Bearer up"},
+        remove_headers=["accept-encoding"],
+        metadata={"gw": {"route": "m0_m", "model": "m"}},
+        clear_route_cache=True,
+    )
+    first = to_response("request_body", routed)
+    again = to_response("request_body", replace(routed, set_headers=dict(routed.set_headers)))
+    assert again is first
+    assert first.request_body.response.clear_route_cache
+    assert json_format.MessageToDict(first.dynamic_metadata) == routed.metadata
+    # Anything that differs is a different answer.
+    other_route = replace(routed, metadata={"gw": {"route": "m1_m", "model": "m"}})
+    assert to_response("request_body", other_route) is not first
+    assert to_response("response_headers", routed) is not first
+    assert to_response("request_body", replace(routed, remove_headers=[])) is not first
+
+
+def test_answers_with_a_body_or_unhashable_metadata_are_built_each_time() -> None:
+    translated = Continue(set_headers={"content-length": "2"}, body=b"{}")
+    assert to_response("request_body", translated) is not to_response("request_body", translated)
+    nested = Continue(metadata={"gw": {"tags": ["a", "b"]}})
+    answer = to_response("request_body", nested)
+    assert answer is not to_response("request_body", nested)
+    assert json_format.MessageToDict(answer.dynamic_metadata) == {"gw": {"tags": ["a", "b"]}}
+
+
+def test_the_answer_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "_RESPONSES", {})
+    for n in range(server_module.RESPONSE_CACHE_SIZE * 3):
+        to_response("response_headers", Continue(set_headers={"x-n": str(n)}))
+        assert len(server_module._RESPONSES) <= server_module.RESPONSE_CACHE_SIZE

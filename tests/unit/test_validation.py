@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -214,6 +215,30 @@ def test_depth_measure(depth: int, limit: int) -> None:
     for _ in range(depth):
         value = [value]
     assert json_depth_exceeds(value, limit) is (depth > limit)
+
+
+_JSON = st.recursive(
+    st.none() | st.integers(-1000, 1000) | st.text(alphabet='{[]}a"', max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    st.dictionaries(st.text(max_size=3), _JSON, max_size=3), st.integers(min_value=1, max_value=8)
+)
+def test_parse_rejects_exactly_the_bodies_nested_too_deep(
+    value: dict[str, Any], limit: int
+) -> None:
+    # parse_json_body skips the walk when the body has too few brackets to be too deep;
+    # brackets inside strings must not change the verdict.
+    raw = orjson.dumps(value)
+    if json_depth_exceeds(value, limit):
+        assert error_of(parse_json_body, raw, limit).code == "invalid_json"
+    else:
+        assert parse_json_body(raw, limit) == value
 
 
 def test_emoji_and_rtl_survive_decoding() -> None:
