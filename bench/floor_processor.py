@@ -6,7 +6,10 @@ after the last one, exactly as `extproc.server` does, but decides nothing. Envoy
 server is what any Python ext_proc processor costs before it does any work: the gap between
 it and plain Envoy is gRPC and ext_proc, the gap between it and the gateway is our code.
 
-Usage: python bench/floor_processor.py --socket PATH
+Usage: python bench/floor_processor.py --socket PATH [--last-phase PHASE]
+
+`--last-phase` (default `response_headers`) is the phase after which the stream is closed:
+`bench/phases.py` runs it behind Envoys that send fewer phases.
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ _ANSWERS = {
 
 
 class FloorProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """Continue every phase unchanged; end the stream after the response headers."""
+    """Continue every phase unchanged; end the stream after `last_phase`."""
+
+    def __init__(self, last_phase: str = "response_headers") -> None:
+        self.last_phase = last_phase
 
     async def Process(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
-        """One stream: answer each message, close after the response headers."""
+        """One stream: answer each message, close after the last phase."""
         while True:
             request = await context.read()
             if request is grpc.aio.EOF:
@@ -44,14 +50,14 @@ class FloorProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             if answer is None:
                 return
             await context.write(answer)
-            if phase == "response_headers":
+            if phase == self.last_phase:
                 return
 
 
-async def serve(socket_path: str) -> None:
+async def serve(socket_path: str, last_phase: str) -> None:
     """Serve on a unix socket until SIGTERM or SIGINT."""
     server = grpc.aio.server()
-    pb_grpc.add_ExternalProcessorServicer_to_server(FloorProcessor(), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(FloorProcessor(last_phase), server)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)
     server.add_insecure_port(f"unix:{socket_path}")
@@ -66,10 +72,12 @@ async def serve(socket_path: str) -> None:
 
 
 def main() -> None:
-    """Parse `--socket` and serve."""
+    """Parse the command line and serve."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True)
-    uvloop.run(serve(parser.parse_args().socket))
+    parser.add_argument("--last-phase", choices=sorted(_ANSWERS), default="response_headers")
+    args = parser.parse_args()
+    uvloop.run(serve(args.socket, args.last_phase))
 
 
 if __name__ == "__main__":
