@@ -263,10 +263,20 @@ class AttemptPipeline:
         return Respond.error(error)
 
     def finish(self) -> None:
-        """The attempt's stream ended: an attempt with no answer is a failure (reset)."""
-        if self.adapter is not None and self.outcome is None:
+        """The attempt's stream ended. Without an answer, an upstream-filter attempt is a
+        failure (the provider reset it, or the client left: that filter cannot tell them apart).
+        An inline attempt's stream is the client's own: provider resets and timeouts reach it
+        as Envoy's marked replies, so ending without one means the client went away, which
+        says nothing about the provider."""
+        if self.adapter is None or self.outcome is not None:
+            return
+        if self.inline:
+            if self.probe:
+                self.target.breaker.release_probe()
+            self.outcome = "client_gone"
+        else:
             self.target.breaker.record_failure(
                 time.monotonic(), self.probe, "no response", admitted_at=self.admitted_at
             )
             self.outcome = "no_response"
-            self._count()
+        self._count()

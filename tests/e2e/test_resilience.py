@@ -376,6 +376,34 @@ def test_single_target_model_breaker_opens_and_recovers(pair: Pair) -> None:
     assert pair.breakers()["p-openai/gpt-up"]["state"] == "closed"
 
 
+def test_clients_that_give_up_do_not_open_a_single_target_breaker(pair: Pair) -> None:
+    # `chat-openai`'s attempt runs in the downstream filter, whose stream is the client's:
+    # provider resets and timeouts reach it as Envoy's marked replies, so a stream that ends
+    # without any response means the client left. Impatient clients must not open the breaker.
+    pair.primary.set_behaviour(latency_s=3.0)
+    body = {"model": "chat-openai", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(7):  # more than breaker_consecutive_failures (5)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(
+                f"{pair.stack.base_url}/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {FULL_KEY}"},
+                timeout=0.3,
+            )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        gone = pair.metric("gateway_upstream_attempts_total", outcome="client_gone")
+        if gone >= 7:
+            break
+        time.sleep(0.1)
+    assert gone == 7
+    assert pair.metric("gateway_upstream_attempts_total", outcome="no_response") == 0
+    assert pair.breakers()["p-openai/gpt-up"]["state"] == "closed"
+    pair.primary.set_behaviour()  # answer at once again
+    reply = pair.stack.client().chat.completions.create(**body)
+    assert reply.choices[0].message.content == "echo: hi"
+
+
 BACKUP_KINDS: dict[str, dict[str, Any]] = {
     # How each provider type reaches the backup fake; its path marker; its credential header.
     "google": {

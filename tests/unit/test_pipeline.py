@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from pydantic import SecretStr
 
 from extproc.attempt import AttemptPipeline
 from extproc.auth import hash_key
+from extproc.breaker import Admission
 from extproc.config import LoadedConfig, parse_config
 from extproc.errors import GatewayError
 from extproc.pipeline import Continue, RequestPipeline, Respond
@@ -371,3 +373,42 @@ def test_inline_request_whose_error_body_never_came_is_still_counted() -> None:
     assert requests_counted(gw, model="gpt", provider="oa", status="401") == 0
     pipe.finish()  # the stream ended before the body phase
     assert requests_counted(gw, model="gpt", provider="oa", status="401") == 1
+
+
+def attempts_counted(gw: Gateway, outcome: str) -> float:
+    labels = {"model": "gpt", "provider": "oa", "outcome": outcome}
+    value = gw.metrics.registry.get_sample_value("gateway_upstream_attempts_total", labels)
+    return value or 0.0
+
+
+def test_inline_stream_ending_unanswered_is_a_client_gone_not_a_provider_failure() -> None:
+    gw = gateway()
+    pipe = routed(gw)
+    breaker = gw.models["gpt"].targets[0].breaker
+    pipe.finish()  # the client left before any response headers
+    assert breaker.snapshot(0.0)["consecutive_failures"] == 0
+    assert attempts_counted(gw, "client_gone") == 1
+    assert attempts_counted(gw, "no_response") == 0
+
+
+def test_inline_probe_whose_client_left_frees_the_probe_slot() -> None:
+    gw = gateway()
+    breaker = gw.models["gpt"].targets[0].breaker
+    settings = breaker.settings
+    opened = time.monotonic() - settings.open_seconds - 1  # open, and due to probe now
+    for _ in range(settings.consecutive_failures):
+        breaker.record_failure(opened, False, "HTTP 500")
+    pipe = routed(gw)
+    assert pipe.attempt is not None and pipe.attempt.probe
+    assert breaker.peek(time.monotonic()) is Admission.DENY_OPEN  # its one probe slot is taken
+    pipe.finish()  # the client left before any answer
+    assert breaker.peek(time.monotonic()) is Admission.PROBE  # free for the next request
+
+
+def test_upstream_attempt_ending_unanswered_counts_against_the_target() -> None:
+    gw = gateway()
+    target = gw.models["pair"].targets[0]
+    pipe = AttemptPipeline(gw, target)
+    pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
+    pipe.finish()
+    assert target.breaker.snapshot(0.0)["consecutive_failures"] == 1
