@@ -130,17 +130,17 @@ _RESPONSES: dict[tuple[Any, ...], pb.ProcessingResponse] = {}
 
 
 def _response_key(phase: str, action: Continue) -> tuple[Any, ...] | None:
-    """A hashable key for everything `_build_response` reads except the body; None if a
-    metadata value cannot be hashed (nested containers: build without the cache)."""
+    """A hashable key for everything `_build_response` reads except the body; None unless
+    every metadata value is a string (`1`, `1.0` and `True` hash alike but differ in a Struct;
+    nested values are not hashable): such answers are built each time."""
     metadata: tuple[Any, ...] = ()
     if action.metadata:
-        try:
-            metadata = tuple(
-                (namespace, tuple(fields.items())) for namespace, fields in action.metadata.items()
-            )
-            hash(metadata)
-        except (AttributeError, TypeError):
-            return None
+        for fields in action.metadata.values():
+            if not isinstance(fields, dict) or any(type(v) is not str for v in fields.values()):
+                return None
+        metadata = tuple(
+            (namespace, tuple(fields.items())) for namespace, fields in action.metadata.items()
+        )
     return (
         phase,
         tuple(action.set_headers.items()),
