@@ -7,6 +7,7 @@ Serves `/models/{model}:{method}` under any prefix (e.g. `/v1beta`), checks the
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -114,6 +115,14 @@ class GeminiWire:
         contents = parsed.get("contents")
         if not isinstance(contents, list) or not contents:
             return _error(400, "* GenerateContentRequest.contents: contents is not specified")
+        if arrival.behaviour.thought_signatures:
+            missing = _unsigned_call(contents)
+            if missing is not None:
+                return _error(
+                    400,
+                    f"Function call is missing a thought_signature in functionCall parts "
+                    f"(contents[{missing}]). This is required for tools to work correctly.",
+                )
         if method == "generateContent":
             return _generate(parsed, contents, model, arrival)
         return await _stream(fake, request, parsed, contents, model, arrival)
@@ -226,10 +235,44 @@ def _reply(behaviour: Behaviour, contents: list[Any]) -> str:
 
 
 def _function_calls(behaviour: Behaviour) -> list[dict[str, Any]]:
-    return [
+    parts: list[dict[str, Any]] = [
         {"functionCall": {"name": call["name"], "args": dict(call.get("arguments") or {})}}
         for call in behaviour.tool_calls or ()
     ]
+    if parts and behaviour.thought_signatures:
+        # Like Gemini 3: only the first call of parallel calls carries the signature.
+        parts[0]["thoughtSignature"] = thought_signature(parts[0]["functionCall"]["name"])
+    return parts
+
+
+def thought_signature(name: str) -> str:
+    """The signature the fake issues for a call of `name`: standard base64 with `+`, `/` and
+    padding in it, opaque to clients like a real one."""
+    return base64.b64encode(b"\xfb\xef\xff" + f"fake-thought:{name}".encode()).decode()
+
+
+def _unsigned_call(contents: list[Any]) -> int | None:
+    """Index of the first model turn in the current turn (after the last user text) whose first
+    function call lacks the signature the fake issued for it; None when all are signed."""
+    start = 0
+    for index, content in enumerate(contents):
+        if isinstance(content, dict) and content.get("role", "user") == "user" and _text(content):
+            start = index
+    for index in range(start, len(contents)):
+        content = contents[index]
+        if not isinstance(content, dict) or content.get("role") != "model":
+            continue
+        parts = content.get("parts")
+        if not isinstance(parts, list):
+            continue
+        calls = [
+            p for p in parts if isinstance(p, dict) and isinstance(p.get("functionCall"), dict)
+        ]
+        if calls and calls[0].get("thoughtSignature") != thought_signature(
+            str(calls[0]["functionCall"].get("name"))
+        ):
+            return index
+    return None
 
 
 def _candidate_count(parsed: dict[str, Any]) -> int:

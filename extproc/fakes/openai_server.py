@@ -84,6 +84,10 @@ class Behaviour:
     stop_reason: str | None = None
     stream_truncate_after: int | None = None
     stream_error_after: int | None = None
+    # Gemini 3 thought signatures: the first function call of an answer carries a
+    # `thoughtSignature`, and a request whose current turn holds a function call without the
+    # signature issued for it is refused with a 400 (Gemini wire format only).
+    thought_signatures: bool = False
 
     def __post_init__(self) -> None:
         if self.latency_s < 0 or self.chunk_interval_s < 0:

@@ -45,6 +45,7 @@ from extproc.providers.base import (
     api_key,
     append_turn,
     serialize,
+    split_call_id,
     tool_arguments,
 )
 from extproc.providers.errors import malformed_response, provider_error
@@ -476,7 +477,12 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
             )
         parsed = tool_arguments(function.get("arguments"), call_where)
         blocks.append(
-            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": parsed}
+            {
+                "type": "tool_use",
+                "id": split_call_id(call["id"])[0],  # a Gemini signature means nothing here
+                "name": function["name"],
+                "input": parsed,
+            }
         )
     return blocks
 
@@ -489,7 +495,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     result: Any = content
     if not isinstance(content, str):
         result = _text_parts(content, f"{where}.content", "tool messages")
-    return {"type": "tool_result", "tool_use_id": call_id, "content": result}
+    return {"type": "tool_result", "tool_use_id": split_call_id(call_id)[0], "content": result}
 
 
 def _translate_tools(tools: Any) -> list[dict[str, Any]]:

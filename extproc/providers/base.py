@@ -219,3 +219,30 @@ def rewrite_model(body: dict[str, Any], upstream_model: str) -> bool:
 def serialize(body: dict[str, Any]) -> bytes:
     """JSON bytes of a body; non-ASCII text stays raw UTF-8, byte for byte."""
     return orjson.dumps(body)
+
+
+# Gemini 3 attaches a `thoughtSignature` to its function calls and refuses a later request whose
+# history lacks it. OpenAI's tool calls have no field for it, but clients echo tool call ids
+# verbatim, so the signature rides in the id: `call_<hex>` + THOUGHT_SIGNATURE_MARKER +
+# the signature in URL-safe base64 without padding (ids stay within [A-Za-z0-9_-]).
+THOUGHT_SIGNATURE_MARKER = "__sig__"
+
+
+def call_id_with_signature(call_id: str, signature: str | None) -> str:
+    """`call_id`, carrying a Gemini thought signature (standard base64) when there is one."""
+    if not signature:
+        return call_id
+    return (
+        call_id
+        + THOUGHT_SIGNATURE_MARKER
+        + signature.replace("+", "-").replace("/", "_").rstrip("=")
+    )
+
+
+def split_call_id(call_id: str) -> tuple[str, str | None]:
+    """(the id without a carried signature, the signature in standard base64, or None)."""
+    base, marker, carried = call_id.partition(THOUGHT_SIGNATURE_MARKER)
+    if not marker or not carried:
+        return call_id, None
+    signature = carried.replace("-", "+").replace("_", "/")
+    return base, signature + "=" * (-len(signature) % 4)

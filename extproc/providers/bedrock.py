@@ -27,6 +27,7 @@ from extproc.providers.base import (
     UpstreamRequest,
     append_turn,
     serialize,
+    split_call_id,
     tool_arguments,
 )
 from extproc.providers.bedrock_stream import FINISH_REASONS, BedrockStreamTranslator, read_usage
@@ -429,7 +430,8 @@ def _assistant_blocks(
         blocks.append(
             {
                 "toolUse": {
-                    "toolUseId": call_id,
+                    # ids are [A-Za-z0-9_-]{1,64}: drop a carried Gemini thought signature
+                    "toolUseId": split_call_id(call_id)[0],
                     "name": name,
                     "input": tool_arguments(function.get("arguments"), call_where),
                 }
@@ -446,7 +448,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
             "invalid_message", f"{where}.tool_call_id is required", f"{where}.tool_call_id"
         )
     content = [{"text": text} for text in _texts(message.get("content"), where)]
-    return {"toolResult": {"toolUseId": call_id, "content": content}}
+    return {"toolResult": {"toolUseId": split_call_id(call_id)[0], "content": content}}
 
 
 def _inference_config(body: dict[str, Any]) -> dict[str, Any]:

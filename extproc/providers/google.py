@@ -27,6 +27,7 @@ from extproc.providers.base import (
     api_key,
     append_turn,
     serialize,
+    split_call_id,
     tool_arguments,
 )
 from extproc.providers.errors import malformed_response, parse_json_error
@@ -36,7 +37,6 @@ from extproc.providers.google_stream import (
     MalformedGeminiError,
     error_payload,
     gemini_error,
-    new_call_id,
     openai_finish_reason,
     payload_error,
     prompt_blocked,
@@ -244,9 +244,14 @@ def _assistant_parts(
             )
         name = function["name"]
         args = tool_arguments(function.get("arguments"), call_where)
-        if isinstance(call.get("id"), str):
-            call_names[call["id"]] = name
-        parts.append({"functionCall": {"name": name, "args": args}})
+        part: dict[str, Any] = {"functionCall": {"name": name, "args": args}}
+        call_id = call.get("id")
+        if isinstance(call_id, str):
+            call_names[call_id] = name
+            signature = split_call_id(call_id)[1]
+            if signature is not None:
+                part["thoughtSignature"] = signature  # Gemini 3 wants it back
+        parts.append(part)
     return parts
 
 
@@ -538,8 +543,8 @@ class GoogleGeminiAdapter(TranslatingAdapter):
         for index, raw in enumerate(candidates):
             candidate = read_candidate(raw)
             calls = [
-                tool_call(new_call_id(), name, orjson.dumps(args).decode())
-                for name, args in candidate.calls
+                tool_call(call_id, name, orjson.dumps(args).decode())
+                for call_id, name, args in candidate.calls
             ]
             content = candidate.text if candidate.text or not calls else None
             reason = openai_finish_reason(candidate.finish_reason, bool(calls))

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from extproc.errors import GatewayError
-from extproc.providers.base import Usage
+from extproc.providers.base import Usage, call_id_with_signature
 from extproc.providers.errors import malformed_response, provider_error
 from extproc.providers.openai_format import ChatStreamWriter
 from extproc.streaming.sse import SSEParseError, SSEParser
@@ -72,7 +72,8 @@ class Candidate:
     """What the gateway uses from one Gemini candidate."""
 
     text: str = ""
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (name, args)
+    # (OpenAI tool call id, name, args); the id carries the call's thought signature, if any
+    calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     finish_reason: str | None = None  # the raw finishReason, if any
 
 
@@ -112,7 +113,11 @@ def read_candidate(candidate: Any) -> Candidate:
         if not isinstance(part, dict):
             raise MalformedGeminiError("a content part that is not an object")
         if "functionCall" in part:
-            out.calls.append(_function_call(part["functionCall"]))
+            name, args = _function_call(part["functionCall"])
+            signature = part.get("thoughtSignature")
+            if signature is not None and not isinstance(signature, str):
+                raise MalformedGeminiError("a thoughtSignature that is not a string")
+            out.calls.append((call_id_with_signature(new_call_id(), signature), name, args))
         elif "text" in part:
             text = part["text"]
             if not isinstance(text, str):
@@ -308,10 +313,10 @@ class GeminiStreamTranslator:
             return self._malformed(str(exc))
         writer = self._writer
         out = writer.text(candidate.text)
-        for name, args in candidate.calls:
+        for call_id, name, args in candidate.calls:
             index = self._tool_calls
             self._tool_calls += 1
-            out += writer.tool_call_start(index, new_call_id(), name)
+            out += writer.tool_call_start(index, call_id, name)
             out += writer.tool_call_arguments(index, orjson.dumps(args).decode())
         if candidate.finish_reason is not None:
             self._finish = openai_finish_reason(candidate.finish_reason, False)

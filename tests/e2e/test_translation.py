@@ -8,6 +8,7 @@ check both what the client sees and what the provider received.
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import orjson
 import pytest
 
 from extproc.fakes import FakeProviderServer, RecordedRequest
+from extproc.fakes.gemini_server import thought_signature
 from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack
 
 pytestmark = pytest.mark.e2e
@@ -182,6 +184,97 @@ def test_tools_round_trip(stack: Stack, fake: FakeProviderServer, kind: Kind) ->
     history = orjson.dumps(turns(kind, fake.requests[1]))
     assert b"get_weather" in history  # the assistant's tool call went back in provider form
     assert b"21" in history  # and so did the tool result
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "stream"])
+def test_gemini_3_thought_signatures_survive_the_round_trip(
+    stack: Stack, fake: FakeProviderServer, stream: bool
+) -> None:
+    # Gemini 3 signs its function calls and refuses (400) a next request whose history lacks
+    # the signature. OpenAI tool calls have no field for it: it rides in the tool call id,
+    # which clients echo back.
+    fake.set_behaviour(
+        thought_signatures=True,
+        tool_calls=[
+            {"name": "get_weather", "arguments": {"city": "Paris"}},
+            {"name": "get_time", "arguments": {"city": "Paris"}},
+        ],
+    )
+    messages: list[Any] = [{"role": "user", "content": "weather and time in Paris?"}]
+    client = stack.client()
+    if stream:
+        ids: dict[int, str] = {}
+        names: dict[int, str] = {}
+        arguments: dict[int, str] = {}
+        for chunk in client.chat.completions.create(
+            model="chat-gemini", messages=messages, tools=[WEATHER_TOOL], stream=True
+        ):
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                ids[delta.index] = ids.get(delta.index, "") + (delta.id or "")
+                function = delta.function
+                names[delta.index] = names.get(delta.index, "") + (
+                    (function and function.name) or ""
+                )
+                arguments[delta.index] = arguments.get(delta.index, "") + (
+                    (function and function.arguments) or ""
+                )
+        calls = [
+            {
+                "id": ids[i],
+                "type": "function",
+                "function": {"name": names[i], "arguments": arguments[i]},
+            }
+            for i in sorted(ids)
+        ]
+    else:
+        first = client.chat.completions.create(
+            model="chat-gemini", messages=messages, tools=[WEATHER_TOOL]
+        )
+        assert first.choices[0].message.tool_calls is not None
+        calls = [c.model_dump(exclude_none=True) for c in first.choices[0].message.tool_calls]
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+    assert len({c["id"] for c in calls}) == 2
+    # Ids stay within the characters every provider accepts in a tool call id.
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", c["id"]) for c in calls)
+
+    fake.set_behaviour(thought_signatures=True)  # answer with text now
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": '{"temp_c": 21}'},
+        {"role": "tool", "tool_call_id": calls[1]["id"], "content": "14:00"},
+    ]
+    second = client.chat.completions.create(
+        model="chat-gemini", messages=messages, tools=[WEATHER_TOOL]
+    )
+    assert second.choices[0].finish_reason == "stop"
+    (model_turn,) = [c for c in fake.requests[1].json["contents"] if c["role"] == "model"]
+    first_call, second_call = model_turn["parts"]
+    # The signature went back exactly as Gemini sent it, on the first call only.
+    assert first_call["thoughtSignature"] == thought_signature("get_weather")
+    assert "thoughtSignature" not in second_call
+
+
+def test_gemini_3_refuses_history_without_its_signature(
+    stack: Stack, fake: FakeProviderServer
+) -> None:
+    # The fake's check is real: a tool call id the gateway did not issue (no signature) is
+    # refused by "Gemini 3", and the client gets Google's 400 as an OpenAI error.
+    fake.set_behaviour(thought_signatures=True)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "{}"},
+    }
+    with pytest.raises(openai.BadRequestError) as caught:
+        stack.client().chat.completions.create(
+            model="chat-gemini",
+            messages=[
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            ],
+        )
+    assert "thought_signature" in str(caught.value)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=IDS)

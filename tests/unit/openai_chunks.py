@@ -1,4 +1,5 @@
-"""The OpenAI stream events the provider stream translators must emit, and a parser for them.
+"""The OpenAI stream events the provider stream translators must emit, a parser for them, and
+shared OpenAI request pieces.
 
 Shared by the Anthropic, Gemini and Bedrock stream tests: the expected events are the same
 OpenAI `chat.completion.chunk` shapes whichever provider produced them.
@@ -84,3 +85,12 @@ def tool_arguments(model: str, index: int, fragment: str, usage: bool = True) ->
     return chunk(
         model, {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}, usage=usage
     )
+
+
+def tool_call_turns(call_id: str, result: str = "sunny") -> list[dict[str, Any]]:
+    """An assistant turn calling function `f` with id `call_id`, and the tool's result."""
+    call = {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    return [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": result},
+    ]

@@ -15,7 +15,13 @@ from pydantic import SecretStr
 from extproc.config import ProviderConfig, ProviderType
 from extproc.errors import GatewayError
 from extproc.providers.anthropic import AnthropicAdapter
-from extproc.providers.base import Endpoint, RequestContext, ResponseMode, UpstreamRequest
+from extproc.providers.base import (
+    Endpoint,
+    RequestContext,
+    ResponseMode,
+    UpstreamRequest,
+    call_id_with_signature,
+)
 from tests.unit import openai_chunks
 
 KEY = "sk-ant-test-key"
@@ -1110,3 +1116,11 @@ def test_every_split_point_gives_the_same_translation(stream: bytes) -> None:
 def test_crlf_line_endings() -> None:
     expected = parse(run_stream([TEXT_STREAM])[0])
     assert parse(run_stream([TEXT_STREAM.replace(b"\n", b"\r\n")])[0]) == expected
+
+
+def test_a_gemini_thought_signature_in_a_call_id_is_not_sent_to_anthropic() -> None:
+    signed = call_id_with_signature("call_1", "++//ZmFrZQ==")
+    body = chat(user("weather?"), *openai_chunks.tool_call_turns(signed))
+    messages = sent(body)["messages"]
+    assert messages[1]["content"][0]["id"] == "call_1"
+    assert messages[2]["content"][0]["tool_use_id"] == "call_1"

@@ -20,7 +20,13 @@ from extproc.errors import GatewayError
 from extproc.fakes.bedrock_server import FakeAwsKey, verify_signature
 from extproc.fakes.eventstream_encoder import encode_message, event_message, exception_message
 from extproc.providers.aws_sigv4 import sign_headers
-from extproc.providers.base import Endpoint, RequestContext, ResponseMode, Usage
+from extproc.providers.base import (
+    Endpoint,
+    RequestContext,
+    ResponseMode,
+    Usage,
+    call_id_with_signature,
+)
 from extproc.providers.bedrock import BedrockAdapter
 from tests.unit import openai_chunks
 
@@ -1200,3 +1206,12 @@ def test_stream_never_raises_on_garbage(data: bytes, cut: int) -> None:
     out += adapter.response_body(b"", True)
     assert out.endswith(b"data: [DONE]\n\n")
     parse_sse(out)
+
+
+def test_a_gemini_thought_signature_in_a_call_id_is_not_sent_to_bedrock() -> None:
+    # Bedrock tool use ids are at most 64 characters: a carried signature would not fit.
+    signed = call_id_with_signature("call_1", "++//" + "A" * 200)
+    body = chat("weather?", *openai_chunks.tool_call_turns(signed))
+    messages = translate(body)["messages"]
+    assert messages[1]["content"][0]["toolUse"]["toolUseId"] == "call_1"
+    assert messages[2]["content"][0]["toolResult"]["toolUseId"] == "call_1"

@@ -19,7 +19,13 @@ from pydantic import SecretStr
 
 from extproc.config import ProviderConfig, ProviderType
 from extproc.errors import GatewayError
-from extproc.providers.base import Endpoint, RequestContext, ResponseMode
+from extproc.providers.base import (
+    Endpoint,
+    RequestContext,
+    ResponseMode,
+    call_id_with_signature,
+    split_call_id,
+)
 from extproc.providers.google import GoogleGeminiAdapter
 from tests.unit import openai_chunks
 
@@ -1042,3 +1048,54 @@ def test_comments_and_empty_data_are_ignored() -> None:
 def test_stream_never_raises_and_always_ends(chunks: list[bytes]) -> None:
     out, _ = feed([*chunks, b""])
     assert out.endswith(b"data: [DONE]\n\n")
+
+
+# -- Gemini 3 thought signatures ------------------------------------------------------------
+
+
+@given(st.binary(min_size=1, max_size=300))
+def test_a_signature_rides_in_the_call_id_and_comes_back_exactly(raw: bytes) -> None:
+    signature = base64.b64encode(raw).decode()  # standard alphabet, padded, as Gemini sends it
+    call_id = call_id_with_signature("call_abc", signature)
+    assert call_id.startswith("call_abc")
+    assert all(c.isalnum() or c in "_-" for c in call_id)
+    assert split_call_id(call_id) == ("call_abc", signature)
+
+
+def test_ids_without_a_signature_are_left_alone() -> None:
+    assert call_id_with_signature("call_abc", None) == "call_abc"
+    assert split_call_id("call_abc") == ("call_abc", None)
+    assert split_call_id("toolu_01XyZ") == ("toolu_01XyZ", None)
+
+
+SIGNED = "++//ZmFrZS10aG91Z2h0OmY="
+
+
+def test_signed_function_calls_come_back_with_their_signature() -> None:
+    parts = [
+        {"functionCall": {"name": "get_weather", "args": {}}, "thoughtSignature": SIGNED},
+        {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+    ]
+    _, out = buffered({"candidates": [candidate(parts)]})
+    first, second = out["choices"][0]["message"]["tool_calls"]
+    assert split_call_id(first["id"])[1] == SIGNED
+    assert split_call_id(second["id"])[1] is None
+    history = chat(
+        [
+            user("weather?"),
+            {"role": "assistant", "content": None, "tool_calls": [first, second]},
+            {"role": "tool", "tool_call_id": first["id"], "content": "sunny"},
+            {"role": "tool", "tool_call_id": second["id"], "content": "rain"},
+        ],
+        tools=TOOLS,
+    )
+    model_turn = translate(history)["contents"][1]
+    assert model_turn["parts"][0]["thoughtSignature"] == SIGNED
+    assert "thoughtSignature" not in model_turn["parts"][1]
+
+
+def test_a_signature_that_is_not_a_string_is_a_malformed_answer() -> None:
+    part = {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": 7}
+    with pytest.raises(GatewayError) as caught:
+        buffered({"candidates": [candidate([part])]})
+    assert caught.value.status == 502
