@@ -13,17 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from pydantic import SecretStr
 
-from extproc.config import Credential, ProviderConfig, ProviderType
+from extproc.config import Credential, ProviderConfig
+from extproc.providers import adapter_for
 
 log = logging.getLogger("extproc.provider_health")
-
-_KEY_HEADERS = {
-    ProviderType.AZURE: "api-key",
-    ProviderType.ANTHROPIC: "x-api-key",
-    ProviderType.GOOGLE: "x-goog-api-key",
-}
 
 
 @dataclass
@@ -52,17 +46,9 @@ class ProviderHealth:
 
 
 def check_headers(provider: ProviderConfig, credential: Credential | None) -> dict[str, str]:
-    """Headers a health check sends: the provider's API key where it uses one."""
-    if not isinstance(credential, SecretStr):
-        return {}  # no key, or AWS credentials (checks go unsigned)
-    key = credential.get_secret_value()
-    header = _KEY_HEADERS.get(provider.type)
-    if header is not None:
-        headers = {header: key}
-        if provider.type is ProviderType.ANTHROPIC:
-            headers["anthropic-version"] = provider.anthropic_version or "2023-06-01"
-        return headers
-    return {"authorization": f"Bearer {key}"}
+    """Headers a health check sends: the ones carrying the provider's key on every request
+    (asked of its adapter); none for AWS credentials (checks go unsigned)."""
+    return adapter_for(provider.type)(provider, credential).credential_headers()
 
 
 async def run_checks(

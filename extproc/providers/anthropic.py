@@ -97,17 +97,19 @@ class AnthropicAdapter(TranslatingAdapter):
         self.context = context
         out = UpstreamRequest(
             path=self.provider.base_path + "/messages",
-            set_headers={
-                "anthropic-version": self.provider.anthropic_version or DEFAULT_VERSION,
-                "content-type": JSON_CONTENT_TYPE,
-            },
+            set_headers={**self.credential_headers(), "content-type": JSON_CONTENT_TYPE},
             # accept-encoding: the translators need the body uncompressed.
             remove_headers=["authorization", "anthropic-beta", "accept-encoding"],
             body=serialize(translate_request(body, context)),
         )
-        if self.credential is not None:
-            out.set_headers["x-api-key"] = api_key(self.credential)
         return out
+
+    def credential_headers(self) -> dict[str, str]:
+        """`x-api-key` (with a key) and the `anthropic-version` every request needs."""
+        headers = {"anthropic-version": self.provider.anthropic_version or DEFAULT_VERSION}
+        if self.credential is not None:
+            headers["x-api-key"] = api_key(self.credential)
+        return headers
 
     @property
     def streaming(self) -> bool:

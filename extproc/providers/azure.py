@@ -27,4 +27,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     def authenticate(self, out: UpstreamRequest) -> None:
         """Azure's key header; the client's `Authorization` is removed."""
         out.remove_headers.append("authorization")
-        out.set_headers["api-key"] = api_key(self.credential)
+        out.set_headers.update(self.credential_headers())
+
+    def credential_headers(self) -> dict[str, str]:
+        """Azure's `api-key` header."""
+        return {"api-key": api_key(self.credential)} if self.credential is not None else {}

@@ -113,6 +113,13 @@ class ProviderAdapter:
         """Translate a validated request for this provider (`body` may be modified)."""
         raise NotImplementedError
 
+    def credential_headers(self) -> dict[str, str]:
+        """The headers that carry this provider's key on every request (the active health
+        checks send them too); empty without a key. Bearer auth unless a wire API differs."""
+        if not isinstance(self.credential, SecretStr):
+            return {}
+        return {"authorization": "Bearer " + self.credential.get_secret_value()}
+
     def response_mode(self, status: int, headers: dict[str, str]) -> ResponseMode:
         """How to process the response body, decided from the provider's status and headers."""
         if 200 <= status < 300:

@@ -478,14 +478,15 @@ class GoogleGeminiAdapter(TranslatingAdapter):
         path = f"{self.provider.base_path}/{model_path(context.upstream_model)}{method}"
         return UpstreamRequest(
             path=path,
-            set_headers={
-                "x-goog-api-key": api_key(self.credential),
-                "content-type": JSON_CONTENT_TYPE,
-            },
+            set_headers={**self.credential_headers(), "content-type": JSON_CONTENT_TYPE},
             # The answer is translated, so it must arrive uncompressed.
             remove_headers=["authorization", "accept-encoding"],
             body=serialize(translated),
         )
+
+    def credential_headers(self) -> dict[str, str]:
+        """Gemini's `x-goog-api-key` header."""
+        return {"x-goog-api-key": api_key(self.credential)} if self.credential is not None else {}
 
     @property
     def streaming(self) -> bool:

@@ -13,7 +13,6 @@ from extproc.providers.base import (
     ProviderAdapter,
     RequestContext,
     UpstreamRequest,
-    api_key,
     rewrite_model,
     serialize,
 )
@@ -41,7 +40,8 @@ class OpenAIAdapter(ProviderAdapter):
 
     def authenticate(self, out: UpstreamRequest) -> None:
         """Bearer auth with the provider key; without one, drop the client's header."""
-        if self.credential is not None:
-            out.set_headers["authorization"] = "Bearer " + api_key(self.credential)
+        headers = self.credential_headers()
+        if headers:
+            out.set_headers.update(headers)
         else:
             out.remove_headers.append("authorization")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import SecretStr
 
-from extproc.config import ProviderConfig, ProviderType
+from extproc.config import AwsCredentials, ProviderConfig, ProviderType
 from extproc.provider_health import ProviderHealth, check_headers
+from extproc.providers import adapter_for
+from extproc.providers.base import Endpoint, RequestContext
 
 
 def test_thresholds() -> None:
@@ -44,3 +47,25 @@ def test_check_headers_use_each_providers_key_header() -> None:
     anthropic = check_headers(provider(ProviderType.ANTHROPIC), key)
     assert anthropic["x-api-key"] == "k1" and anthropic["anthropic-version"]
     assert check_headers(provider(ProviderType.VLLM), None) == {}
+
+
+@pytest.mark.parametrize(
+    "kind", [t for t in ProviderType if t is not ProviderType.BEDROCK], ids=lambda t: t.value
+)
+def test_checks_send_the_credential_headers_real_requests_send(kind: ProviderType) -> None:
+    # One source of truth: the adapter. A health check must authenticate exactly like a request.
+    key = SecretStr("k1")
+    config = provider(kind)
+    upstream = adapter_for(kind)(config, key).request(
+        RequestContext(Endpoint.CHAT, "m", "m-up", stream=False, include_usage=False),
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        False,
+    )
+    headers = check_headers(config, key)
+    assert headers and "k1" in "".join(headers.values())
+    assert headers.items() <= upstream.set_headers.items()
+
+
+def test_bedrock_checks_go_unsigned() -> None:
+    credentials = AwsCredentials(access_key_id="AKIDEXAMPLE", secret_access_key=SecretStr("s"))
+    assert check_headers(provider(ProviderType.BEDROCK), credentials) == {}
