@@ -215,6 +215,19 @@ def test_metrics_count_requests(stack: Stack, fake: FakeProviderServer) -> None:
     assert orjson.loads(httpx.get(f"{stack.admin_url}/readyz").content)["status"] == "ready"
 
 
+def test_headers_kept_from_the_processor_still_reach_the_provider(
+    stack: Stack, fake: FakeProviderServer
+) -> None:
+    # SDK telemetry (x-stainless-*, user-agent) is kept out of the ext_proc messages by
+    # forward_rules, not out of the request; headers the processor must strip it still sees.
+    client = stack.client(default_headers={"x-api-key": "client-guess"})
+    client.chat.completions.create(model="chat-openai", messages=[{"role": "user", "content": "x"}])
+    (seen,) = fake.requests
+    assert seen.header("x-stainless-lang") == "python"
+    assert (seen.header("user-agent") or "").startswith("OpenAI/Python")
+    assert seen.header("x-api-key") is None
+
+
 def test_streams_end_by_the_processor_not_by_envoy_cancelling(stack: Stack) -> None:
     # The processor closes each ext_proc stream after its last answer. Left open, Envoy
     # cancels the stream when the HTTP request ends, and grpc.aio leaks native memory per

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from extproc import actions, pipeline
-from extproc.attempt import NOT_SENT_CODES
+from extproc.attempt import CREDENTIAL_HEADERS, NOT_SENT_CODES
 from extproc.config import (
     GatewayConfig,
     HttpProtocol,
@@ -303,6 +303,40 @@ def test_ext_proc_timeouts_follow_processor_config(timeout_ms: int) -> None:
         grpc = filter_config["grpc_service"]
         assert grpc["envoy_grpc"] == {"cluster_name": "extproc"}
         assert seconds(grpc["timeout"]) == expected
+
+
+# Headers the processor reads or must see to strip them (request and response side).
+READ_BY_PROCESSOR = [
+    ":method",
+    ":path",
+    ":status",
+    "content-length",
+    "content-type",
+    "retry-after",
+    "retry-after-ms",
+    "x-amzn-errortype",
+    "accept-encoding",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-timeout-ms",
+    pipeline.TIMEOUT_HEADER,
+    GATEWAY_ERROR_HEADER,
+    actions.PROVIDER_HEADER,
+    *CREDENTIAL_HEADERS,
+]
+
+
+def test_headers_the_processor_reads_are_sent_to_it_and_sdk_telemetry_is_not() -> None:
+    for filter_config in both_ext_procs(full_config()):
+        patterns = filter_config["forward_rules"]["disallowed_headers"]["patterns"]
+        assert "allowed_headers" not in filter_config["forward_rules"]
+
+        def hidden(name: str, patterns: list[Json] = patterns) -> bool:
+            return any(
+                name == p.get("exact") or name.startswith(p.get("prefix", "\0")) for p in patterns
+            )
+
+        assert [h for h in READ_BY_PROCESSOR if hidden(h)] == []
+        assert hidden("x-stainless-lang") and hidden("user-agent") and hidden("openai-version")
 
 
 def test_ext_proc_modes_and_mutation_rules_downstream_and_upstream() -> None:
