@@ -319,6 +319,17 @@ class FakeProvider:
                 param="messages",
                 code="missing_required_parameter",
             )
+        too_long = _long_tool_call_id(messages)
+        if too_long is not None:
+            param, length = too_long
+            return _openai_error_response(
+                400,
+                arrival.seq,
+                f"Invalid '{param}': string too long. Expected a string with maximum length "
+                f"{MAX_TOOL_CALL_ID_CHARS}, but got a string with length {length} instead.",
+                param=param,
+                code="string_above_max_length",
+            )
 
         behaviour = arrival.behaviour
         pieces: list[str] | None = None
@@ -508,6 +519,21 @@ def create_app(provider: FakeProvider) -> web.Application:
 def count_tokens(text: str) -> int:
     """Deterministic stand-in for a tokenizer: whitespace-separated words, at least 1."""
     return max(1, len(text.split()))
+
+
+# OpenAI refuses longer tool call ids in a conversation's history (code string_above_max_length).
+MAX_TOOL_CALL_ID_CHARS = 40
+
+
+def _long_tool_call_id(messages: Sequence[Any]) -> tuple[str, int] | None:
+    """(param, length) of the first tool call id in `messages` longer than OpenAI allows."""
+    for index, message in enumerate(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for number, call in enumerate(calls if isinstance(calls, list) else ()):
+            call_id = call.get("id") if isinstance(call, dict) else None
+            if isinstance(call_id, str) and len(call_id) > MAX_TOOL_CALL_ID_CHARS:
+                return f"messages[{index}].tool_calls[{number}].id", len(call_id)
+    return None
 
 
 def last_user_text(messages: Sequence[Any]) -> str:

@@ -246,6 +246,27 @@ def call_id_with_signature(call_id: str, signature: str | None) -> str:
     )
 
 
+def strip_thought_signatures(body: dict[str, Any]) -> bool:
+    """Drop carried Gemini signatures from the tool call ids of an OpenAI request's history
+    (OpenAI refuses ids over 40 characters); True when the body changed."""
+    changed = False
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict):
+            continue
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            call_id = call.get("id") if isinstance(call, dict) else None
+            if isinstance(call_id, str) and THOUGHT_SIGNATURE_MARKER in call_id:
+                call["id"] = split_call_id(call_id)[0]
+                changed = True
+        call_id = message.get("tool_call_id")
+        if isinstance(call_id, str) and THOUGHT_SIGNATURE_MARKER in call_id:
+            message["tool_call_id"] = split_call_id(call_id)[0]
+            changed = True
+    return changed
+
+
 def split_call_id(call_id: str) -> tuple[str, str | None]:
     """(the id without a carried signature, the signature in standard base64, or None)."""
     base, marker, carried = call_id.partition(THOUGHT_SIGNATURE_MARKER)

@@ -15,6 +15,7 @@ from extproc.providers.base import (
     UpstreamRequest,
     rewrite_model,
     serialize,
+    strip_thought_signatures,
 )
 
 ENDPOINT_SUFFIX = {Endpoint.CHAT: "/chat/completions", Endpoint.EMBEDDINGS: "/embeddings"}
@@ -28,6 +29,8 @@ class OpenAIAdapter(ProviderAdapter):
     ) -> UpstreamRequest:
         """Rewrite path, model and credentials; re-serialize the body only if it changed."""
         changed = rewrite_model(body, context.upstream_model) or body_changed
+        # A conversation that used a Gemini model may carry signatures in its tool call ids.
+        changed = strip_thought_signatures(body) or changed
         out = UpstreamRequest(path=self.path(context))
         self.authenticate(out)
         if changed:

@@ -254,6 +254,35 @@ def test_gemini_3_thought_signatures_survive_the_round_trip(
     assert "thoughtSignature" not in second_call
 
 
+def test_a_conversation_can_move_from_gemini_3_to_openai(
+    stack: Stack, fake: FakeProviderServer
+) -> None:
+    # Ids carrying a Gemini signature are far over OpenAI's 40 characters (OpenAI answers
+    # 400 string_above_max_length, as the fake does): the OpenAI adapter drops the signature.
+    fake.set_behaviour(
+        thought_signatures=True, tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}]
+    )
+    messages: list[Any] = [{"role": "user", "content": "weather in Oslo?"}]
+    first = stack.client().chat.completions.create(
+        model="chat-gemini", messages=messages, tools=[WEATHER_TOOL]
+    )
+    assert first.choices[0].message.tool_calls is not None
+    (call,) = first.choices[0].message.tool_calls
+    assert len(call.id) > 40
+    fake.set_behaviour()
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    second = stack.client().chat.completions.create(
+        model="chat-openai", messages=messages, tools=[WEATHER_TOOL]
+    )
+    assert second.choices[0].finish_reason == "stop"
+    sent = fake.requests[-1].json["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == sent[2]["tool_call_id"]
+    assert len(sent[2]["tool_call_id"]) <= 40
+
+
 def test_gemini_3_refuses_history_without_its_signature(
     stack: Stack, fake: FakeProviderServer
 ) -> None:

@@ -25,6 +25,7 @@ from extproc.providers.base import (
     ResponseMode,
     call_id_with_signature,
     split_call_id,
+    strip_thought_signatures,
 )
 from extproc.providers.google import GoogleGeminiAdapter
 from tests.unit import openai_chunks
@@ -1099,3 +1100,20 @@ def test_a_signature_that_is_not_a_string_is_a_malformed_answer() -> None:
     with pytest.raises(GatewayError) as caught:
         buffered({"candidates": [candidate([part])]})
     assert caught.value.status == 502
+
+
+def test_openai_requests_lose_carried_signatures_and_survive_odd_shapes() -> None:
+    signed = call_id_with_signature("call_abc", SIGNED)
+    body: dict[str, Any] = {
+        "messages": [
+            {"role": "assistant", "tool_calls": [{"id": signed}, {"id": "call_plain"}, 7]},
+            {"role": "tool", "tool_call_id": signed},
+            {"role": "assistant", "tool_calls": 5},
+            "not a message",
+        ]
+    }
+    assert strip_thought_signatures(body) is True
+    assert body["messages"][0]["tool_calls"][:2] == [{"id": "call_abc"}, {"id": "call_plain"}]
+    assert body["messages"][1]["tool_call_id"] == "call_abc"
+    assert strip_thought_signatures(body) is False  # nothing left to drop
+    assert strip_thought_signatures({"messages": 3, "input": "x"}) is False
