@@ -45,7 +45,7 @@ from extproc.providers.base import (
     api_key,
     append_turn,
     serialize,
-    split_call_id,
+    strip_thought_signatures,
     tool_arguments,
 )
 from extproc.providers.errors import malformed_response, provider_error
@@ -88,6 +88,7 @@ class AnthropicAdapter(TranslatingAdapter):
         self, context: RequestContext, body: dict[str, Any], body_changed: bool
     ) -> UpstreamRequest:
         """Translate a validated chat request into a Messages API request."""
+        strip_thought_signatures(body)  # only Gemini takes them back
         if context.endpoint is not Endpoint.CHAT:
             raise GatewayError(
                 400,
@@ -481,7 +482,7 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
         blocks.append(
             {
                 "type": "tool_use",
-                "id": split_call_id(call["id"])[0],  # a Gemini signature means nothing here
+                "id": call["id"],
                 "name": function["name"],
                 "input": parsed,
             }
@@ -497,7 +498,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
     result: Any = content
     if not isinstance(content, str):
         result = _text_parts(content, f"{where}.content", "tool messages")
-    return {"type": "tool_result", "tool_use_id": split_call_id(call_id)[0], "content": result}
+    return {"type": "tool_result", "tool_use_id": call_id, "content": result}
 
 
 def _translate_tools(tools: Any) -> list[dict[str, Any]]:

@@ -247,8 +247,9 @@ def call_id_with_signature(call_id: str, signature: str | None) -> str:
 
 
 def strip_thought_signatures(body: dict[str, Any]) -> bool:
-    """Drop carried Gemini signatures from the tool call ids of an OpenAI request's history
-    (OpenAI refuses ids over 40 characters); True when the body changed."""
+    """Drop carried Gemini signatures from the tool call ids of an OpenAI request's history, for
+    every wire API but Gemini's (OpenAI refuses ids over 40 characters, Bedrock over 64); True
+    when the body changed."""
     changed = False
     messages = body.get("messages")
     for message in messages if isinstance(messages, list) else ():

@@ -27,7 +27,7 @@ from extproc.providers.base import (
     UpstreamRequest,
     append_turn,
     serialize,
-    split_call_id,
+    strip_thought_signatures,
     tool_arguments,
 )
 from extproc.providers.bedrock_stream import FINISH_REASONS, BedrockStreamTranslator, read_usage
@@ -93,6 +93,7 @@ class BedrockAdapter(TranslatingAdapter):
         self, context: RequestContext, body: dict[str, Any], body_changed: bool
     ) -> UpstreamRequest:
         """Translate to a Converse body, then sign it for `POST .../model/{id}/converse`."""
+        strip_thought_signatures(body)  # only Gemini takes them back; ids here are <= 64 chars
         self.context = context
         self._model = context.client_model
         self._stream = context.stream
@@ -430,8 +431,7 @@ def _assistant_blocks(
         blocks.append(
             {
                 "toolUse": {
-                    # ids are [A-Za-z0-9_-]{1,64}: drop a carried Gemini thought signature
-                    "toolUseId": split_call_id(call_id)[0],
+                    "toolUseId": call_id,
                     "name": name,
                     "input": tool_arguments(function.get("arguments"), call_where),
                 }
@@ -448,7 +448,7 @@ def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
             "invalid_message", f"{where}.tool_call_id is required", f"{where}.tool_call_id"
         )
     content = [{"text": text} for text in _texts(message.get("content"), where)]
-    return {"toolResult": {"toolUseId": split_call_id(call_id)[0], "content": content}}
+    return {"toolResult": {"toolUseId": call_id, "content": content}}
 
 
 def _inference_config(body: dict[str, Any]) -> dict[str, Any]:

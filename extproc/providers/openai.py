@@ -29,7 +29,7 @@ class OpenAIAdapter(ProviderAdapter):
     ) -> UpstreamRequest:
         """Rewrite path, model and credentials; re-serialize the body only if it changed."""
         changed = rewrite_model(body, context.upstream_model) or body_changed
-        # A conversation that used a Gemini model may carry signatures in its tool call ids.
+        # Only Gemini takes carried thought signatures back; OpenAI refuses ids over 40 chars.
         changed = strip_thought_signatures(body) or changed
         out = UpstreamRequest(path=self.path(context))
         self.authenticate(out)
