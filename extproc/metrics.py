@@ -23,8 +23,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        # process_resident_memory_bytes, process_cpu_seconds_total, open fds: the processor's
-        # RSS grows slowly inside grpc.aio (docs/performance.md), so operators alert on it.
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds: RSS is flat under
+        # load, and growth that tracks traffic means leaking calls (docs/operations.md).
         ProcessCollector(registry=self.registry)
         # Labelled children by label values: `labels()` costs a lock and a lookup per call,
         # too much on the hot path. Label values are bounded (see the module docstring).

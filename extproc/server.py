@@ -235,9 +235,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     continue
                 await context.write(to_response(phase or "", action))
                 if isinstance(action, Respond) or _last_message(phase, request, action):
-                    # Closing the stream ourselves, with OK, tells Envoy we are done. Left
-                    # open, Envoy cancels it when the HTTP request ends, and grpc.aio leaks
-                    # native memory per cancelled call (grpc/grpc#43360).
+                    # Closing the stream ourselves, with OK, tells Envoy we are done; Envoy
+                    # waits for that status (its graceful-close runtime flag) rather than
+                    # cancelling the call, which grpc.aio would leak memory for (grpc#43360).
                     return
         except asyncio.CancelledError:
             self.gateway.metrics.streams_cancelled.inc()
