@@ -35,15 +35,6 @@ Pipeline = RequestPipeline | AttemptPipeline
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _EMPTY_HEADERS = pb.HeadersResponse()
 _EMPTY_BODY = pb.BodyResponse()
-# "Continue unchanged" per phase, built once (gRPC only reads them; never mutate).
-_CONTINUE = {
-    "request_headers": pb.ProcessingResponse(request_headers=_EMPTY_HEADERS),
-    "response_headers": pb.ProcessingResponse(response_headers=_EMPTY_HEADERS),
-    "request_body": pb.ProcessingResponse(request_body=_EMPTY_BODY),
-    "response_body": pb.ProcessingResponse(response_body=_EMPTY_BODY),
-    "request_trailers": pb.ProcessingResponse(request_trailers=pb.TrailersResponse()),
-    "response_trailers": pb.ProcessingResponse(response_trailers=pb.TrailersResponse()),
-}
 _MODE_OVERRIDES = {
     ResponseMode.PASSTHROUGH: mode_pb.ProcessingMode(
         response_body_mode=mode_pb.ProcessingMode.NONE
@@ -155,9 +146,6 @@ def _build_response(phase: str, action: Continue) -> pb.ProcessingResponse:
     if not (action.set_headers or action.remove_headers or action.body is not None) and not (
         action.metadata or action.clear_route_cache or action.mode_override
     ):
-        unchanged = _CONTINUE.get(phase)
-        if unchanged is not None:
-            return unchanged
         common = None
     else:
         common = pb.CommonResponse(
