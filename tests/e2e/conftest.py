@@ -54,6 +54,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held open together, so the kernel cannot hand one out
+    twice, as separate `free_port()` calls occasionally did)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def gateway_config(
     fake_url: str,
     workdir: Path,
@@ -61,13 +74,14 @@ def gateway_config(
     **overrides: Any,
 ) -> dict[str, Any]:
     """A test config with every provider type of this issue pointing at the fake."""
+    listener_port, envoy_admin_port, admin_port = free_ports(3)
     config: dict[str, Any] = {
-        "listener": {"address": "127.0.0.1", "port": free_port()},
-        "envoy_admin": {"address": "127.0.0.1", "port": free_port()},
+        "listener": {"address": "127.0.0.1", "port": listener_port},
+        "envoy_admin": {"address": "127.0.0.1", "port": envoy_admin_port},
         "processor": {
             "unix_socket": str(workdir / "extproc.sock"),
             "admin_address": "127.0.0.1",
-            "admin_port": free_port(),
+            "admin_port": admin_port,
             "shutdown_grace_seconds": 20,
         },
         "limits": {"max_body_bytes": 10 * 1024 * 1024, "default_timeout_seconds": 60},

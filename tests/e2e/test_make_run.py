@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from extproc.devrun import DEMO_KEY
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_ports
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parents[2]
@@ -22,10 +22,10 @@ ROOT = Path(__file__).parents[2]
 
 def test_run_local_prints_a_working_sdk_call(tmp_path: Path) -> None:
     config = yaml.safe_load((ROOT / "examples" / "gateway.yaml").read_text())
-    fake_port = free_port()
-    config["listener"]["port"] = free_port()
-    config["envoy_admin"]["port"] = free_port()
-    config["processor"]["admin_port"] = free_port()
+    fake_port, listener_port, envoy_admin_port, admin_port = free_ports(4)
+    config["listener"]["port"] = listener_port
+    config["envoy_admin"]["port"] = envoy_admin_port
+    config["processor"]["admin_port"] = admin_port
     config["processor"]["unix_socket"] = str(tmp_path / "extproc.sock")
     for provider in config["providers"]:
         provider["base_url"] = provider["base_url"].replace(":18000", f":{fake_port}")
