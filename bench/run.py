@@ -46,10 +46,10 @@ from typing import Any
 import httpx
 import yaml
 
-from extproc.auth import hash_key
-from extproc.config import load_config
-from extproc.devrun import find_envoy_binary, start_envoy, stop_process, wait_until_ok
-from extproc.envoy_config import RUNTIME_FLAGS, render_yaml
+from extproc.bootstrap import RUNTIME_FLAGS, render_yaml
+from extproc.config.loading import load_config
+from extproc.decisions.auth import hash_key
+from extproc.dev.stack import find_envoy_binary, start_envoy, stop_process, wait_until_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -173,7 +173,7 @@ def start_fake(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     argv = [
         sys.executable,
         "-m",
-        "extproc.fakes",
+        "extproc.dev.fakes",
         "--port",
         "0",
         "--stream-chunk-count",
@@ -205,7 +205,7 @@ def start_processor(config_path: Path, workdir: Path) -> subprocess.Popen[bytes]
 
 
 def start_tracked_envoy(bootstrap: Path, log_file: Path) -> subprocess.Popen[bytes]:
-    """`devrun.start_envoy` (1 worker thread), tracked for the final clean-up."""
+    """`extproc.dev.stack.start_envoy` (1 worker thread), tracked for the final clean-up."""
     proc = start_envoy(bootstrap, log_file=log_file)
     _CHILDREN.append(proc)
     return proc

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from extproc.config import ConfigError, GatewayConfig, load_config
+from extproc.config.loading import ConfigError, load_config
+from extproc.config.schema import GatewayConfig
 
 log = logging.getLogger("extproc")
 
@@ -42,7 +43,7 @@ def _cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_render_envoy(args: argparse.Namespace) -> int:
-    from extproc.envoy_config import render_yaml
+    from extproc.bootstrap import render_yaml
 
     try:
         loaded = load_config(args.config, resolve_credentials=False)
@@ -60,7 +61,7 @@ def _cmd_render_envoy(args: argparse.Namespace) -> int:
 
 
 def _cmd_hash_key(args: argparse.Namespace) -> int:
-    from extproc.auth import hash_key
+    from extproc.decisions.auth import hash_key
 
     key = args.key
     if key is None:
@@ -80,7 +81,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             log.error("%s: %s", exc.source, problem)
         return 2
-    from extproc.serve import serve
+    from extproc.server.serve import serve
 
     try:
         if loaded.config.processor.event_loop == "uvloop":
@@ -96,7 +97,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_local(args: argparse.Namespace) -> int:
-    from extproc.devrun import run_local
+    from extproc.dev.local import run_local
 
     return run_local(Path(args.config), fake_port=args.fake_port)
 

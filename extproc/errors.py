@@ -73,12 +73,3 @@ def internal_error() -> GatewayError:
     return GatewayError(
         500, "internal_error", "the gateway failed to process this request; it has been logged"
     )
-
-
-# Envoy's own 503s that mean no request reached a provider, by response flag: the code and
-# message its local-reply mappers give them (envoy_config). An inline attempt that sees one
-# does not count it against the target's breaker (attempt.py).
-NOT_SENT_REPLIES: dict[str, tuple[str, str]] = {
-    "UH": ("no_healthy_provider", "no provider of this model is healthy right now"),
-    "UO": ("capacity_exceeded", "too many requests to this model are in flight; retry later"),
-}

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from extproc.config import ProviderType
+from extproc.config.schema import ProviderType
 from extproc.providers.anthropic import AnthropicAdapter
 from extproc.providers.azure import AzureOpenAIAdapter
 from extproc.providers.base import Endpoint, ProviderAdapter, UpstreamRequest

@@ -29,7 +29,8 @@ from typing import Any, Final
 
 import orjson
 
-from extproc.config import Credential, ProviderConfig
+from extproc.config.credentials import Credential
+from extproc.config.schema import ProviderConfig
 from extproc.errors import GatewayError, bad_request
 from extproc.providers.anthropic_stream import (
     AnthropicStreamTranslator,

@@ -15,7 +15,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from extproc.config import AwsCredentials
+from extproc.config.credentials import AwsCredentials
 
 ALGORITHM: Final = "AWS4-HMAC-SHA256"
 TIMESTAMP_FORMAT: Final = "%Y%m%dT%H%M%SZ"

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import SecretStr
 
-from extproc.config import Credential, ProviderConfig
+from extproc.config.credentials import Credential
+from extproc.config.schema import ProviderConfig
 from extproc.errors import GatewayError, bad_request
 
 

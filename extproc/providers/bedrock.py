@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 import orjson
 
-from extproc.config import AwsCredentials, Credential, ProviderConfig
+from extproc.config.credentials import AwsCredentials, Credential
+from extproc.config.schema import ProviderConfig
 from extproc.errors import GatewayError, bad_request
 from extproc.providers.aws_sigv4 import sign_headers
 from extproc.providers.base import (

@@ -16,7 +16,8 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from extproc.config import Credential, ProviderConfig
+from extproc.config.credentials import Credential
+from extproc.config.schema import ProviderConfig
 from extproc.errors import GatewayError, bad_request
 from extproc.providers.base import (
     JSON_CONTENT_TYPE,

@@ -18,11 +18,11 @@ import openai
 import pytest
 import yaml
 
-from extproc.auth import hash_key
-from extproc.config import load_config
-from extproc.devrun import start_envoy, start_processor, stop_process, wait_until_ok
-from extproc.envoy_config import render_yaml
-from extproc.fakes import FakeProviderServer
+from extproc.bootstrap import render_yaml
+from extproc.config.loading import load_config
+from extproc.decisions.auth import hash_key
+from extproc.dev.fakes import FakeProviderServer
+from extproc.dev.stack import start_envoy, start_processor, stop_process, wait_until_ok
 
 FULL_KEY = "sk-test-full-access"
 LIMITED_KEY = "sk-test-limited"

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from extproc.fakes import FakeProviderServer
+from extproc.dev.fakes import FakeProviderServer
 from tests.e2e.conftest import FULL_KEY, LIMITED_KEY, Stack
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import openai
 import pytest
 import yaml
 
-from extproc.devrun import DEMO_KEY
+from extproc.dev.local import DEMO_KEY
 from tests.e2e.conftest import free_ports
 
 pytestmark = pytest.mark.e2e

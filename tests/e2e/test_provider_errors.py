@@ -9,7 +9,7 @@ import openai
 import orjson
 import pytest
 
-from extproc.fakes import FakeProviderServer
+from extproc.dev.fakes import FakeProviderServer
 from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack, make_stack
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from extproc.fakes import FakeProviderServer
+from extproc.dev.fakes import FakeProviderServer
 from tests.e2e.conftest import AZURE_API_VERSION, FULL_KEY, LIMITED_KEY, UPSTREAM_KEYS, Stack
 
 CANCELLED = "gateway_extproc_streams_cancelled_total"

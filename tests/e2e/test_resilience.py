@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from extproc.fakes import FakeProviderServer
+from extproc.dev.fakes import FakeProviderServer
 from tests.e2e.conftest import FULL_KEY, Stack, make_stack
 
 pytestmark = pytest.mark.e2e

@@ -18,8 +18,8 @@ import openai
 import orjson
 import pytest
 
-from extproc.fakes import FakeProviderServer, RecordedRequest
-from extproc.fakes.gemini_server import thought_signature
+from extproc.dev.fakes import FakeProviderServer, RecordedRequest
+from extproc.dev.fakes.gemini_server import thought_signature
 from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack
 
 pytestmark = pytest.mark.e2e

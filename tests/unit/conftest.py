@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from extproc.fakes import FakeProviderServer
+from extproc.dev.fakes import FakeProviderServer
 
 
 @pytest.fixture(scope="module")

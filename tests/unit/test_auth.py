@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from extproc.auth import Authenticator, hash_key
-from extproc.config import parse_config
+from extproc.config.loading import parse_config
+from extproc.decisions.auth import Authenticator, hash_key
 from extproc.errors import GatewayError
 
 KEY_A = "sk-tenant-a-secret"

@@ -16,7 +16,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from extproc.breaker import (
+from extproc.decisions.breaker import (
     ADMITTED,
     BUSY_PROBES_RETRY_SECONDS,
     Admission,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from extproc.config import AwsCredentials, ConfigError, load_config, parse_config
+from extproc.config.credentials import AwsCredentials
+from extproc.config.loading import ConfigError, load_config, parse_config
 
 HASH = "a" * 64
 

@@ -13,32 +13,24 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from extproc import actions, pipeline
-from extproc.attempt import CREDENTIAL_HEADERS, NOT_SENT_CODES
-from extproc.config import (
-    GatewayConfig,
-    HttpProtocol,
-    ModelConfig,
-    ProviderConfig,
-    model_route_ids,
-    parse_config,
-    target_id,
-    target_priority,
-)
-from extproc.envoy_config import (
-    BUFFER_HEADROOM_BYTES,
-    CA_BUNDLE,
-    EXT_PROC_ERROR_DETAILS_PREFIX,
+from extproc.bootstrap import BUFFER_HEADROOM_BYTES, cluster_protocol, render_bootstrap, render_yaml
+from extproc.bootstrap.clusters import CA_BUNDLE
+from extproc.bootstrap.local_replies import EXT_PROC_ERROR_DETAILS_PREFIX
+from extproc.config.loading import parse_config
+from extproc.config.schema import GatewayConfig, HttpProtocol, ModelConfig, ProviderConfig
+from extproc.config.topology import model_route_ids, target_id, target_priority
+from extproc.contract import (
     GATEWAY_ERROR_HEADER,
     HEALTH_CHECK_PATH,
     METADATA_NAMESPACE,
+    NOT_SENT_CODES,
+    PROVIDER_HEADER,
     ROUTE_METADATA_KEY,
     TARGET_METADATA_KEY,
     UPSTREAM_TARGET_ATTRIBUTE,
-    cluster_protocol,
-    render_bootstrap,
-    render_yaml,
 )
+from extproc.pipeline.attempt import CREDENTIAL_HEADERS
+from extproc.pipeline.request import TIMEOUT_HEADER
 
 Json = dict[str, Any]
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -249,16 +241,6 @@ def test_render_yaml_is_the_bootstrap_with_a_do_not_edit_header() -> None:
     assert yaml.safe_load(text) == render_bootstrap(config)
 
 
-def test_constants_agree_with_the_processor() -> None:
-    assert GATEWAY_ERROR_HEADER == actions.ORIGIN_HEADER
-    assert METADATA_NAMESPACE == pipeline.METADATA_NAMESPACE
-    assert (ROUTE_METADATA_KEY, TARGET_METADATA_KEY) == ("route", "target")
-    assert UPSTREAM_TARGET_ATTRIBUTE == (
-        "xds.upstream_host_metadata.filter_metadata['gw']['target']"
-    )
-    assert HEALTH_CHECK_PATH == "/breaker/health"
-
-
 # --- buffer limits -----------------------------------------------------------------------------
 
 
@@ -318,9 +300,9 @@ READ_BY_PROCESSOR = [
     "accept-encoding",
     "x-envoy-max-retries",
     "x-envoy-upstream-rq-timeout-ms",
-    pipeline.TIMEOUT_HEADER,
+    TIMEOUT_HEADER,
     GATEWAY_ERROR_HEADER,
-    actions.PROVIDER_HEADER,
+    PROVIDER_HEADER,
     *CREDENTIAL_HEADERS,
 ]
 
@@ -897,7 +879,7 @@ def test_outlier_detection_follows_the_breaker_settings(resilience: Json) -> Non
     bootstrap = render_bootstrap(config)
     for model in config.models:
         if len(model.targets) == 1:
-            # One target: the processor's breaker alone (see envoy_config._outlier_detection).
+            # One target: the processor's breaker alone (see bootstrap.clusters._outlier_detection).
             assert "outlier_detection" not in model_cluster(bootstrap, config, model)
             continue
         outlier = model_cluster(bootstrap, config, model)["outlier_detection"]

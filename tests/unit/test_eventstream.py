@@ -10,7 +10,7 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.fakes.eventstream_encoder import (
+from extproc.dev.fakes.eventstream_encoder import (
     encode_headers,
     encode_message,
     event_message,

@@ -16,9 +16,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from extproc.config import ProviderConfig, ProviderType
+from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.dev.fakes import FakeProviderServer
 from extproc.errors import GatewayError
-from extproc.fakes import FakeProviderServer
 from extproc.providers.anthropic import AnthropicAdapter
 from extproc.providers.base import Endpoint, RequestContext
 from extproc.streaming.sse import SSEEvent, SSEParser

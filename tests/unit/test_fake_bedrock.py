@@ -13,9 +13,10 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 from pydantic import SecretStr
 
-from extproc.config import AwsCredentials, ProviderConfig, ProviderType
-from extproc.fakes import FakeProviderServer
-from extproc.fakes.bedrock_server import (
+from extproc.config.credentials import AwsCredentials
+from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.dev.fakes import FakeProviderServer
+from extproc.dev.fakes.bedrock_server import (
     DEFAULT_ACCESS_KEY_ID,
     DEFAULT_SECRET_ACCESS_KEY,
     FakeAwsKey,

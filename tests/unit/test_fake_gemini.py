@@ -22,11 +22,11 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from extproc.config import ProviderConfig, ProviderType
+from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.dev.fakes import FakeProviderServer
+from extproc.dev.fakes.gemini_server import WIRE
+from extproc.dev.fakes.openai_server import embedding_vector, wire_for
 from extproc.errors import GatewayError
-from extproc.fakes import FakeProviderServer
-from extproc.fakes.gemini_server import WIRE
-from extproc.fakes.openai_server import embedding_vector, wire_for
 from extproc.providers.base import Endpoint, RequestContext, ResponseMode
 from extproc.providers.google import GoogleGeminiAdapter
 

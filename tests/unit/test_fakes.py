@@ -19,7 +19,7 @@ import openai
 import orjson
 import pytest
 
-from extproc.fakes import (
+from extproc.dev.fakes import (
     Behaviour,
     FakeProviderServer,
     embedding_vector,
@@ -595,7 +595,7 @@ def test_stop_is_prompt_with_slow_and_gated_requests() -> None:
 
 def test_cli_serves_until_sigterm() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "extproc.fakes", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "extproc.dev.fakes", "--host", "127.0.0.1", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

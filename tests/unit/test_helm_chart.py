@@ -19,9 +19,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from extproc.config import GatewayConfig, parse_config
-from extproc.devrun import find_envoy_binary
-from extproc.envoy_config import render_bootstrap, render_yaml
+from extproc.bootstrap import render_bootstrap, render_yaml
+from extproc.config.loading import parse_config
+from extproc.config.schema import GatewayConfig
+from extproc.dev.stack import find_envoy_binary
 
 Json = dict[str, Any]
 

@@ -9,13 +9,14 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from extproc.attempt import AttemptPipeline
-from extproc.auth import hash_key
-from extproc.breaker import Admission
-from extproc.config import LoadedConfig, parse_config
+from extproc.config.loading import LoadedConfig, parse_config
+from extproc.decisions.auth import hash_key
+from extproc.decisions.breaker import Admission
 from extproc.errors import GatewayError
-from extproc.pipeline import Continue, RequestPipeline, Respond
-from extproc.runtime import Gateway
+from extproc.gateway import Gateway
+from extproc.pipeline.actions import Continue, Respond
+from extproc.pipeline.attempt import AttemptPipeline
+from extproc.pipeline.request import RequestPipeline
 
 KEY = "sk-unit-key"
 LIMITED = "sk-unit-limited"

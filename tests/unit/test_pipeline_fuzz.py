@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from extproc.errors import GatewayError
-from extproc.pipeline import Continue, RequestPipeline, Respond
+from extproc.pipeline.actions import Continue, Respond
+from extproc.pipeline.request import RequestPipeline
 from tests.unit.test_pipeline import KEY, gateway
 
 GATEWAY = gateway()

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from extproc.config import ProviderConfig, ProviderType
+from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.errors import GatewayError
 from extproc.providers.anthropic import AnthropicAdapter
 from extproc.providers.base import (

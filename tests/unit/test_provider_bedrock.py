@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from extproc.config import AwsCredentials, ProviderConfig, ProviderType
+from extproc.config.credentials import AwsCredentials
+from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.dev.fakes.bedrock_server import FakeAwsKey, verify_signature
+from extproc.dev.fakes.eventstream_encoder import encode_message, event_message, exception_message
 from extproc.errors import GatewayError
-from extproc.fakes.bedrock_server import FakeAwsKey, verify_signature
-from extproc.fakes.eventstream_encoder import encode_message, event_message, exception_message
 from extproc.providers.aws_sigv4 import sign_headers
 from extproc.providers.base import (
     Endpoint,

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from extproc.config import ProviderConfig, ProviderType
+from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.errors import GatewayError
 from extproc.providers.base import (
     Endpoint,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from extproc.config import AwsCredentials, ProviderConfig, ProviderType
-from extproc.provider_health import ProviderHealth, check_headers
+from extproc.config.credentials import AwsCredentials
+from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.decisions.provider_health import ProviderHealth
 from extproc.providers import adapter_for
 from extproc.providers.base import Endpoint, RequestContext
+from extproc.server.health_checks import check_headers
 
 
 def test_thresholds() -> None:

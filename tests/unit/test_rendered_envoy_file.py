@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extproc.config import load_config
-from extproc.envoy_config import render_yaml
+from extproc.bootstrap import render_yaml
+from extproc.config.loading import load_config
 
 ROOT = Path(__file__).parents[2]
 

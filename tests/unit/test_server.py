@@ -17,13 +17,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import json_format, struct_pb2
 from pydantic import SecretStr
 
-import extproc.server as server_module
-from extproc.actions import Continue
-from extproc.attempt import TARGET_ATTRIBUTE
-from extproc.auth import hash_key
-from extproc.config import LoadedConfig, parse_config
-from extproc.runtime import Gateway
-from extproc.server import ProcessorServer, to_response
+import extproc.server.messages as server_module
+from extproc.config.loading import LoadedConfig, parse_config
+from extproc.contract import UPSTREAM_TARGET_ATTRIBUTE as TARGET_ATTRIBUTE
+from extproc.decisions.auth import hash_key
+from extproc.gateway import Gateway
+from extproc.pipeline.actions import Continue
+from extproc.server.messages import to_response
+from extproc.server.serve import ProcessorServer
 
 KEY = "sk-server-test"
 
@@ -160,7 +161,7 @@ async def test_unexpected_exception_becomes_500_and_server_survives(
     def boom(*args: Any) -> Any:
         raise RuntimeError("secret-laden internal detail")
 
-    monkeypatch.setattr("extproc.pipeline.RequestPipeline.on_request_body", boom)
+    monkeypatch.setattr("extproc.pipeline.request.RequestPipeline.on_request_body", boom)
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     _, answer = await exchange(client, header_msg("/v1/chat/completions"), body_msg(body))
     immediate = answer.immediate_response

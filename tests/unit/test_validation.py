@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.errors import GatewayError
-from extproc.validation import (
+from extproc.decisions.validation import (
     check_chat_request,
     check_embeddings_request,
     check_model_id,
@@ -19,6 +18,7 @@ from extproc.validation import (
     json_depth_exceeds,
     parse_json_body,
 )
+from extproc.errors import GatewayError
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

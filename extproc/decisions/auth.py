@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from extproc.config import GatewayConfig
+from extproc.config.schema import GatewayConfig
 from extproc.errors import GatewayError
 
 

@@ -11,9 +11,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from extproc.breaker import Admission
+from extproc.decisions.breaker import Admission
+from extproc.gateway import Gateway
 from extproc.metrics import Metrics
-from extproc.runtime import Gateway
 
 
 class AdminState:

@@ -1,8 +1,7 @@
-"""Optional active health checks of providers, run by the processor in the background.
+"""Optional active health checks of providers, polled by the processor in the background.
 
-A provider with `health_check` configured is polled (GET base_url + path); while it
-is unhealthy its targets report unavailable, exactly like an open breaker, so Envoy
-routes around it and a recovered provider gets traffic again without a restart.
+A provider with `health_check` configured is polled (GET base_url + path) and the result fed to
+its `ProviderHealth`; while it is unhealthy its targets report unavailable.
 """
 
 from __future__ import annotations
@@ -10,39 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiohttp
 
-from extproc.config import Credential, ProviderConfig
+from extproc.config.credentials import Credential
+from extproc.config.schema import ProviderConfig
+from extproc.decisions.provider_health import ProviderHealth
 from extproc.providers import adapter_for
 
 log = logging.getLogger("extproc.provider_health")
-
-
-@dataclass
-class ProviderHealth:
-    """The health of one provider as its checks last saw it (healthy until proven not)."""
-
-    provider: str
-    healthy: bool = True
-    failures: int = 0
-    successes: int = 0
-    last_error: str = ""
-
-    def observe(self, ok: bool, error: str, unhealthy_after: int, healthy_after: int) -> bool:
-        """Count one check result; True when the health flipped."""
-        if ok:
-            self.failures, self.successes = 0, self.successes + 1
-            if not self.healthy and self.successes >= healthy_after:
-                self.healthy = True
-                return True
-            return False
-        self.successes, self.failures, self.last_error = 0, self.failures + 1, error
-        if self.healthy and self.failures >= unhealthy_after:
-            self.healthy = False
-            return True
-        return False
 
 
 def check_headers(provider: ProviderConfig, credential: Credential | None) -> dict[str, str]:

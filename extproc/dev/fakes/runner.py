@@ -15,7 +15,7 @@ from typing import Self
 
 from aiohttp import web
 
-from extproc.fakes.openai_server import Behaviour, FakeProvider, create_app
+from extproc.dev.fakes.openai_server import Behaviour, FakeProvider, create_app
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

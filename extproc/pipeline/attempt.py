@@ -19,14 +19,14 @@ from typing import Any
 
 import orjson
 
-from extproc.actions import ORIGIN_HEADER, PROVIDER_HEADER, Continue, Respond
-from extproc.breaker import Admission
-from extproc.errors import NOT_SENT_REPLIES, GatewayError
+from extproc.contract import GATEWAY_ERROR_HEADER, NOT_SENT_CODES, PROVIDER_HEADER
+from extproc.decisions.breaker import Admission
+from extproc.errors import GatewayError
+from extproc.gateway import Gateway, Target
+from extproc.pipeline.actions import Continue, Respond
 from extproc.providers.base import Endpoint, ProviderAdapter, RequestContext, ResponseMode
 from extproc.providers.errors import malformed_response, retry_after_from
-from extproc.runtime import Gateway, Target
 
-TARGET_ATTRIBUTE = "xds.upstream_host_metadata.filter_metadata['gw']['target']"
 # Every header through which some provider type authenticates or is versioned.
 CREDENTIAL_HEADERS = (
     "authorization",
@@ -42,7 +42,6 @@ CREDENTIAL_HEADERS = (
     "x-envoy-original-host",
 )
 _ERROR = "error"
-NOT_SENT_CODES = frozenset(code for code, _ in NOT_SENT_REPLIES.values())
 
 
 class AttemptPipeline:
@@ -144,7 +143,7 @@ class AttemptPipeline:
             status = 0
         self.status = status
         tag = {PROVIDER_HEADER: self.target.provider.name}
-        envoy_reply = headers.get(ORIGIN_HEADER) if self.inline else None
+        envoy_reply = headers.get(GATEWAY_ERROR_HEADER) if self.inline else None
         if envoy_reply is not None:
             # Not the provider's answer but Envoy's own, already in OpenAI form (inline
             # attempts see those; upstream filters never do). A timeout or a failed

@@ -22,8 +22,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from multidict import CIMultiDict
 
-from extproc.fakes.eventstream_encoder import event_message, exception_message
-from extproc.fakes.openai_server import (
+from extproc.dev.fakes.eventstream_encoder import event_message, exception_message
+from extproc.dev.fakes.openai_server import (
     Arrival,
     FakeProvider,
     WireFormat,

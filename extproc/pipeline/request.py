@@ -2,7 +2,7 @@
 
 A `RequestPipeline` lives for one HTTP request (one ext_proc stream). Each phase
 returns an action: `Continue` (with mutations and routing metadata) or
-`Respond` (an immediate answer). `server.py` turns actions into protobuf.
+`Respond` (an immediate answer). `extproc.server.messages` turns actions into protobuf.
 """
 
 from __future__ import annotations
@@ -11,19 +11,16 @@ import math
 import time
 from typing import Any
 
-from extproc.actions import (
+from extproc.contract import (
+    METADATA_NAMESPACE,
+    MODEL_METADATA_KEY,
+    PER_TRY_TIMEOUT_HEADER,
     PROVIDER_HEADER,
-    Action,
-    Continue,
-    Respond,
+    ROUTE_METADATA_KEY,
+    UPSTREAM_TIMEOUT_HEADER,
 )
-from extproc.attempt import AttemptPipeline
-from extproc.auth import Tenant, forbid_model
-from extproc.errors import GatewayError, bad_request
-from extproc.providers import Endpoint
-from extproc.providers.base import serialize
-from extproc.runtime import Gateway, ModelRoute
-from extproc.validation import (
+from extproc.decisions.auth import Tenant, forbid_model
+from extproc.decisions.validation import (
     check_chat_request,
     check_embeddings_request,
     check_model_id,
@@ -31,9 +28,14 @@ from extproc.validation import (
     parse_json_body,
     payload_too_large,
 )
+from extproc.errors import GatewayError, bad_request
+from extproc.gateway import Gateway, ModelRoute
+from extproc.pipeline.actions import Action, Continue, Respond
+from extproc.pipeline.attempt import AttemptPipeline
+from extproc.providers import Endpoint
+from extproc.providers.base import serialize
 
 TIMEOUT_HEADER = "x-gateway-timeout"
-METADATA_NAMESPACE = "gw"
 
 _POST_ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -178,10 +180,10 @@ class RequestPipeline:
         if not available:
             raise _unavailable(model_name, wait, cooling)
 
-        headers = {"x-envoy-upstream-rq-timeout-ms": str(max(1, int(timeout * 1000)))}
+        headers = {UPSTREAM_TIMEOUT_HEADER: str(max(1, int(timeout * 1000)))}
         if gateway.per_try_timeout is not None and gateway.per_try_timeout < timeout:
             per_try = str(max(1, int(gateway.per_try_timeout * 1000)))
-            headers["x-envoy-upstream-rq-per-try-timeout-ms"] = per_try
+            headers[PER_TRY_TIMEOUT_HEADER] = per_try
         client = self.client_headers
         # x-envoy-* headers steer Envoy's router (timeouts, retries): only the gateway may set
         # them, so any a client sent are dropped upstream.
@@ -208,7 +210,12 @@ class RequestPipeline:
                 dict.fromkeys(h for h in remove if h in client and h not in headers)
             ),
             body=new_body,
-            metadata={METADATA_NAMESPACE: {"route": route.route_id, "model": model_name}},
+            metadata={
+                METADATA_NAMESPACE: {
+                    ROUTE_METADATA_KEY: route.route_id,
+                    MODEL_METADATA_KEY: model_name,
+                }
+            },
             clear_route_cache=True,
         )
 

@@ -1,10 +1,10 @@
 """Fake upstream LLM provider speaking the OpenAI and Azure OpenAI wire formats.
 
 Shared by unit/e2e tests, `make run` and benchmarks: controllable latency, errors and
-stream pacing, plus a log of every request received. CLI: `python -m extproc.fakes`.
+stream pacing, plus a log of every request received. CLI: `python -m extproc.dev.fakes`.
 """
 
-from extproc.fakes.openai_server import (
+from extproc.dev.fakes.openai_server import (
     FAKE_MODEL_ID,
     Behaviour,
     FakeProvider,
@@ -16,7 +16,7 @@ from extproc.fakes.openai_server import (
     openai_error,
     split_reply,
 )
-from extproc.fakes.runner import FakeProviderServer, bind_socket, format_base_url
+from extproc.dev.fakes.runner import FakeProviderServer, bind_socket, format_base_url
 
 __all__ = [
     "FAKE_MODEL_ID",

@@ -484,7 +484,7 @@ class WireFormat(Protocol):
 
 def wire_for(path: str) -> WireFormat | None:
     """The non-OpenAI wire format serving `path`, if any."""
-    from extproc.fakes import anthropic_server, bedrock_server, gemini_server
+    from extproc.dev.fakes import anthropic_server, bedrock_server, gemini_server
 
     wires: tuple[WireFormat, ...] = (
         anthropic_server.WIRE,

@@ -1,30 +1,27 @@
-"""The validated config turned into the lookup tables the hot path uses.
+"""The gateway: one loaded config turned into the lookup tables the hot path reads.
 
-Built once at start-up: models by name, their targets (with ids, adapters,
-credentials and breakers), the authenticator, limits. No pydantic per request.
+Built once at start-up: models by name, their targets (with ids, adapters, credentials and
+breakers), the authenticator, limits, metrics. No pydantic per request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from extproc.auth import Authenticator
-from extproc.breaker import Admission, Breaker, BreakerBoard, BreakerSettings
-from extproc.config import (
-    Credential,
-    GatewayConfig,
-    LoadedConfig,
-    ModelConfig,
-    ProviderConfig,
-    ResilienceConfig,
+from extproc.config.credentials import Credential
+from extproc.config.loading import LoadedConfig
+from extproc.config.schema import GatewayConfig, ModelConfig, ProviderConfig, ResilienceConfig
+from extproc.config.topology import (
     breaker_key,
     inline_translation,
     model_route_ids,
     target_id,
     target_priority,
 )
+from extproc.decisions.auth import Authenticator
+from extproc.decisions.breaker import Admission, Breaker, BreakerBoard, BreakerSettings
+from extproc.decisions.provider_health import ProviderHealth
 from extproc.metrics import Metrics
-from extproc.provider_health import ProviderHealth
 from extproc.providers import ProviderAdapter, adapter_for
 
 _AVAILABLE = (Admission.ALLOW, Admission.PROBE)

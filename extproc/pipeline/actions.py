@@ -1,7 +1,7 @@
 """What a pipeline phase decides: go on (with changes) or answer now.
 
 Shared by the downstream request pipeline and the per-attempt pipeline;
-`server.py` turns these into ext_proc protobuf.
+`extproc.server.messages` turns these into ext_proc protobuf.
 """
 
 from __future__ import annotations
@@ -11,15 +11,11 @@ from typing import Any
 
 import orjson
 
+from extproc.contract import GATEWAY_ERROR_HEADER
 from extproc.errors import GatewayError
 from extproc.providers.base import ResponseMode
 
-# Set on responses by the attempt that produced them (see attempt.py).
-PROVIDER_HEADER = "x-gateway-provider"
 JSON_HEADERS = {"content-type": "application/json"}
-# Marks answers written by the processor, so Envoy's local-reply rewriting
-# (meant for Envoy's own errors) leaves them alone.
-ORIGIN_HEADER = "x-gateway-error"
 
 
 @dataclass(slots=True)
@@ -47,7 +43,7 @@ class Respond:
     @classmethod
     def error(cls, error: GatewayError) -> Respond:
         """An OpenAI-style error answer."""
-        headers = {**JSON_HEADERS, ORIGIN_HEADER: error.code, **error.headers}
+        headers = {**JSON_HEADERS, GATEWAY_ERROR_HEADER: error.code, **error.headers}
         return cls(error.status, error.body(), headers, details=error.code)
 
     @classmethod

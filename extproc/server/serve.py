@@ -1,4 +1,4 @@
-"""The processor's lifecycle: start gRPC and admin servers, drain on SIGTERM.
+"""The processor's lifecycle: bind and start the gRPC and admin servers, drain on SIGTERM.
 
 On SIGTERM/SIGINT the admin server reports not-ready, the gRPC server refuses
 new streams and in-flight ones get `shutdown_grace_seconds` to finish.
@@ -9,17 +9,73 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
 
-from extproc.admin import AdminState, start_admin
-from extproc.config import LoadedConfig
-from extproc.provider_health import ProviderHealth, run_checks
-from extproc.runtime import Gateway
-from extproc.server import ProcessorServer, install_signal_handlers
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extproc.config.loading import LoadedConfig
+from extproc.decisions.provider_health import ProviderHealth
+from extproc.gateway import Gateway
+from extproc.server.admin import AdminState, start_admin
+from extproc.server.health_checks import run_checks
+from extproc.server.servicer import ExternalProcessor
 
 log = logging.getLogger("extproc.serve")
 
 # Room for protobuf framing and headers around the largest allowed body.
 MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+
+
+def _unix_target(path: Path) -> str:
+    return f"unix:{path}"
+
+
+class ProcessorServer:
+    """Owns the grpc.aio server: bind, serve, drain on shutdown."""
+
+    def __init__(self, gateway: Gateway, max_message_bytes: int) -> None:
+        self.gateway = gateway
+        self.servicer = ExternalProcessor(gateway)
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(options=options)
+        pb_grpc.add_ExternalProcessorServicer_to_server(self.servicer, self.server)
+        self.addresses: list[str] = []
+
+    def bind(self, unix_socket: Path | None, tcp_address: str | None) -> None:
+        """Listen on a unix socket and/or a TCP address."""
+        if unix_socket is not None:
+            unix_socket.parent.mkdir(parents=True, exist_ok=True)
+            if unix_socket.exists() or unix_socket.is_symlink():
+                unix_socket.unlink()
+            target = _unix_target(unix_socket)
+            self.server.add_insecure_port(target)
+            self.addresses.append(target)
+        if tcp_address is not None:
+            port = self.server.add_insecure_port(tcp_address)
+            host = tcp_address.rpartition(":")[0]
+            self.addresses.append(f"{host}:{port}")
+
+    async def start(self) -> None:
+        """Start serving."""
+        await self.server.start()
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new streams, let in-flight ones finish for up to `grace` seconds."""
+        await self.server.stop(grace)
+
+
+def install_signal_handlers(stop: Callable[[], None]) -> None:
+    """Call `stop` on SIGTERM and SIGINT (once each; the loop keeps running)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
 
 
 def start_provider_checks(loaded: LoadedConfig, gateway: Gateway) -> list[asyncio.Task[None]]:

@@ -14,7 +14,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from extproc.fakes.openai_server import (
+from extproc.dev.fakes.openai_server import (
     JSON_CONTENT_TYPE,
     SSE_CONTENT_TYPE,
     Arrival,

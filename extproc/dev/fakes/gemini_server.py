@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from extproc.fakes.openai_server import (
+from extproc.dev.fakes.openai_server import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     MAX_EMBEDDING_DIMENSIONS,
     Arrival,

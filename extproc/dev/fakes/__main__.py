@@ -1,4 +1,4 @@
-"""CLI: `python -m extproc.fakes --host 127.0.0.1 --port 18000` serves the fake provider.
+"""CLI: `python -m extproc.dev.fakes --host 127.0.0.1 --port 18000` serves the fake provider.
 
 Owns argument parsing and signal handling; runs until SIGINT or SIGTERM.
 """
@@ -14,14 +14,14 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from extproc.fakes.openai_server import Behaviour, FakeProvider, create_app
-from extproc.fakes.runner import bind_socket, format_base_url
+from extproc.dev.fakes.openai_server import Behaviour, FakeProvider, create_app
+from extproc.dev.fakes.runner import bind_socket, format_base_url
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m extproc.fakes",
+        prog="python -m extproc.dev.fakes",
         description="Fake OpenAI / Azure OpenAI upstream for tests, `make run` and benchmarks.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,30 +1,23 @@
-"""Gateway configuration: one YAML file, validated completely when it loads.
+"""The configuration schema: pydantic models of the YAML file and the checks across sections.
 
-Owns the pydantic models, credential resolution and the error report used by
-`extproc check-config`. Nothing here runs per request: the processor turns the
-validated config into plain lookup tables (see `runtime.py`).
+Every field is validated when the config loads (`loading.py`), never per request: the processor
+turns the validated config into plain lookup tables (`extproc.gateway`).
 """
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
-import os
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -172,11 +165,6 @@ class ProviderConfig(_Strict):
     def base_path(self) -> str:
         """Path prefix of the base URL, without a trailing slash ('' for none)."""
         return urlsplit(self.base_url).path.rstrip("/")
-
-    @property
-    def cluster_name(self) -> str:
-        """Envoy cluster that carries this provider's traffic."""
-        return f"provider_{self.name}"
 
 
 class TargetConfig(_Strict):
@@ -341,36 +329,6 @@ class GatewayConfig(_Strict):
     tenants: list[TenantConfig] = Field(default_factory=list)
 
 
-def model_route_ids(config: GatewayConfig) -> dict[str, str]:
-    """Stable Envoy-safe id per model name: `m{index}_{slug}` (also its cluster's name)."""
-    ids = {}
-    for index, model in enumerate(config.models):
-        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", model.name)[:40]
-        ids[model.name] = f"m{index}_{slug}"
-    return ids
-
-
-def target_id(route_id: str, index: int) -> str:
-    """Id of a model's target `index` (Envoy endpoint metadata and health-check host)."""
-    return f"{route_id}.t{index}"
-
-
-def target_priority(target: TargetConfig, index: int) -> int:
-    """The target's priority: explicit, else its position in the list."""
-    return target.priority if target.priority is not None else index
-
-
-def inline_translation(target_count: int) -> bool:
-    """A model with one target is translated once by the downstream filter: every attempt
-    goes to that target. With several, each attempt is translated by the upstream filter."""
-    return target_count == 1
-
-
-def breaker_key(provider: str, upstream_model: str) -> str:
-    """Breakers are per provider + upstream model, shared by models that use the same."""
-    return f"{provider}/{upstream_model}"
-
-
 def reference_problems(config: GatewayConfig) -> list[str]:
     """Problems across sections (names, references, ports); each starts with its path."""
     problems: list[str] = []
@@ -466,143 +424,3 @@ def _duplicates(where: str, names: list[str]) -> list[str]:
             out.append(f"{where}: duplicate name '{name}'")
         seen.add(name)
     return out
-
-
-class ConfigError(Exception):
-    """The configuration file cannot be used; `problems` lists every reason."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class AwsCredentials:
-    """AWS credentials for SigV4 signing (Bedrock). The secret parts never print."""
-
-    access_key_id: str
-    secret_access_key: SecretStr
-    session_token: SecretStr | None = None
-
-    def __repr__(self) -> str:
-        return f"AwsCredentials(access_key_id='{self.access_key_id[:4]}...')"
-
-
-Credential = SecretStr | AwsCredentials
-
-
-@dataclass(frozen=True)
-class LoadedConfig:
-    """A validated config plus the provider credentials it refers to."""
-
-    config: GatewayConfig
-    credentials: dict[str, Credential]  # provider name -> key (absent: no key)
-    source: str
-
-
-def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
-    """Validate already-parsed YAML/JSON data; raise ConfigError listing every problem."""
-    try:
-        config = GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
-    problems = reference_problems(config)
-    if problems:
-        raise ConfigError(source, problems)
-    return config
-
-
-def _format_error(error: Any) -> str:
-    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    message = str(error["msg"])
-    # Cross-field problems arrive joined as one "Value error, a; b" message.
-    message = message.removeprefix("Value error, ")
-    return f"{path}: {message}"
-
-
-def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedConfig:
-    """Read, parse and validate a config file; resolve credentials from env or files."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, [f"cannot read file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(source, ["file is not valid UTF-8"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"invalid YAML: {exc}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(source, ["top level must be a mapping"])
-    config = parse_config(data, source)
-    credentials: dict[str, Credential] = {}
-    if resolve_credentials:
-        problems: list[str] = []
-        for i, provider in enumerate(config.providers):
-            try:
-                key = _read_credential(provider)
-            except ValueError as exc:
-                problems.append(f"providers.{i}: {exc}")
-                continue
-            if key is not None:
-                credentials[provider.name] = key
-        if problems:
-            raise ConfigError(source, problems)
-    return LoadedConfig(config=config, credentials=credentials, source=source)
-
-
-def _read_credential(provider: ProviderConfig) -> Credential | None:
-    if provider.type is ProviderType.BEDROCK:
-        return _read_aws_credentials(provider)
-    if provider.api_key_env:
-        value = os.environ.get(provider.api_key_env)
-        if not value:
-            raise ValueError(f"environment variable {provider.api_key_env} is not set or empty")
-        return SecretStr(value.strip())
-    if provider.api_key_file:
-        try:
-            value = provider.api_key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read api_key_file {provider.api_key_file}: {exc.strerror}"
-            ) from None
-        if not value:
-            raise ValueError(f"api_key_file {provider.api_key_file} is empty")
-        return SecretStr(value)
-    return None
-
-
-def _read_aws_credentials(provider: ProviderConfig) -> AwsCredentials:
-    if provider.aws_credentials_file is not None:
-        parser = configparser.ConfigParser()
-        try:
-            with provider.aws_credentials_file.open(encoding="utf-8") as handle:
-                parser.read_file(handle)
-        except (OSError, configparser.Error) as exc:
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise ValueError(
-                f"cannot read aws_credentials_file {provider.aws_credentials_file}: {reason}"
-            ) from None
-        if not parser.has_section(provider.aws_profile):
-            raise ValueError(
-                f"aws_credentials_file {provider.aws_credentials_file} has no profile "
-                f"[{provider.aws_profile}]"
-            )
-        section = parser[provider.aws_profile]
-        key_id = section.get("aws_access_key_id", "").strip()
-        secret = section.get("aws_secret_access_key", "").strip()
-        token = section.get("aws_session_token", "").strip()
-        where = f"profile [{provider.aws_profile}] of {provider.aws_credentials_file}"
-    else:
-        key_id = os.environ.get(provider.aws_access_key_id_env, "").strip()
-        secret = os.environ.get(provider.aws_secret_access_key_env, "").strip()
-        token = os.environ.get(provider.aws_session_token_env, "").strip()
-        where = (
-            f"environment variables {provider.aws_access_key_id_env} and "
-            f"{provider.aws_secret_access_key_env}"
-        )
-    if not key_id or not secret:
-        raise ValueError(f"AWS credentials missing: set {where}")
-    return AwsCredentials(key_id, SecretStr(secret), SecretStr(token) if token else None)

@@ -1,0 +1,335 @@
+"""Clusters: the processor's, and one per model with an endpoint per target.
+
+Owns endpoints and priorities, per-endpoint TLS, the breaker health checks answered by the
+processor, outlier detection, capacity limits and the per-attempt upstream filter chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from extproc.bootstrap.common import FAIL_OPEN_CLUSTER, is_ip, protocol_options, socket_address
+from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, upstream_ext_proc_filter
+from extproc.bootstrap.models import (
+    Address,
+    Any,
+    CertificateValidationContext,
+    CircuitBreakers,
+    CircuitBreakersThresholds,
+    Cluster,
+    ClusterCommonLbConfig,
+    ClusterDiscoveryType,
+    ClusterDnsLookupFamily,
+    ClusterLoadAssignment,
+    ClusterTransportSocketMatch,
+    CommonTlsContext,
+    DataSource,
+    Endpoint,
+    EndpointHealthCheckConfig,
+    HealthCheck,
+    HealthCheckHttpHealthCheck,
+    Http1ProtocolOptions,
+    Http2ProtocolOptions,
+    HttpFilter,
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+    LbEndpoint,
+    LocalityLbEndpoints,
+    Metadata,
+    OutlierDetection,
+    Percent,
+    Pipe,
+    RoutingPriority,
+    StringMatcher,
+    Struct,
+    SubjectAltNameMatcher,
+    SubjectAltNameMatcherSanType,
+    TransportSocket,
+    UpstreamCodec,
+    UpstreamTlsContext,
+)
+from extproc.config.schema import (
+    GatewayConfig,
+    HttpProtocol,
+    ModelConfig,
+    ProcessorConfig,
+    ProviderConfig,
+    ResilienceConfig,
+)
+from extproc.config.topology import inline_translation, target_id, target_priority
+from extproc.contract import (
+    EXTPROC_CLUSTER,
+    HEALTH_CHECK_PATH,
+    METADATA_NAMESPACE,
+    TARGET_METADATA_KEY,
+)
+
+HEALTH_CHECK_TIMEOUT = timedelta(seconds=1)
+OUTLIER_INTERVAL = timedelta(seconds=10)
+# Endpoint metadata namespace Envoy matches `transport_socket_matches` against, and our key in it.
+TRANSPORT_SOCKET_MATCH_NAMESPACE = "envoy.transport_socket_match"
+TLS_MATCH_KEY = "tls"
+# Health checks go to the processor's plain-HTTP admin server even for https targets: their match
+# criteria name no TLS match, so they use the cluster's default (plaintext) transport socket.
+HEALTH_CHECK_MATCH_CRITERIA = {"gateway_health_check": True}
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+EXTPROC_CONNECT_TIMEOUT = timedelta(seconds=1)
+UPSTREAM_CODEC_FILTER = "envoy.filters.http.upstream_codec"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+_REACHED_ON_LOOPBACK = frozenset({"0.0.0.0", "::", "localhost"})
+_LOOPBACK = "127.0.0.1"
+
+
+def fail_open_clusters(
+    config: GatewayConfig,
+    route_ids: dict[str, str],
+    providers: dict[str, ProviderConfig],
+    buffer_limit: int,
+) -> list[Cluster]:
+    """The fail-open model's targets without the processor: no health checks, no upstream
+    ext_proc (both need the processor, which is down whenever this cluster is used)."""
+    name = config.resilience.fail_open_model
+    if not config.resilience.processor_failure_open or name is None:
+        return []
+    model = next(m for m in config.models if m.name == name)
+    cluster = model_cluster(config, model, route_ids[name], providers, buffer_limit)
+    cluster.name = FAIL_OPEN_CLUSTER
+    cluster.load_assignment.cluster_name = FAIL_OPEN_CLUSTER
+    cluster.health_checks = []
+    options = _model_http_options(
+        config, cluster_protocol(providers[t.provider] for t in model.targets), per_attempt=False
+    )
+    cluster.typed_extension_protocol_options = protocol_options(options)
+    return [cluster]
+
+
+def extproc_cluster(processor: ProcessorConfig) -> Cluster:
+    """The cluster through which Envoy reaches the processor: HTTP/2, unix socket or TCP."""
+    if processor.unix_socket is not None:
+        address = Address(pipe=Pipe(path=str(processor.unix_socket)))
+        discovery = ClusterDiscoveryType.STATIC
+    else:
+        assert processor.tcp_address is not None  # ProcessorConfig guarantees one of the two
+        host, _, port = processor.tcp_address.rpartition(":")
+        host = host.strip("[]")
+        address = socket_address(host, int(port))
+        discovery = ClusterDiscoveryType.STATIC if is_ip(host) else ClusterDiscoveryType.STRICT_DNS
+    return Cluster(
+        name=EXTPROC_CLUSTER,
+        type=discovery,
+        connect_timeout=EXTPROC_CONNECT_TIMEOUT,
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=EXTPROC_CLUSTER,
+            endpoints=[
+                LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=address))])
+            ],
+        ),
+        typed_extension_protocol_options=protocol_options(
+            HttpProtocolOptions(
+                explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                    http2_protocol_options=Http2ProtocolOptions()
+                )
+            )
+        ),
+    )
+
+
+def model_cluster(
+    config: GatewayConfig,
+    model: ModelConfig,
+    route_id: str,
+    providers: dict[str, ProviderConfig],
+    buffer_limit: int,
+) -> Cluster:
+    """The model's cluster: one endpoint per target, grouped into priorities."""
+    targets = [providers[t.provider] for t in model.targets]
+    distinct: dict[str, ProviderConfig] = {p.name: p for p in targets}
+    resilience = config.resilience
+    protocol = cluster_protocol(targets)
+    any_dns = any(not is_ip(p.host) for p in targets)
+    inline = inline_translation(len(targets))
+    return Cluster(
+        name=route_id,
+        type=ClusterDiscoveryType.STRICT_DNS if any_dns else ClusterDiscoveryType.STATIC,
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=timedelta(seconds=max(p.connect_timeout_seconds for p in targets)),
+        per_connection_buffer_limit_bytes=buffer_limit,
+        common_lb_config=ClusterCommonLbConfig(
+            # No panic routing: with every target unhealthy the request fails (503) instead of
+            # going to a target whose breaker is open.
+            healthy_panic_threshold=Percent(value=0),
+            # Apply health changes (breaker opened or closed) at once, not batched for 1 s.
+            update_merge_window=timedelta(0),
+        ),
+        load_assignment=_model_load_assignment(config, model, route_id, targets),
+        transport_socket_matches=[
+            ClusterTransportSocketMatch(
+                name=f"tls_{p.name}",
+                match=Struct.from_dict({TLS_MATCH_KEY: p.name}),
+                transport_socket=_upstream_tls(p, protocol),
+            )
+            for p in distinct.values()
+            if p.scheme == "https"
+        ],
+        health_checks=[_breaker_health_check(resilience)],
+        outlier_detection=None if inline else _outlier_detection(resilience),
+        circuit_breakers=CircuitBreakers(
+            thresholds=[
+                CircuitBreakersThresholds(
+                    priority=RoutingPriority.DEFAULT,
+                    max_pending_requests=resilience.max_pending_requests,
+                    max_requests=resilience.max_requests,
+                    max_retries=max(3, resilience.max_requests // 10),
+                )
+            ]
+        ),
+        typed_extension_protocol_options=protocol_options(
+            _model_http_options(config, protocol, per_attempt=not inline)
+        ),
+    )
+
+
+def _outlier_detection(resilience: ResilienceConfig) -> OutlierDetection:
+    """Per-try ejection, a backstop for models with several targets.
+
+    Not for one-target models: their breaker (fed once per request by the downstream filter)
+    is the only mechanism, so clients get its fast 503 with Retry-After, `/breakers` tells the
+    truth, and it recovers through half-open probes. Ejecting their only endpoint would answer
+    Envoy's 503 instead, while the breaker still read closed.
+    """
+    return OutlierDetection(
+        consecutive_5xx=resilience.breaker_consecutive_failures,
+        consecutive_gateway_failure=resilience.breaker_consecutive_failures,
+        interval=OUTLIER_INTERVAL,
+        base_ejection_time=timedelta(seconds=resilience.breaker_open_seconds),
+        max_ejection_percent=100,
+    )
+
+
+def _model_load_assignment(
+    config: GatewayConfig, model: ModelConfig, route_id: str, targets: list[ProviderConfig]
+) -> ClusterLoadAssignment:
+    # Envoy wants priorities contiguous from 0: renumber the distinct configured ones in order.
+    configured = [target_priority(t, i) for i, t in enumerate(model.targets)]
+    level = {value: rank for rank, value in enumerate(sorted(set(configured)))}
+    groups: list[list[LbEndpoint]] = [[] for _ in level]
+    health_address = socket_address(
+        _reachable(config.processor.admin_address), config.processor.admin_port
+    )
+    for index, (target, provider) in enumerate(zip(model.targets, targets, strict=True)):
+        tid = target_id(route_id, index)
+        filter_metadata = {METADATA_NAMESPACE: Struct.from_dict({TARGET_METADATA_KEY: tid})}
+        if provider.scheme == "https":
+            filter_metadata[TRANSPORT_SOCKET_MATCH_NAMESPACE] = Struct.from_dict(
+                {TLS_MATCH_KEY: provider.name}
+            )
+        groups[level[configured[index]]].append(
+            LbEndpoint(
+                endpoint=Endpoint(
+                    address=socket_address(provider.host, provider.port),
+                    # auto_host_rewrite sends this as :authority.
+                    hostname=provider.authority,
+                    health_check_config=EndpointHealthCheckConfig(
+                        hostname=tid, address=health_address
+                    ),
+                ),
+                load_balancing_weight=target.weight,
+                metadata=Metadata(filter_metadata=filter_metadata),
+            )
+        )
+    return ClusterLoadAssignment(
+        cluster_name=route_id,
+        endpoints=[
+            LocalityLbEndpoints(priority=rank, lb_endpoints=group)
+            for rank, group in enumerate(groups)
+        ],
+    )
+
+
+def _breaker_health_check(resilience: ResilienceConfig) -> HealthCheck:
+    interval = timedelta(milliseconds=resilience.health_check_interval_ms)
+    return HealthCheck(
+        timeout=HEALTH_CHECK_TIMEOUT,
+        interval=interval,
+        unhealthy_interval=interval,
+        no_traffic_interval=interval,
+        no_traffic_healthy_interval=interval,
+        unhealthy_threshold=1,
+        healthy_threshold=1,
+        http_health_check=HealthCheckHttpHealthCheck(path=HEALTH_CHECK_PATH),
+        transport_socket_match_criteria=Struct.from_dict(HEALTH_CHECK_MATCH_CRITERIA),
+    )
+
+
+def _model_http_options(
+    config: GatewayConfig, protocol: HttpProtocol, per_attempt: bool
+) -> HttpProtocolOptions:
+    """HTTP settings of a model cluster; `per_attempt`: run the upstream ext_proc filter."""
+    if protocol is HttpProtocol.HTTP2:
+        explicit = HttpProtocolOptionsExplicitHttpConfig(
+            http2_protocol_options=Http2ProtocolOptions()
+        )
+    else:
+        explicit = HttpProtocolOptionsExplicitHttpConfig(
+            http_protocol_options=Http1ProtocolOptions()
+        )
+    if not per_attempt:
+        return HttpProtocolOptions(explicit_http_config=explicit)
+    return HttpProtocolOptions(
+        explicit_http_config=explicit,
+        http_filters=[
+            HttpFilter(
+                name=EXTPROC_FILTER,
+                typed_config=Any.pack(
+                    upstream_ext_proc_filter(config.processor, config.resilience)
+                ),
+            ),
+            HttpFilter(name=UPSTREAM_CODEC_FILTER, typed_config=Any.pack(UpstreamCodec())),
+        ],
+    )
+
+
+def cluster_protocol(providers: Iterable[ProviderConfig]) -> HttpProtocol:
+    """The one HTTP protocol a model cluster speaks to all its targets: HTTP2 or HTTP1.
+
+    HTTP/2 only when every target's provider asks for it, else HTTP/1.1, which every provider
+    speaks. Envoy's ALPN choice (`auto_config`) is not available: it requires every transport
+    socket of the cluster to support ALPN, and the breaker health checks need a plaintext one.
+    """
+    if all(p.http_protocol is HttpProtocol.HTTP2 for p in providers):
+        return HttpProtocol.HTTP2
+    return HttpProtocol.HTTP1
+
+
+def _alpn(protocol: HttpProtocol) -> list[str]:
+    return ["h2"] if protocol is HttpProtocol.HTTP2 else ["http/1.1"]
+
+
+def _upstream_tls(provider: ProviderConfig, protocol: HttpProtocol) -> TransportSocket:
+    host = provider.host
+    literal = is_ip(host)
+    # Envoy checks the chain against trusted_ca but checks the name only if told to.
+    san = SubjectAltNameMatcher(
+        san_type=SubjectAltNameMatcherSanType.IP_ADDRESS
+        if literal
+        else SubjectAltNameMatcherSanType.DNS,
+        matcher=StringMatcher(exact=host),
+    )
+    context = UpstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=CA_BUNDLE),
+                match_typed_subject_alt_names=[san],
+            ),
+            alpn_protocols=_alpn(protocol),
+        ),
+    )
+    if not literal:  # SNI carries host names only (RFC 6066)
+        context.sni = host
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=Any.pack(context))
+
+
+def _reachable(bind_address: str) -> str:
+    """Where Envoy reaches a server bound to `bind_address` (wildcards mean loopback)."""
+    return _LOOPBACK if bind_address in _REACHED_ON_LOOPBACK else bind_address

@@ -1,0 +1,61 @@
+"""The listener applications call: HTTP connection manager, ext_proc filter, router.
+
+Owns the listener and its filter chain; the filter settings are in `extproc_filter.py`, the
+routes in `routes.py`, the error rewriting in `local_replies.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from extproc.bootstrap.common import LISTENER_NAME, socket_address
+from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, ext_proc_filter
+from extproc.bootstrap.local_replies import local_reply_config
+from extproc.bootstrap.models import (
+    Any,
+    Filter,
+    FilterChain,
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpFilter,
+    Listener,
+    MetadataOptions,
+    MetadataOptionsMetadataNamespaces,
+    Router,
+)
+from extproc.bootstrap.routes import route_config
+from extproc.config.schema import (
+    GatewayConfig,
+)
+from extproc.contract import METADATA_NAMESPACE
+
+STREAM_IDLE_TIMEOUT = timedelta(seconds=300)
+ROUTER_FILTER = "envoy.filters.http.router"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+
+
+def listener(config: GatewayConfig, route_ids: dict[str, str], buffer_limit: int) -> Listener:
+    """The listener applications call, with its connection manager and filter chain."""
+    downstream_ext_proc = ext_proc_filter(config.processor, config.resilience)
+    downstream_ext_proc.metadata_options = MetadataOptions(
+        receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[METADATA_NAMESPACE])
+    )
+    hcm = HttpConnectionManager(
+        stat_prefix=LISTENER_NAME,
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        stream_idle_timeout=STREAM_IDLE_TIMEOUT,
+        # Streamed completions may run for minutes; per-route timeouts bound each request.
+        request_timeout=timedelta(0),
+        route_config=route_config(config, route_ids),
+        http_filters=[
+            HttpFilter(name=EXTPROC_FILTER, typed_config=Any.pack(downstream_ext_proc)),
+            HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),
+        ],
+        local_reply_config=local_reply_config(),
+    )
+    return Listener(
+        name=LISTENER_NAME,
+        address=socket_address(config.listener.address, config.listener.port),
+        per_connection_buffer_limit_bytes=buffer_limit,
+        filter_chains=[FilterChain(filters=[Filter(name=HCM_FILTER, typed_config=Any.pack(hcm))])],
+    )

@@ -1,0 +1,86 @@
+"""Loading the configuration file: YAML, validation with every problem and its path, credentials.
+
+Used by `extproc serve`, `check-config` and `render-envoy`. Nothing here runs per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from extproc.config.credentials import Credential, read_credential
+from extproc.config.schema import GatewayConfig, reference_problems
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; `problems` lists every reason."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config plus the provider credentials it refers to."""
+
+    config: GatewayConfig
+    credentials: dict[str, Credential]  # provider name -> key (absent: no key)
+    source: str
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    """Validate already-parsed YAML/JSON data; raise ConfigError listing every problem."""
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+    problems = reference_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _format_error(error: Any) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"])
+    # Cross-field problems arrive joined as one "Value error, a; b" message.
+    message = message.removeprefix("Value error, ")
+    return f"{path}: {message}"
+
+
+def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedConfig:
+    """Read, parse and validate a config file; resolve credentials from env or files."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, ["file is not valid UTF-8"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"invalid YAML: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["top level must be a mapping"])
+    config = parse_config(data, source)
+    credentials: dict[str, Credential] = {}
+    if resolve_credentials:
+        problems: list[str] = []
+        for i, provider in enumerate(config.providers):
+            try:
+                key = read_credential(provider)
+            except ValueError as exc:
+                problems.append(f"providers.{i}: {exc}")
+                continue
+            if key is not None:
+                credentials[provider.name] = key
+        if problems:
+            raise ConfigError(source, problems)
+    return LoadedConfig(config=config, credentials=credentials, source=source)

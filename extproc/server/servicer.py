@@ -1,0 +1,121 @@
+"""The ext_proc gRPC servicer: one stream per HTTP request (or per attempt), a thin loop.
+
+Each `ProcessingRequest` is handed to the stream's pipeline and the action it returns becomes a
+`ProcessingResponse` (`messages.py`). No business decisions here; nothing a client sends can
+crash the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from extproc.errors import GatewayError, internal_error
+from extproc.gateway import Gateway
+from extproc.pipeline.actions import Action, Continue, Respond
+from extproc.pipeline.attempt import AttemptPipeline
+from extproc.pipeline.request import RequestPipeline
+from extproc.server.messages import attempt_target, headers_to_dict, last_message, to_response
+
+log = logging.getLogger("extproc.server")
+Pipeline = RequestPipeline | AttemptPipeline
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    """Envoy ext_proc servicer: one `RequestPipeline` per stream."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.active = 0
+        gateway.metrics.count_streams(lambda: self.active)
+
+    async def Process(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Handle one HTTP request's (or one attempt's) phases, in order, as Envoy sends them.
+
+        Uses the context's read/write calls rather than an async generator, so the servicer
+        decides itself when the call ends (after the last answer, see `_last_message`).
+        """
+        pipeline: Pipeline | None = None
+        self.active += 1
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
+                phase = request.WhichOneof("request")
+                if pipeline is None:
+                    pipeline, failed = self._pipeline_for(request)
+                    if failed is not None:
+                        await context.write(to_response(phase or "", failed))
+                        return
+                action = self._handle(pipeline, phase, request)
+                if action is None:
+                    continue
+                await context.write(to_response(phase or "", action))
+                if isinstance(action, Respond) or last_message(phase, request, action):
+                    # Closing the stream ourselves, with OK, tells Envoy we are done; Envoy
+                    # waits for that status (its graceful-close runtime flag) rather than
+                    # cancelling the call, which grpc.aio would leak memory for (grpc#43360).
+                    return
+        except asyncio.CancelledError:
+            self.gateway.metrics.streams_cancelled.inc()
+            raise
+        finally:
+            self.active -= 1
+            if pipeline is not None:
+                pipeline.finish()
+
+    def _pipeline_for(self, request: pb.ProcessingRequest) -> tuple[Pipeline, Action | None]:
+        """Downstream filter streams get a RequestPipeline; upstream (per attempt) ones an
+        AttemptPipeline, recognised by the endpoint metadata attribute Envoy sends them."""
+        target = attempt_target(request)
+        if target is None:
+            return RequestPipeline(self.gateway), None
+        resolved = self.gateway.targets.get(target)
+        if resolved is not None:
+            return AttemptPipeline(self.gateway, resolved), None
+        log.error("unknown target id %r in endpoint metadata", target[:100])
+        self.gateway.metrics.processor_failures.inc()
+        pipeline = RequestPipeline(self.gateway)
+        return pipeline, pipeline.fail(internal_error())
+
+    def _handle(
+        self, pipeline: Pipeline, phase: str | None, request: pb.ProcessingRequest
+    ) -> Action | None:
+        try:
+            if phase == "request_headers":
+                msg = request.request_headers
+                return pipeline.on_request_headers(headers_to_dict(msg.headers), msg.end_of_stream)
+            if phase == "request_body":
+                return pipeline.on_request_body(
+                    request.request_body.body, request.request_body.end_of_stream
+                )
+            if phase == "response_headers":
+                msg = request.response_headers
+                return pipeline.on_response_headers(headers_to_dict(msg.headers), msg.end_of_stream)
+            if phase == "response_body":
+                return pipeline.on_response_body(
+                    request.response_body.body, request.response_body.end_of_stream
+                )
+            if phase in ("request_trailers", "response_trailers"):
+                # Not requested by the processing mode; pass through.
+                return Continue()
+            return None
+        except GatewayError as error:
+            return pipeline.fail(error)
+        except Exception:
+            # Log the failure without request content: bodies and headers may
+            # carry secrets. The client gets a generic 500.
+            log.exception("processor failed in phase %s", phase)
+            self.gateway.metrics.processor_failures.inc()
+            return pipeline.fail(internal_error())
