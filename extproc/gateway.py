@@ -20,7 +20,9 @@ from extproc.config.topology import (
 )
 from extproc.decisions.auth import Authenticator
 from extproc.decisions.breaker import Admission, Breaker, BreakerBoard, BreakerSettings
+from extproc.decisions.openai_request import Endpoint
 from extproc.decisions.provider_health import ProviderHealth
+from extproc.errors import GatewayError
 from extproc.metrics import Metrics
 from extproc.providers import ProviderAdapter, adapter_for
 
@@ -32,7 +34,7 @@ class Target:
     """A resolved model target: where it goes, how to talk to it, its breaker."""
 
     id: str  # the Envoy endpoint's gw.target metadata and health-check host
-    route: ModelRoute | None
+    route: ModelRoute
     provider: ProviderConfig
     upstream_model: str
     weight: int
@@ -50,7 +52,9 @@ class Target:
 
     def adapter(self) -> ProviderAdapter:
         """A fresh per-request adapter for this target."""
-        return self.adapter_class(self.provider, self.credential)
+        return self.adapter_class(
+            self.provider, self.credential, self.upstream_model, self.route.default_max_tokens
+        )
 
 
 @dataclass(slots=True)
@@ -59,10 +63,12 @@ class ModelRoute:
 
     name: str
     route_id: str
-    kind: str
+    endpoint: Endpoint  # the one endpoint its kind serves (chat or embeddings)
     owned_by: str
     default_max_tokens: int
     targets: tuple[Target, ...] = ()
+    # The 400 when a target's wire API cannot serve this model's endpoint (checked once).
+    unsupported: GatewayError | None = None
     timeout_cap: float | None = None  # largest provider timeout cap, if all targets have one
     # Translated by the downstream filter (one target) rather than by each attempt.
     inline: bool = False
@@ -129,7 +135,7 @@ class Gateway:
         route = ModelRoute(
             name=model.name,
             route_id=route_id,
-            kind=model.kind,
+            endpoint=Endpoint(model.kind),
             owned_by=model.owned_by,
             default_max_tokens=model.default_max_tokens,
         )
@@ -151,6 +157,14 @@ class Gateway:
                 )
             )
         route.targets = tuple(targets)
+        route.unsupported = next(
+            (
+                error
+                for t in targets
+                if (error := t.adapter_class.unsupported(route.endpoint, t.provider)) is not None
+            ),
+            None,
+        )
         route.inline = inline_translation(len(targets))
         caps = [t.provider.timeout_seconds for t in targets]
         if all(cap is not None for cap in caps):

@@ -1,22 +1,41 @@
 """Request validation: body decoding and the request rules of the design brief.
 
-Pure functions: they take bytes or parsed JSON and either return what the
-pipeline needs or raise `GatewayError` (400/404/413). No I/O, no gRPC.
+Pure functions: they take bytes or parsed JSON and either return the validated request
+(`openai_request.ValidatedRequest`) or raise `GatewayError` (400/404/413). No I/O, no gRPC.
+The same bad field gets the same answer whatever provider the model routes to: provider
+adapters check only what their provider cannot do, never the OpenAI shape again.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 
+from extproc.decisions.openai_request import (
+    NO_TOOL_CALLS,
+    Endpoint,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceMode,
+    ValidatedRequest,
+)
 from extproc.errors import GatewayError, bad_request
 
 MAX_MODEL_ID_CHARS = 256
 MAX_TOKENS_LIMIT = 128_000
 MAX_TIMEOUT_SECONDS = 600.0
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 128
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+# OpenAI's rule for function names (tools, tool_choice, tool calls).
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CONTENT_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 
 
@@ -125,16 +144,47 @@ def check_timeout(value: Any, source: str) -> float:
     return float(value)
 
 
-def check_chat_request(body: dict[str, Any]) -> None:
-    """Apply the sampling-parameter and message rules to a chat completion body."""
+def validate(endpoint: Endpoint, body: dict[str, Any], model: str) -> ValidatedRequest:
+    """Apply every rule for `endpoint` to a parsed body whose model id was checked; return the
+    validated request (the body's `timeout` field is checked and removed)."""
+    if endpoint is Endpoint.CHAT:
+        request = validate_chat(body, model)
+    else:
+        request = validate_embeddings(body, model)
+    if "timeout" not in body:
+        return request
+    timeout = check_timeout(body.pop("timeout"), "the timeout field")
+    return replace(request, timeout=timeout, body_changed=True)
+
+
+def validate_chat(body: dict[str, Any], model: str) -> ValidatedRequest:
+    """The sampling-parameter, message and tool rules of a chat completion body."""
     _check_sampling(body)
-    _check_messages(body.get("messages"))
+    messages = body.get("messages")
+    calls = _check_messages(messages)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("invalid_request", "stream must be a boolean", "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("invalid_request", "stream_options must be an object", "stream_options")
+    _check_choices(body)
+    tools = _check_tools(body.get("tools"))
+    limit = body.get("max_completion_tokens")
+    if limit is None:
+        limit = body.get("max_tokens")
+    return ValidatedRequest(
+        endpoint=Endpoint.CHAT,
+        model=model,
+        body=body,
+        stream=stream is True,
+        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        max_tokens=int(limit) if limit is not None else None,
+        stop=_check_stop(body.get("stop")),
+        tools=tools,
+        tool_choice=_check_tool_choice(body.get("tool_choice"), tools),
+        tool_calls=MappingProxyType(calls) if calls else NO_TOOL_CALLS,
+    )
 
 
 def _check_sampling(body: dict[str, Any]) -> None:
@@ -159,15 +209,32 @@ def _check_sampling(body: dict[str, Any]) -> None:
         raise bad_request("invalid_top_k", "top_k must be an integer of at least 1", "top_k")
 
 
-def _check_messages(messages: Any) -> None:
+def _check_messages(messages: Any) -> dict[int, tuple[ToolCall, ...]]:
+    """Check every message; return the decoded tool calls of assistant messages by index."""
     if messages is None or (isinstance(messages, list) and not messages):
         raise bad_request(
             "empty_messages", "messages must contain at least one message", "messages"
         )
     if not isinstance(messages, list):
         raise bad_request("invalid_message", "messages must be an array", "messages")
+    calls: dict[int, tuple[ToolCall, ...]] = {}
+    call_ids: set[str] = set()
     for index, message in enumerate(messages):
-        _check_message(message, f"messages[{index}]")
+        where = f"messages[{index}]"
+        _check_message(message, where)
+        role = message["role"]
+        if role == "assistant" and message.get("tool_calls") is not None:
+            calls[index] = _check_tool_calls(message["tool_calls"], f"{where}.tool_calls")
+            call_ids.update(call.id for call in calls[index])
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in call_ids:
+                raise bad_request(
+                    "invalid_message",
+                    f"{where}.tool_call_id must name a tool call of an earlier assistant message",
+                    f"{where}.tool_call_id",
+                )
+    return calls
 
 
 def _check_message(message: Any, where: str) -> None:
@@ -222,7 +289,7 @@ def _check_content(content: Any, where: str) -> None:
                 )
 
 
-def check_embeddings_request(body: dict[str, Any]) -> None:
+def validate_embeddings(body: dict[str, Any], model: str) -> ValidatedRequest:
     """Check an embeddings body: `input` is a non-empty string, list of strings or tokens."""
     value = body.get("input")
     ok = False
@@ -247,4 +314,188 @@ def check_embeddings_request(body: dict[str, Any]) -> None:
     if encoding is not None and encoding not in ("float", "base64"):
         raise bad_request(
             "invalid_input", "encoding_format must be 'float' or 'base64'", "encoding_format"
+        )
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (not is_integer(dimensions) or dimensions < 1):
+        raise bad_request("invalid_input", "dimensions must be a positive integer", "dimensions")
+    return ValidatedRequest(endpoint=Endpoint.EMBEDDINGS, model=model, body=body)
+
+
+# -- tools, stop and the other structured chat fields -----------------------------------------
+
+
+def _check_tools(tools: Any) -> tuple[Tool, ...]:
+    if tools is None:
+        return ()
+    if not isinstance(tools, list) or not tools:
+        raise bad_request("invalid_request", "tools must be a non-empty array of tools", "tools")
+    return tuple(_check_tool(tool, f"tools[{index}]") for index, tool in enumerate(tools))
+
+
+def _check_tool(tool: Any, where: str) -> Tool:
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    if not isinstance(kind, str) or not kind:
+        raise bad_request("invalid_request", f"{where} must be an object with a type", where)
+    if kind != "function":
+        return Tool(kind)  # another OpenAI tool type: the provider says whether it has it
+    function = tool.get("function")
+    if not isinstance(function, dict):
+        raise bad_request(
+            "invalid_request", f"{where}.function must be an object", f"{where}.function"
+        )
+    name = _function_name(function.get("name"), f"{where}.function.name", "invalid_request")
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise bad_request(
+            "invalid_request",
+            f"{where}.function.description must be a string",
+            f"{where}.function.description",
+        )
+    parameters = function.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise bad_request(
+            "invalid_request",
+            f"{where}.function.parameters must be a JSON schema object",
+            f"{where}.function.parameters",
+        )
+    return Tool("function", name, description, parameters)
+
+
+def _function_name(name: Any, where: str, code: str) -> str:
+    if not isinstance(name, str) or FUNCTION_NAME.fullmatch(name) is None:
+        raise bad_request(
+            code,
+            f"{where} must be 1 to 64 letters, digits, underscores or dashes",
+            where,
+        )
+    return name
+
+
+_TOOL_CHOICE_HELP = (
+    "tool_choice must be 'none', 'auto', 'required' or "
+    '{"type": "function", "function": {"name": ...}}'
+)
+
+
+def _check_tool_choice(choice: Any, tools: tuple[Tool, ...]) -> ToolChoice | None:
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        try:
+            checked = ToolChoice(ToolChoiceMode(choice))
+        except ValueError:
+            checked = None
+        if checked is None or checked.mode is ToolChoiceMode.FUNCTION:
+            raise bad_request("invalid_request", _TOOL_CHOICE_HELP, "tool_choice")
+    else:
+        function = choice.get("function") if isinstance(choice, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(choice, dict) or choice.get("type") != "function" or name is None:
+            raise bad_request("invalid_request", _TOOL_CHOICE_HELP, "tool_choice")
+        name = _function_name(name, "tool_choice.function.name", "invalid_request")
+        if not any(tool.name == name for tool in tools):
+            raise bad_request(
+                "invalid_request",
+                f"tool_choice names the function '{name}', which is not in tools",
+                "tool_choice",
+            )
+        checked = ToolChoice(ToolChoiceMode.FUNCTION, name)
+    if not tools:
+        raise bad_request(
+            "invalid_request", "tool_choice is only allowed when tools are given", "tool_choice"
+        )
+    return checked
+
+
+def _check_stop(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    sequences = [stop] if isinstance(stop, str) else stop
+    if (
+        not isinstance(sequences, list)
+        or len(sequences) > MAX_STOP_SEQUENCES
+        or not all(isinstance(s, str) and s for s in sequences)
+    ):
+        raise bad_request(
+            "invalid_request",
+            f"stop must be a non-empty string or an array of at most {MAX_STOP_SEQUENCES} "
+            "non-empty strings",
+            "stop",
+        )
+    return tuple(sequences)
+
+
+def _check_tool_calls(calls: Any, where: str) -> tuple[ToolCall, ...]:
+    if not isinstance(calls, list):
+        raise bad_request("invalid_message", f"{where} must be an array", where)
+    checked = []
+    for index, call in enumerate(calls):
+        call_where = f"{where}[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        call_id = call.get("id") if isinstance(call, dict) else None
+        if (
+            not isinstance(function, dict)
+            or call.get("type", "function") != "function"
+            or not isinstance(call_id, str)
+            or not call_id
+        ):
+            raise bad_request(
+                "invalid_message",
+                f"{call_where} must be a function call with an id and a function",
+                call_where,
+            )
+        name = _function_name(
+            function.get("name"), f"{call_where}.function.name", "invalid_message"
+        )
+        checked.append(ToolCall(call_id, name, _arguments(function.get("arguments"), call_where)))
+    return tuple(checked)
+
+
+def _arguments(raw: Any, where: str) -> dict[str, Any]:
+    """A tool call's `function.arguments`: a JSON object encoded as a string (blank: {})."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    value: Any = None
+    if isinstance(raw, str):
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+    if not isinstance(value, dict):
+        raise bad_request(
+            "invalid_message",
+            f"{where}.function.arguments must be a JSON object encoded as a string",
+            f"{where}.function.arguments",
+        )
+    return value
+
+
+def _check_choices(body: dict[str, Any]) -> None:
+    """The scalar chat fields whose shape OpenAI fixes: n, seed, parallel_tool_calls, user,
+    response_format (what a provider makes of them is its adapter's business)."""
+    n = body.get("n")
+    if n is not None and (not is_integer(n) or not 1 <= n <= MAX_CHOICES):
+        raise bad_request(
+            "invalid_request", f"n must be an integer between 1 and {MAX_CHOICES}", "n"
+        )
+    seed = body.get("seed")
+    if seed is not None and not is_integer(seed):
+        raise bad_request("invalid_request", "seed must be an integer", "seed")
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise bad_request(
+            "invalid_request", "parallel_tool_calls must be a boolean", "parallel_tool_calls"
+        )
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request("invalid_request", "user must be a string", "user")
+    response_format = body.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, dict) or response_format.get("type") not in RESPONSE_FORMATS
+    ):
+        raise bad_request(
+            "invalid_request",
+            "response_format must be an object whose type is "
+            + ", ".join(f"'{kind}'" for kind in RESPONSE_FORMATS),
+            "response_format",
         )

@@ -1,30 +1,34 @@
-"""Per-attempt decisions: the upstream ext_proc filter, once per try of one request.
+"""Per-attempt decisions: one try of one request to one target.
 
-Envoy picks the target of each attempt (priority, weight, health) and tells us
-which through the endpoint's `gw.target` metadata. We translate the (already
-validated, OpenAI-shaped) request for that target, translate its answer back,
-map its errors, and feed its outcome to the target's circuit breaker. Header
-changes of an earlier attempt persist into later ones, so every attempt first
-removes every credential header any provider type uses.
+We translate the validated OpenAI request for the target, translate its answer back, map its
+errors, keep what the answer said (usage, model) and feed its outcome to the target's circuit
+breaker. Where an attempt runs is the one thing that differs, and it lives in the two
+subclasses only:
 
-A model with one target has no upstream filter: its `RequestPipeline` runs the
-same decisions inline (`inline=True`), once per request, and then also sees
-Envoy's own replies, recognised by their `x-gateway-error` marker.
+- `UpstreamAttempt`: its own upstream ext_proc stream, once per try (models with several
+  targets). Envoy picks the target per try and names it in the endpoint's `gw.target`
+  metadata. Header changes of an earlier try persist into later ones, so every try first
+  removes every credential header any provider type uses.
+- `InlineAttempt`: run by the downstream `RequestPipeline` (models with one target: every try
+  goes to it, so the request is translated once). It also sees Envoy's own replies, known by
+  their `x-gateway-error` marker, and its stream is the client's.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from enum import Enum, StrEnum, auto
 
 import orjson
 
 from extproc.contract import GATEWAY_ERROR_HEADER, NOT_SENT_CODES, PROVIDER_HEADER
 from extproc.decisions.breaker import Admission
+from extproc.decisions.openai_request import ValidatedRequest
+from extproc.decisions.validation import check_model_id, validate
 from extproc.errors import GatewayError
 from extproc.gateway import Gateway, Target
 from extproc.pipeline.actions import Continue, Respond
-from extproc.providers.base import Endpoint, ProviderAdapter, RequestContext, ResponseMode
+from extproc.providers.base import ProviderAdapter, ResponseMode, Translated, Usage
 from extproc.providers.errors import malformed_response, retry_after_from
 
 # Every header through which some provider type authenticates or is versioned.
@@ -41,86 +45,86 @@ CREDENTIAL_HEADERS = (
     "accept",
     "x-envoy-original-host",
 )
-_ERROR = "error"
 
 
-class AttemptPipeline:
-    """One attempt of one request to one target.
+class Outcome(StrEnum):
+    """How an attempt ended, for the breaker and `gateway_upstream_attempts_total`."""
 
-    Either its own upstream ext_proc stream (models with several targets: Envoy picks the
-    target per attempt) or run inline by the downstream `RequestPipeline` (models with one
-    target: every attempt goes to it, so the request is translated once, downstream).
-    """
+    SUCCESS = "success"
+    CLIENT_ERROR = "client_error"  # a 4xx other than 429: the request's fault, not the target's
+    FAILURE = "failure"  # 5xx, a reset or timeout, or a 2xx the client could not use
+    RATE_LIMITED = "rate_limited"
+    NOT_SENT = "not_sent"  # Envoy answered without sending anything (not counted)
+    CLIENT_GONE = "client_gone"  # inline: the client left before any answer
+    NO_RESPONSE = "no_response"  # upstream filter: the try ended without an answer
+
+
+class BodyPlan(Enum):
+    """What the attempt does with the response body, decided at the response headers."""
+
+    UNTOUCHED = auto()  # Envoy passes it through (or there is none to see)
+    TRANSLATE = auto()  # a whole 2xx answer, translated (BUFFERED)
+    STREAM = auto()  # a 2xx stream, translated chunk by chunk (STREAMED)
+    MAP_ERROR = auto()  # a provider error, rewritten as the gateway's (BUFFERED)
+    REJECT = auto()  # a 2xx the client could not use, replaced by a 502 (BUFFERED)
+
+
+class Attempt:
+    """One attempt of one request to one target; see the subclasses for where it runs."""
 
     __slots__ = (
         "adapter",
         "admitted_at",
         "body_buffer",
-        "endpoint",
         "final_status",
         "gateway",
-        "inline",
-        "mode",
         "outcome",
+        "plan",
         "probe",
+        "rejection",
         "response_headers",
+        "response_model",
         "status",
         "target",
+        "usage",
     )
 
-    def __init__(self, gateway: Gateway, target: Target, inline: bool = False) -> None:
+    def __init__(self, gateway: Gateway, target: Target) -> None:
         self.gateway = gateway
         self.target = target
-        self.inline = inline
-        # Not from :path: an earlier attempt may already have rewritten it. The
-        # downstream filter checked that the endpoint matches the model's kind.
-        route = target.route
-        self.endpoint: Endpoint | None = None
-        if route is not None:
-            self.endpoint = Endpoint.CHAT if route.kind == "chat" else Endpoint.EMBEDDINGS
         self.adapter: ProviderAdapter | None = None
         self.probe = False
         self.admitted_at: float | None = None
-        self.outcome: str | None = None
+        self.outcome: Outcome | None = None
         self.status = 0
-        self.mode: ResponseMode | str | None = None
+        self.plan = BodyPlan.UNTOUCHED
+        self.rejection: GatewayError | None = None
         self.response_headers: dict[str, str] = {}
         self.body_buffer = bytearray()
         # The status the client gets, once known (after any error mapping).
         self.final_status: int | None = None
+        # What the answer said (translated or read): the record accounting will read.
+        self.usage: Usage | None = None
+        self.response_model: str | None = None
 
-    # -- request ---------------------------------------------------------
+    # -- where the attempt runs (the subclasses) --------------------------------------------
 
-    def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
-        """Nothing to decide yet: the body carries the request."""
-        return Continue()
+    def _envoy_reply(self, headers: dict[str, str]) -> str | None:
+        """The error code when these response headers are Envoy's own reply, not a provider's."""
+        raise NotImplementedError
 
-    def on_request_body(self, body: bytes, end_of_stream: bool) -> Continue | Respond:
-        """Translate this attempt's request for its target, and take a breaker slot."""
-        parsed = orjson.loads(body)  # validated by the downstream filter
-        if not isinstance(parsed, dict):
-            raise RuntimeError("attempt without a validated OpenAI request")
-        return self.translate(parsed, False)
+    def _unanswered(self) -> Outcome:
+        """Settle the breaker for an attempt whose stream ended without an answer."""
+        raise NotImplementedError
 
-    def translate(self, parsed: dict[str, Any], body_changed: bool) -> Continue:
-        """The changes that make the validated OpenAI request `parsed` this target's request."""
+    # -- request ---------------------------------------------------------------------------
+
+    def translate(self, request: ValidatedRequest) -> Continue:
+        """The changes that make the validated OpenAI request this target's request."""
         target = self.target
-        route = target.route
-        if self.endpoint is None or route is None:
-            raise RuntimeError("attempt without a routed model")
-        options = parsed.get("stream_options")
-        context = RequestContext(
-            endpoint=self.endpoint,
-            client_model=str(parsed.get("model", route.name)),
-            upstream_model=target.upstream_model,
-            stream=parsed.get("stream") is True,
-            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-            default_max_tokens=route.default_max_tokens,
-        )
         adapter = target.adapter()
-        adapter.context = context
         self.adapter = adapter
-        upstream = adapter.request(context, parsed, body_changed)
+        upstream = adapter.request(request)
         # Envoy routed here because health checks said the target may take
         # traffic; admission only decides whether this attempt is a probe.
         self.admitted_at = time.monotonic()
@@ -133,73 +137,85 @@ class AttemptPipeline:
         remove.extend(h for h in upstream.remove_headers if h not in headers and h not in remove)
         return Continue(set_headers=headers, remove_headers=remove, body=upstream.body)
 
-    # -- response --------------------------------------------------------
+    # -- response --------------------------------------------------------------------------
 
     def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
-        """Record the outcome; choose how the body is translated."""
+        """Record the outcome; choose how the body is handled."""
         try:
             status = int(headers.get(":status", "0"))
         except ValueError:
             status = 0
         self.status = status
         tag = {PROVIDER_HEADER: self.target.provider.name}
-        envoy_reply = headers.get(GATEWAY_ERROR_HEADER) if self.inline else None
+        envoy_reply = self._envoy_reply(headers)
         if envoy_reply is not None:
-            # Not the provider's answer but Envoy's own, already in OpenAI form (inline
-            # attempts see those; upstream filters never do). A timeout or a failed
-            # connection counts against the target; no request sent at all does not.
+            # Not the provider's answer but Envoy's own, already in OpenAI form. A timeout or a
+            # failed connection counts against the target; no request sent at all does not.
             self.final_status = status
             if envoy_reply in NOT_SENT_CODES:
-                self.outcome = "not_sent"
-                if self.probe:
-                    self.target.breaker.release_probe()
+                self.outcome = Outcome.NOT_SENT
+                self._release_probe()
                 return Continue()  # no provider was involved: no provider header
             self._record(status, headers)
             return Continue(set_headers=tag)
-        self._record(status, headers)
         adapter = self.adapter
         if adapter is None:
+            self._record(status, headers)
             self.final_status = status
             return Continue(set_headers=tag)
+        self.rejection = adapter.unusable_answer(status, headers)
+        if self.rejection is not None:
+            self._record_failure(self.rejection.code)
+            return self._buffer_error(BodyPlan.REJECT, headers, end_of_stream, tag)
+        self._record(status, headers)
         mode = adapter.response_mode(status, headers)
         if mode is ResponseMode.PASSTHROUGH:
             self.final_status = status
             return Continue(set_headers=tag)
         if not 200 <= status < 300:
-            self.mode = _ERROR
-            self.response_headers = headers
-            if end_of_stream:
-                return Continue(set_headers={**tag, **self._error_headers(b"")[0]})
-            return Continue(set_headers=tag, mode_override=ResponseMode.BUFFERED)
-        self.mode = mode
+            return self._buffer_error(BodyPlan.MAP_ERROR, headers, end_of_stream, tag)
         changes = adapter.response_headers(status, headers)
         if end_of_stream:
             raise malformed_response(adapter.provider.name, "an empty response body")
         if mode is ResponseMode.STREAMED:
+            self.plan = BodyPlan.STREAM
             self.final_status = status  # errors after this are events in the stream
+        else:
+            self.plan = BodyPlan.TRANSLATE
         return Continue(
             set_headers={**tag, **changes.set_headers},
             remove_headers=changes.remove_headers,
             mode_override=mode,
         )
 
+    def _buffer_error(
+        self, plan: BodyPlan, headers: dict[str, str], end_of_stream: bool, tag: dict[str, str]
+    ) -> Continue:
+        """Have the error body buffered, to be replaced by ours (at once if there is none)."""
+        self.plan = plan
+        self.response_headers = headers
+        if end_of_stream:
+            error_headers, body = self._error_answer(b"")
+            return Continue(set_headers={**tag, **error_headers}, body=body)
+        return Continue(set_headers=tag, mode_override=ResponseMode.BUFFERED)
+
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Continue:
         """Translate the provider's body, whole or chunk by chunk, or rewrite its error."""
         adapter = self.adapter
-        mode = self.mode
-        if adapter is None or mode is None:
+        plan = self.plan
+        if adapter is None or plan is BodyPlan.UNTOUCHED:
             return Continue()
-        if mode is ResponseMode.STREAMED:
-            return Continue(body=adapter.response_body(chunk, end_of_stream))
+        if plan is BodyPlan.STREAM:
+            return Continue(body=self._keep(adapter.stream_chunk(chunk, end_of_stream)))
         if not end_of_stream:
             self.body_buffer += chunk  # BUFFERED arrives whole; be safe if it does not
             return Continue(body=b"")
-        body = bytes(self.body_buffer) + chunk
-        if mode == _ERROR:
-            headers, error_body = self._error_headers(body)
+        body = bytes(self.body_buffer) + chunk if self.body_buffer else chunk
+        if plan is not BodyPlan.TRANSLATE:
+            headers, error_body = self._error_answer(body)
             return Continue(set_headers=headers, body=error_body)
         try:
-            translated = adapter.response_body(body, True)
+            translated = self._keep(adapter.response_body(body))
         except GatewayError as error:
             self._count_failure_late(error)
             return Continue(
@@ -208,10 +224,21 @@ class AttemptPipeline:
         self.final_status = self.status
         return Continue(body=translated, set_headers={"content-length": str(len(translated))})
 
-    def _error_headers(self, body: bytes) -> tuple[dict[str, str], bytes]:
-        """The provider's error as ours: status (retriable ones stay retriable) and body."""
+    def _keep(self, translated: Translated) -> bytes:
+        """Remember what the answer said so far; the bytes to send on."""
+        if translated.usage is not None:
+            self.usage = translated.usage
+        if translated.model is not None:
+            self.response_model = translated.model
+        return translated.body
+
+    def _error_answer(self, body: bytes) -> tuple[dict[str, str], bytes]:
+        """The provider's error (or the rejection of its 2xx) as ours: status (retriable ones
+        stay retriable), headers and body."""
         assert self.adapter is not None
-        error = self.adapter.response_error(self.status, self.response_headers, body)
+        error = self.rejection or self.adapter.response_error(
+            self.status, self.response_headers, body
+        )
         payload = error.body()
         return self._status_headers(error, payload), payload
 
@@ -225,57 +252,100 @@ class AttemptPipeline:
             **error.headers,
         }
 
-    # -- outcome ---------------------------------------------------------
+    # -- outcome ---------------------------------------------------------------------------
 
     def _record(self, status: int, headers: dict[str, str]) -> None:
         breaker = self.target.breaker
         now = time.monotonic()
         if status >= 500 or status == 0:
-            breaker.record_failure(now, self.probe, f"HTTP {status}", admitted_at=self.admitted_at)
-            self.outcome = "failure"
-        elif status == 429:
+            self._record_failure(f"HTTP {status}")
+            return
+        if status == 429:
             breaker.cool_down(now, float(retry_after_from(headers)))
-            if self.probe:
-                breaker.release_probe()
-            self.outcome = "rate_limited"
+            self._release_probe()
+            self.outcome = Outcome.RATE_LIMITED
         else:
             breaker.record_success(now, self.probe, admitted_at=self.admitted_at)
-            self.outcome = "success" if status < 400 else "client_error"
+            self.outcome = Outcome.SUCCESS if status < 400 else Outcome.CLIENT_ERROR
+        self._count()
+
+    def _record_failure(self, reason: str) -> None:
+        self.target.breaker.record_failure(
+            time.monotonic(), self.probe, reason, admitted_at=self.admitted_at
+        )
+        self.outcome = Outcome.FAILURE
         self._count()
 
     def _count_failure_late(self, error: GatewayError) -> None:
         """A 2xx whose body turned out to be garbage counts as a failure too."""
-        if self.outcome == "success":
+        if self.outcome is Outcome.SUCCESS:
             self.target.breaker.record_failure(
                 time.monotonic(), False, error.code, admitted_at=self.admitted_at
             )
 
+    def _release_probe(self) -> None:
+        if self.probe:
+            self.target.breaker.release_probe()
+
     def _count(self) -> None:
-        route = self.target.route
-        self.gateway.metrics.attempt(
-            route.name if route else "", self.target.provider.name, self.outcome or "unknown"
+        outcome = self.outcome
+        assert outcome is not None
+        self.gateway.metrics.attempt(self.target.route.name, self.target.provider.name, outcome)
+
+    def finish(self) -> None:
+        """The attempt's stream ended; without an answer, settle it where it ran."""
+        if self.adapter is None or self.outcome is not None:
+            return
+        self.outcome = self._unanswered()
+        self._count()
+
+
+class InlineAttempt(Attempt):
+    """The attempt of a one-target model, run by the downstream filter's `RequestPipeline`."""
+
+    __slots__ = ()
+
+    def _envoy_reply(self, headers: dict[str, str]) -> str | None:
+        # Envoy's own replies (timeouts, connect failures, no healthy upstream) reach the
+        # downstream filter marked by its local-reply mappers.
+        return headers.get(GATEWAY_ERROR_HEADER)
+
+    def _unanswered(self) -> Outcome:
+        # The stream is the client's own: provider resets and timeouts reach it as Envoy's
+        # marked replies, so ending without one means the client went away, which says
+        # nothing about the provider.
+        self._release_probe()
+        return Outcome.CLIENT_GONE
+
+
+class UpstreamAttempt(Attempt):
+    """An attempt on its own upstream ext_proc stream (models with several targets)."""
+
+    __slots__ = ()
+
+    def _envoy_reply(self, headers: dict[str, str]) -> str | None:
+        return None  # the upstream filter only ever sees the provider's answer
+
+    def _unanswered(self) -> Outcome:
+        # The provider reset the try, or the client left: this filter cannot tell them apart.
+        self.target.breaker.record_failure(
+            time.monotonic(), self.probe, "no response", admitted_at=self.admitted_at
         )
+        return Outcome.NO_RESPONSE
+
+    def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
+        """Nothing to decide yet: the body carries the request."""
+        return Continue()
+
+    def on_request_body(self, body: bytes, end_of_stream: bool) -> Continue:
+        """Translate this try's request for its target, and take a breaker slot."""
+        parsed = orjson.loads(body)  # the OpenAI body the downstream filter validated
+        if not isinstance(parsed, dict):
+            raise RuntimeError("attempt without a validated OpenAI request")
+        request = validate(self.target.route.endpoint, parsed, check_model_id(parsed))
+        return self.translate(request)
 
     def fail(self, error: GatewayError) -> Respond:
         """An error before the attempt reached the provider: answer it directly."""
         self.gateway.metrics.error(error.code)
         return Respond.error(error)
-
-    def finish(self) -> None:
-        """The attempt's stream ended. Without an answer, an upstream-filter attempt is a
-        failure (the provider reset it, or the client left: that filter cannot tell them apart).
-        An inline attempt's stream is the client's own: provider resets and timeouts reach it
-        as Envoy's marked replies, so ending without one means the client went away, which
-        says nothing about the provider."""
-        if self.adapter is None or self.outcome is not None:
-            return
-        if self.inline:
-            if self.probe:
-                self.target.breaker.release_probe()
-            self.outcome = "client_gone"
-        else:
-            self.target.breaker.record_failure(
-                time.monotonic(), self.probe, "no response", admitted_at=self.admitted_at
-            )
-            self.outcome = "no_response"
-        self._count()

@@ -20,20 +20,19 @@ from extproc.contract import (
     UPSTREAM_TIMEOUT_HEADER,
 )
 from extproc.decisions.auth import Tenant, forbid_model
+from extproc.decisions.openai_request import Endpoint
 from extproc.decisions.validation import (
-    check_chat_request,
-    check_embeddings_request,
     check_model_id,
     check_timeout,
     parse_json_body,
     payload_too_large,
+    validate,
 )
 from extproc.errors import GatewayError, bad_request
 from extproc.gateway import Gateway, ModelRoute
 from extproc.pipeline.actions import Action, Continue, Respond
-from extproc.pipeline.attempt import AttemptPipeline
-from extproc.providers import Endpoint
-from extproc.providers.base import serialize
+from extproc.pipeline.attempt import InlineAttempt, Outcome
+from extproc.providers.helpers import serialize
 
 TIMEOUT_HEADER = "x-gateway-timeout"
 
@@ -70,7 +69,7 @@ class RequestPipeline:
         self.finished = False
         self.client_headers: dict[str, str] = {}
         self.provider = ""
-        self.attempt: AttemptPipeline | None = None
+        self.attempt: InlineAttempt | None = None
 
     # -- request headers -------------------------------------------------
 
@@ -155,25 +154,16 @@ class RequestPipeline:
         if not tenant.may_use(model_name):
             raise forbid_model(tenant, model_name)
         self.model = model_name
-        expected = "chat" if endpoint is Endpoint.CHAT else "embeddings"
-        if route.kind != expected:
+        if route.endpoint is not endpoint:
             raise bad_request(
                 "invalid_model_kind",
-                f"model '{model_name}' serves {route.kind}, not {expected}",
+                f"model '{model_name}' serves {route.endpoint.value}, not {endpoint.value}",
                 "model",
             )
-        if endpoint is Endpoint.CHAT:
-            check_chat_request(parsed)
-        else:
-            check_embeddings_request(parsed)
-        for target in route.targets:
-            target.adapter_class.check_support(endpoint, target.provider)
-        timeout = self.header_timeout
-        body_changed = "timeout" in parsed
-        if body_changed:
-            timeout = check_timeout(parsed.pop("timeout"), "the timeout field")
-        if timeout is None:
-            timeout = gateway.default_timeout
+        request = validate(endpoint, parsed, model_name)
+        if route.unsupported is not None:
+            raise route.unsupported
+        timeout = request.timeout or self.header_timeout or gateway.default_timeout
         if route.timeout_cap is not None and timeout > route.timeout_cap:
             timeout = route.timeout_cap
         available, wait, cooling = route.availability(time.monotonic())
@@ -193,13 +183,13 @@ class RequestPipeline:
             # One target: every attempt goes to it, so translate here, once. (Several
             # targets: the body stays in OpenAI form and each attempt is translated for its
             # own target by the upstream ext_proc filter, see attempt.py.)
-            self.attempt = AttemptPipeline(gateway, route.targets[0], inline=True)
-            translated = self.attempt.translate(parsed, body_changed)
+            self.attempt = InlineAttempt(gateway, route.targets[0])
+            translated = self.attempt.translate(request)
             headers.update(translated.set_headers)
             remove.extend(translated.remove_headers)
             new_body = translated.body
-        elif body_changed:
-            new_body = serialize(parsed)
+        elif request.body_changed:
+            new_body = serialize(request.body)
             headers["content-length"] = str(len(new_body))
         else:
             new_body = None
@@ -226,7 +216,7 @@ class RequestPipeline:
         attempt = self.attempt
         if attempt is not None:
             action = attempt.on_response_headers(headers, end_of_stream)
-            sent = attempt.outcome != "not_sent"
+            sent = attempt.outcome is not Outcome.NOT_SENT
             self.provider = attempt.target.provider.name if sent else ""
             if attempt.final_status is not None:
                 self.record(attempt.final_status)

@@ -1,4 +1,4 @@
-"""Provider adapters: one module per upstream wire API, one small interface.
+"""Provider adapters: one sub-package per translated wire API, one small interface (`base`).
 
 `adapter_for(provider_type)` returns the adapter class for a configured type.
 """
@@ -6,12 +6,11 @@
 from __future__ import annotations
 
 from extproc.config.schema import ProviderType
-from extproc.providers.anthropic import AnthropicAdapter
-from extproc.providers.azure import AzureOpenAIAdapter
-from extproc.providers.base import Endpoint, ProviderAdapter, UpstreamRequest
-from extproc.providers.bedrock import BedrockAdapter
-from extproc.providers.google import GoogleGeminiAdapter
-from extproc.providers.openai import OpenAIAdapter
+from extproc.providers.anthropic.adapter import AnthropicAdapter
+from extproc.providers.base import ProviderAdapter
+from extproc.providers.bedrock.adapter import BedrockAdapter
+from extproc.providers.google.adapter import GoogleGeminiAdapter
+from extproc.providers.openai.adapter import AzureOpenAIAdapter, OpenAIAdapter
 
 _ADAPTERS: dict[ProviderType, type[ProviderAdapter]] = {
     ProviderType.OPENAI: OpenAIAdapter,
@@ -35,4 +34,4 @@ def adapter_for(provider_type: ProviderType) -> type[ProviderAdapter]:
         ) from None
 
 
-__all__ = ["Endpoint", "ProviderAdapter", "UpstreamRequest", "adapter_for"]
+__all__ = ["ProviderAdapter", "adapter_for"]

@@ -1,7 +1,7 @@
 """Provider errors → client-facing OpenAI errors, the same rules for every wire API.
 
-Adapters extract (status, message, hints) from their provider's error shape and
-call `provider_error`. The caller's key was fine when a provider says 401/403, so
+Adapters extract (status, message, hints) from their provider's error shape (each in its own
+`errors.py`) and call `provider_error`. The caller's key was fine when a provider says 401/403, so
 that becomes a 502; provider messages are passed on only for request problems.
 """
 
@@ -113,20 +113,3 @@ def parse_json_error(body: bytes) -> tuple[str, dict[str, Any]]:
         return "unrecognized error body", {}
     message = error.get("message") or data.get("message") or "no message"
     return str(message), error
-
-
-def map_openai_error(
-    status: int, headers: dict[str, str], body: bytes, provider: str
-) -> GatewayError:
-    """Map an OpenAI-style provider error (`{"error": {message, type, code, param}}`)."""
-    message, error = parse_json_error(body)
-    code = str(error.get("code") or "")
-    param = error.get("param") if isinstance(error.get("param"), str) else None
-    return provider_error(
-        status,
-        message,
-        provider,
-        headers=headers,
-        context_length=code == "context_length_exceeded",
-        param=param,
-    )

@@ -20,15 +20,19 @@ def completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def usage_dict(usage: Usage) -> dict[str, int]:
-    """OpenAI `usage` object (unknown counts as 0)."""
-    prompt = usage.prompt_tokens or 0
-    completion = usage.completion_tokens or 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+def usage_dict(usage: Usage | None) -> dict[str, Any]:
+    """OpenAI `usage` object (zeros when the provider reported none); cached prompt tokens
+    under `prompt_tokens_details` when the provider said how many."""
+    if usage is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
     }
+    if usage.cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return out
 
 
 def tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
@@ -40,7 +44,7 @@ def chat_completion(
     model: str,
     content: str | None,
     finish_reason: str,
-    usage: Usage,
+    usage: Usage | None,
     tool_calls: list[dict[str, Any]] | None = None,
     refusal: str | None = None,
 ) -> dict[str, Any]:
@@ -60,8 +64,9 @@ def chat_completion(
     }
 
 
-def embeddings_list(model: str, vectors: list[list[float]], usage: Usage) -> dict[str, Any]:
+def embeddings_list(model: str, vectors: list[list[float]], usage: Usage | None) -> dict[str, Any]:
     """An OpenAI embeddings `list` object."""
+    prompt = usage.prompt_tokens if usage is not None else 0
     return {
         "object": "list",
         "data": [
@@ -69,10 +74,7 @@ def embeddings_list(model: str, vectors: list[list[float]], usage: Usage) -> dic
             for i, vector in enumerate(vectors)
         ],
         "model": model,
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens or 0,
-            "total_tokens": usage.prompt_tokens or 0,
-        },
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
     }
 
 
@@ -81,7 +83,8 @@ class ChatStreamWriter:
 
     Call `start()` once, then `text` / `tool_call_start` / `tool_call_arguments` as
     content arrives, then `finish(reason, usage)` (or `fail(error)`) exactly once.
-    Methods return the bytes to send now (possibly empty).
+    Methods return the bytes to send now (possibly empty). `model` may be changed until the
+    first chunk is written (a provider names the answering model in its first event).
     """
 
     __slots__ = ("created", "done", "id", "include_usage", "model", "started")
@@ -144,7 +147,7 @@ class ChatStreamWriter:
         delta = {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
         return self.start() + self._chunk(delta)
 
-    def finish(self, finish_reason: str, usage: Usage) -> bytes:
+    def finish(self, finish_reason: str, usage: Usage | None) -> bytes:
         """The finishing chunk, the usage chunk (if asked for) and `[DONE]`."""
         if self.done:
             return b""
@@ -168,12 +171,17 @@ class ChatStreamWriter:
         if self.done:
             return b""
         self.done = True
-        payload = {
-            "error": {
-                "message": error.message,
-                "type": error.type,
-                "param": error.param,
-                "code": error.code,
-            }
+        return error_event(error) + DONE
+
+
+def error_event(error: GatewayError) -> bytes:
+    """The SSE event carrying an OpenAI-style error (`data: {"error": {...}}`)."""
+    payload = {
+        "error": {
+            "message": error.message,
+            "type": error.type,
+            "param": error.param,
+            "code": error.code,
         }
-        return sse_data(payload) + DONE
+    }
+    return sse_data(payload)

@@ -23,7 +23,7 @@ log = logging.getLogger("extproc.provider_health")
 def check_headers(provider: ProviderConfig, credential: Credential | None) -> dict[str, str]:
     """Headers a health check sends: the ones carrying the provider's key on every request
     (asked of its adapter); none for AWS credentials (checks go unsigned)."""
-    return adapter_for(provider.type)(provider, credential).credential_headers()
+    return adapter_for(provider.type).credential_headers(provider, credential)
 
 
 async def run_checks(

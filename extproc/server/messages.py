@@ -145,6 +145,9 @@ def _build_response(phase: str, action: Continue) -> pb.ProcessingResponse:
     if phase.endswith("_trailers"):
         getattr(response, phase).CopyFrom(pb.TrailersResponse())
     elif phase in ("request_headers", "response_headers"):
+        if common is not None and action.body is not None:
+            # A body in a headers answer (one that had none, end_of_stream) needs this status.
+            common.status = pb.CommonResponse.CONTINUE_AND_REPLACE
         getattr(response, phase).CopyFrom(
             pb.HeadersResponse(response=common) if common else _EMPTY_HEADERS
         )

@@ -18,13 +18,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.errors import GatewayError, internal_error
 from extproc.gateway import Gateway
+from extproc.pipeline import Pipeline
 from extproc.pipeline.actions import Action, Continue, Respond
-from extproc.pipeline.attempt import AttemptPipeline
+from extproc.pipeline.attempt import UpstreamAttempt
 from extproc.pipeline.request import RequestPipeline
 from extproc.server.messages import attempt_target, headers_to_dict, last_message, to_response
 
 log = logging.getLogger("extproc.server")
-Pipeline = RequestPipeline | AttemptPipeline
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
@@ -77,13 +77,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
 
     def _pipeline_for(self, request: pb.ProcessingRequest) -> tuple[Pipeline, Action | None]:
         """Downstream filter streams get a RequestPipeline; upstream (per attempt) ones an
-        AttemptPipeline, recognised by the endpoint metadata attribute Envoy sends them."""
+        UpstreamAttempt, recognised by the endpoint metadata attribute Envoy sends them."""
         target = attempt_target(request)
         if target is None:
             return RequestPipeline(self.gateway), None
         resolved = self.gateway.targets.get(target)
         if resolved is not None:
-            return AttemptPipeline(self.gateway, resolved), None
+            return UpstreamAttempt(self.gateway, resolved), None
         log.error("unknown target id %r in endpoint metadata", target[:100])
         self.gateway.metrics.processor_failures.inc()
         pipeline = RequestPipeline(self.gateway)

@@ -125,7 +125,7 @@ def test_primary_5xx_fails_over_to_a_different_provider_type(pair: Pair, status:
     reply = pair.chat("fail over please")
     # One normal OpenAI answer, produced by the Anthropic-speaking backup and translated back.
     assert reply.choices[0].message.content == "echo: fail over please"
-    assert reply.model == "resilient"
+    assert reply.model == "backup-model"  # the model that answered: the backup's
     assert len(pair.primary.requests) == 1
     (seen,) = pair.backup.requests
     assert seen.path == "/v1/messages"
@@ -468,7 +468,7 @@ def test_each_attempt_is_translated_for_its_own_provider_type(
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         else:
             reply = client.chat.completions.create(model="resilient", messages=messages)
-            assert reply.model == "resilient"
+            assert reply.model == BACKUP_KINDS[kind]["model"]  # the model that answered
             text = reply.choices[0].message.content or ""
         assert text == f"echo: fail over to {kind}"
         assert len(stack.fake.requests) == 1

@@ -108,7 +108,7 @@ def test_plain_chat_with_system_prompt(stack: Stack, fake: FakeProviderServer, k
         temperature=0.3,
         max_tokens=50,
     )
-    assert reply.model == kind.model
+    assert reply.model == kind.upstream  # the model that answered, as its provider names it
     assert reply.choices[0].message.content == "echo: hello 😀 שלום"
     assert reply.choices[0].finish_reason == "stop"
     assert (

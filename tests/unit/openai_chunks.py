@@ -53,18 +53,19 @@ def chunk(
     return event
 
 
-def usage_chunk(model: str, prompt: int, completion: int) -> dict[str, Any]:
-    """The final usage chunk (no choices)."""
-    return {
-        "object": "chat.completion.chunk",
-        "model": model,
-        "choices": [],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+def usage_chunk(
+    model: str, prompt: int, completion: int, cached: int | None = None
+) -> dict[str, Any]:
+    """The final usage chunk (no choices); `cached`: the provider said how many prompt tokens
+    came from its cache (OpenAI's `prompt_tokens_details.cached_tokens`)."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {"object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage}
 
 
 def tool_start(

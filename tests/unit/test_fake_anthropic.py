@@ -19,9 +19,10 @@ from pydantic import SecretStr
 from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.dev.fakes import FakeProviderServer
 from extproc.errors import GatewayError
-from extproc.providers.anthropic import AnthropicAdapter
-from extproc.providers.base import Endpoint, RequestContext
+from extproc.providers.anthropic.adapter import AnthropicAdapter
+from extproc.providers.base import Translated
 from extproc.streaming.sse import SSEEvent, SSEParser
+from tests.unit.adapters import prepare
 
 HEADERS = {"x-api-key": "sk-ant-fake", "anthropic-version": "2023-06-01"}
 TRICKY = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth e\u0301 漢字"
@@ -337,28 +338,23 @@ def test_a_2xx_status_with_error_body_serves_that_body(fake: FakeProviderServer)
 
 def through_adapter(
     fake: FakeProviderServer, openai_body: dict[str, Any], *, stream: bool
-) -> tuple[int, bytes, AnthropicAdapter]:
+) -> tuple[int, bytes, Translated]:
     provider = ProviderConfig(
         name="fake-anthropic",
         type=ProviderType.ANTHROPIC,
         base_url=fake.base_url + "/v1",
         api_key_env="X",
     )
-    adapter = AnthropicAdapter(provider, SecretStr("sk-ant-fake"))
-    context = RequestContext(
-        endpoint=Endpoint.CHAT,
-        client_model="smart",
-        upstream_model="claude-test",
-        stream=stream,
-        include_usage=stream,
-    )
-    adapter.context = context
-    upstream = adapter.request(context, openai_body, False)
+    adapter = AnthropicAdapter(provider, SecretStr("sk-ant-fake"), "claude-test", 4096)
+    if stream:
+        openai_body = {**openai_body, "stream": True, "stream_options": {"include_usage": True}}
+    upstream = prepare(adapter, openai_body)
     assert upstream.body is not None
     status, _, raw = post(fake, upstream.body, headers=upstream.set_headers, path=upstream.path)
     if status >= 300:
         raise adapter.response_error(status, {}, raw)
-    return status, adapter.response_body(raw, True), adapter
+    translated = adapter.stream_chunk(raw, True) if stream else adapter.response_body(raw)
+    return status, translated.body, translated
 
 
 def test_adapter_buffered_round_trip(fake: FakeProviderServer) -> None:
@@ -366,14 +362,15 @@ def test_adapter_buffered_round_trip(fake: FakeProviderServer) -> None:
         "model": "smart",
         "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": TRICKY}],
     }
-    _, out, adapter = through_adapter(fake, body, stream=False)
+    _, out, translated = through_adapter(fake, body, stream=False)
     completion = orjson.loads(out)
     assert completion["choices"][0]["message"]["content"] == "echo: " + TRICKY
     assert completion["choices"][0]["finish_reason"] == "stop"
-    assert completion["model"] == "smart"
+    assert completion["model"] == "claude-test"  # the model the fake says answered
     sent = fake.requests[-1].json
     assert sent["system"] == "sys" and sent["max_tokens"] == 4096
-    assert adapter.usage.completion_tokens == len(("echo: " + TRICKY).split())
+    assert translated.usage is not None
+    assert translated.usage.completion_tokens == len(("echo: " + TRICKY).split())
 
 
 def test_adapter_stream_round_trip_with_tools(fake: FakeProviderServer) -> None:

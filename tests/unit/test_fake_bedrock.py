@@ -22,9 +22,10 @@ from extproc.dev.fakes.bedrock_server import (
     FakeAwsKey,
     set_credentials,
 )
-from extproc.providers.aws_sigv4 import sign_headers
-from extproc.providers.base import Endpoint, RequestContext, Usage
-from extproc.providers.bedrock import BedrockAdapter
+from extproc.providers.base import Usage
+from extproc.providers.bedrock.adapter import BedrockAdapter
+from extproc.providers.bedrock.sigv4 import sign_headers
+from tests.unit.adapters import prepare
 
 MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
 CREDS = AwsCredentials(DEFAULT_ACCESS_KEY_ID, SecretStr(DEFAULT_SECRET_ACCESS_KEY))
@@ -56,14 +57,14 @@ def send(
         base_url=fake.base_url + base_path,
         aws_region="us-east-1",
     )
-    adapter = BedrockAdapter(provider, creds)
-    ctx = RequestContext(Endpoint.CHAT, "client-model", model, stream=stream)
+    adapter = BedrockAdapter(provider, creds, model, 4096)
     body = {
         "model": "client-model",
         "messages": [{"role": "user", "content": m} if isinstance(m, str) else m for m in messages],
+        "stream": stream,
         **fields,
     }
-    out = adapter.request(ctx, body, False)
+    out = prepare(adapter, body)
     response = httpx.post(
         fake.base_url + out.path, content=out.body, headers=out.set_headers, timeout=5
     )
@@ -136,9 +137,9 @@ def test_converse_echo(fake: FakeProviderServer) -> None:
         },
         "metrics": {"latencyMs": 1},
     }
-    completion = orjson.loads(adapter.response_body(response.content, True))
+    completion = orjson.loads(adapter.response_body(response.content).body)
     assert completion["choices"][0]["message"]["content"] == reply
-    assert completion["model"] == "client-model"
+    assert completion["model"] == MODEL_ID  # Converse names no model: the target's
     [recorded] = fake.requests
     assert recorded.path == f"/model/{MODEL_ID}/converse"
     assert recorded.header("authorization", "").startswith("AWS4-HMAC-SHA256 Credential=")
@@ -170,7 +171,7 @@ def test_reply_tool_calls_and_stop_reason(fake: FakeProviderServer) -> None:
         },
     ]
     assert body["stopReason"] == "tool_use"
-    message = orjson.loads(adapter.response_body(response.content, True))["choices"][0]
+    message = orjson.loads(adapter.response_body(response.content).body)["choices"][0]
     assert message["finish_reason"] == "tool_calls"
     assert message["message"]["tool_calls"][0]["function"] == {
         "name": "get_weather",
@@ -231,17 +232,18 @@ def test_converse_stream_frames(fake: FakeProviderServer) -> None:
     assert frames[6][1]["usage"] == {"inputTokens": 1, "outputTokens": 2, "totalTokens": 3}
     assert fake.stream_finished == 1
 
-    sse = adapter.response_body(response.content, True).decode()
+    translated = adapter.stream_chunk(response.content, True)
+    sse = translated.body.decode()
     assert '"content":"Hel"' in sse and sse.endswith("data: [DONE]\n\n")
-    assert adapter.usage == Usage(1, 2)
+    assert translated.usage == Usage(1, 2, 3)
 
 
 def test_converse_stream_default_echo_through_the_adapter(fake: FakeProviderServer) -> None:
     adapter, response = send(fake, TRICKY_TEXT, stream=True)
     out = b""
     for i in range(0, len(response.content), 7):
-        out += adapter.response_body(response.content[i : i + 7], False)
-    out += adapter.response_body(b"", True)
+        out += adapter.stream_chunk(response.content[i : i + 7], False).body
+    out += adapter.stream_chunk(b"", True).body
     content = "".join(
         orjson.loads(line[6:])["choices"][0]["delta"].get("content", "")
         for line in out.decode().split("\n\n")
@@ -284,7 +286,7 @@ def test_stream_error_after(fake: FakeProviderServer) -> None:
     assert event_types(frames) == ["messageStart", "contentBlockDelta", "modelStreamErrorException"]
     assert frames[2][0][":message-type"] == "exception"
     assert frames[2][1] == {"message": "The fake provider injected a stream error."}
-    sse = adapter.response_body(response.content, True).decode()
+    sse = adapter.stream_chunk(response.content, True).body.decode()
     assert '"code":"provider_error"' in sse and sse.endswith("data: [DONE]\n\n")
 
 
@@ -294,7 +296,7 @@ def test_stream_truncate_after(fake: FakeProviderServer) -> None:
     buffer = EventStreamBuffer()
     buffer.add_data(response.content)
     assert len(list(buffer)) == 3  # the fourth frame is cut in half
-    sse = adapter.response_body(response.content, True).decode()
+    sse = adapter.stream_chunk(response.content, True).body.decode()
     assert "ended mid-frame" in sse and sse.endswith("data: [DONE]\n\n")
 
 
@@ -391,12 +393,10 @@ def test_unknown_key_is_unrecognized(fake: FakeProviderServer) -> None:
             name="b", type=ProviderType.BEDROCK, base_url="http://x", aws_region="us-east-1"
         ),
         other,
+        MODEL_ID,
+        4096,
     )
-    adapter.request(
-        RequestContext(Endpoint.CHAT, "m", MODEL_ID),
-        {"messages": [{"role": "user", "content": "x"}]},
-        False,
-    )
+    prepare(adapter, {"model": "m", "messages": [{"role": "user", "content": "x"}]})
     error = adapter.response_error(status, dict(response.headers), response.content)
     assert (error.status, error.code) == (502, "provider_auth_failed")
 

@@ -23,12 +23,14 @@ import pytest
 from pydantic import SecretStr
 
 from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.decisions.openai_request import Endpoint
+from extproc.decisions.validation import check_model_id, validate
 from extproc.dev.fakes import FakeProviderServer
 from extproc.dev.fakes.gemini_server import WIRE
 from extproc.dev.fakes.openai_server import embedding_vector, wire_for
 from extproc.errors import GatewayError
-from extproc.providers.base import Endpoint, RequestContext, ResponseMode
-from extproc.providers.google import GoogleGeminiAdapter
+from extproc.providers.base import ResponseMode
+from extproc.providers.google.adapter import GoogleGeminiAdapter
 
 KEY = "AIza-fake"
 GENERATE = "/v1beta/models/gemini-2.0-flash:generateContent"
@@ -373,23 +375,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
         endpoint = Endpoint.CHAT if self.path.endswith("/chat/completions") else Endpoint.EMBEDDINGS
-        options = body.get("stream_options") or {}
-        ctx = RequestContext(
-            endpoint=endpoint,
-            client_model=body["model"],
-            upstream_model="gemini-2.0-flash" if endpoint is Endpoint.CHAT else "embed-1",
-            stream=body.get("stream") is True,
-            include_usage=options.get("include_usage") is True,
-        )
+        upstream_model = "gemini-2.0-flash" if endpoint is Endpoint.CHAT else "embed-1"
         provider = ProviderConfig(
             name="gemini",
             type=ProviderType.GOOGLE,
             base_url=self.server.upstream + "/v1beta",
             api_key_env="GEMINI_KEY",
         )
-        adapter = GoogleGeminiAdapter(provider, SecretStr(KEY))
+        adapter = GoogleGeminiAdapter(provider, SecretStr(KEY), upstream_model, 4096)
         try:
-            upstream = adapter.request(ctx, body, False)
+            upstream = adapter.request(validate(endpoint, body, check_model_id(body)))
         except GatewayError as error:
             return self._send(error.status, error.body(), "application/json")
         request = urllib.request.Request(
@@ -412,11 +407,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self.send_header("Content-Type", changes.set_headers["content-type"])
                 self.end_headers()
                 while piece := resp.read(7):  # small reads: split points everywhere
-                    self.wfile.write(adapter.response_body(piece, False))
-                self.wfile.write(adapter.response_body(b"", True))
+                    self.wfile.write(adapter.stream_chunk(piece, False).body)
+                self.wfile.write(adapter.stream_chunk(b"", True).body)
                 return None
             try:
-                out = adapter.response_body(resp.read(), True)
+                out = adapter.response_body(resp.read()).body
             except GatewayError as error:
                 return self._send(error.status, error.body(), "application/json")
             return self._send(200, out, "application/json")
@@ -455,7 +450,7 @@ def test_sdk_chat(client: openai.OpenAI, fake: FakeProviderServer) -> None:
         messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi 👋"}],
         max_tokens=20,
     )
-    assert completion.model == "my-gemini"
+    assert completion.model == "gemini-2.0-flash"  # the model that answered
     assert completion.choices[0].message.content == "echo: hi 👋"
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None

@@ -9,13 +9,14 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from extproc.config.credentials import AwsCredentials, Credential
 from extproc.config.loading import LoadedConfig, parse_config
 from extproc.decisions.auth import hash_key
 from extproc.decisions.breaker import Admission
 from extproc.errors import GatewayError
 from extproc.gateway import Gateway
 from extproc.pipeline.actions import Continue, Respond
-from extproc.pipeline.attempt import AttemptPipeline
+from extproc.pipeline.attempt import InlineAttempt, Outcome, UpstreamAttempt
 from extproc.pipeline.request import RequestPipeline
 
 KEY = "sk-unit-key"
@@ -41,6 +42,24 @@ def gateway(**limits: Any) -> Gateway:
                     "base_url": "http://127.0.0.1:11434/v1",
                     "timeout_seconds": 10,
                 },
+                {
+                    "name": "ant",
+                    "type": "anthropic",
+                    "base_url": "https://api.anthropic.example/v1",
+                    "api_key_env": "ANT",
+                },
+                {
+                    "name": "gem",
+                    "type": "google",
+                    "base_url": "https://gemini.example/v1beta",
+                    "api_key_env": "GEM",
+                },
+                {
+                    "name": "brk",
+                    "type": "bedrock",
+                    "base_url": "https://bedrock.example",
+                    "aws_region": "us-east-1",
+                },
             ],
             "models": [
                 {"name": "gpt", "targets": [{"provider": "oa", "model": "gpt-upstream"}]},
@@ -59,6 +78,14 @@ def gateway(**limits: Any) -> Gateway:
                     "kind": "embeddings",
                     "targets": [{"provider": "oa", "model": "emb-up"}],
                 },
+                {"name": "claude", "targets": [{"provider": "ant", "model": "claude-up"}]},
+                {"name": "gemini", "targets": [{"provider": "gem", "model": "gemini-up"}]},
+                {"name": "nova", "targets": [{"provider": "brk", "model": "nova-up"}]},
+                {
+                    "name": "gemb",
+                    "kind": "embeddings",
+                    "targets": [{"provider": "gem", "model": "embed-up"}],
+                },
             ],
             "tenants": [
                 {"name": "t", "api_key_sha256": [hash_key(KEY)]},
@@ -66,7 +93,13 @@ def gateway(**limits: Any) -> Gateway:
             ],
         }
     )
-    creds = {"oa": SecretStr("sk-upstream-oa"), "az": SecretStr("az-upstream")}
+    creds: dict[str, Credential] = {
+        "oa": SecretStr("sk-upstream-oa"),
+        "az": SecretStr("az-upstream"),
+        "ant": SecretStr("sk-ant-upstream"),
+        "gem": SecretStr("gem-upstream"),
+        "brk": AwsCredentials("AKIDUNIT", SecretStr("unit-secret")),
+    }
     return Gateway(LoadedConfig(config, creds, "test"))
 
 
@@ -147,7 +180,7 @@ def attempt(
     gw: Gateway, model: str, body: dict[str, Any], path: str = "/v1/chat/completions"
 ) -> Continue:
     target = gw.models[model].targets[0]
-    pipe = AttemptPipeline(gw, target)
+    pipe = UpstreamAttempt(gw, target)
     pipe.on_request_headers({":path": path, ":method": "POST"}, False)
     action = pipe.on_request_body(orjson.dumps(body), True)
     assert isinstance(action, Continue)
@@ -303,7 +336,7 @@ def routed(gw: Gateway, body: dict[str, Any] | None = None) -> RequestPipeline:
     pipe = RequestPipeline(gw)
     pipe.on_request_headers(headers(), False)
     assert isinstance(pipe.on_request_body(orjson.dumps(body or CHAT), True), Continue)
-    assert pipe.attempt is not None and pipe.attempt.inline
+    assert isinstance(pipe.attempt, InlineAttempt)
     return pipe
 
 
@@ -360,7 +393,7 @@ def test_a_provider_cannot_pass_for_envoy_on_the_upstream_path() -> None:
     # The marker is honoured only inline; an upstream attempt treats it as the provider's.
     gw = gateway()
     target = gw.models["pair"].targets[0]
-    pipe = AttemptPipeline(gw, target)
+    pipe = UpstreamAttempt(gw, target)
     pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
     action = pipe.on_response_headers({":status": "500", "x-gateway-error": "x"}, False)
     assert action.mode_override is not None  # mapped like any provider error
@@ -409,7 +442,117 @@ def test_inline_probe_whose_client_left_frees_the_probe_slot() -> None:
 def test_upstream_attempt_ending_unanswered_counts_against_the_target() -> None:
     gw = gateway()
     target = gw.models["pair"].targets[0]
-    pipe = AttemptPipeline(gw, target)
+    pipe = UpstreamAttempt(gw, target)
     pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
     pipe.finish()
     assert target.breaker.snapshot(0.0)["consecutive_failures"] == 1
+
+
+# --- what an answer said, and answers the client could not use ------------------------------
+
+
+def routed_to(gw: Gateway, model: str, **fields: Any) -> RequestPipeline:
+    return routed(gw, {**CHAT, "model": model, **fields})
+
+
+ANTHROPIC_MESSAGE = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-up-20250101",
+    "content": [{"type": "text", "text": "hello"}],
+    "stop_reason": "end_turn",
+    "usage": {"input_tokens": 7, "cache_read_input_tokens": 2, "output_tokens": 3},
+}
+
+
+def test_a_translated_answer_reports_its_usage_and_model() -> None:
+    gw = gateway()
+    pipe = routed_to(gw, "claude")
+    action = pipe.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    assert action.mode_override is not None  # BUFFERED: translated whole
+    body = orjson.dumps(ANTHROPIC_MESSAGE)
+    # A buffered body normally arrives whole; in pieces, the attempt (alone) assembles it.
+    assert pipe.on_response_body(body[:20], False).body == b""
+    translated = pipe.on_response_body(body[20:], True)
+    assert translated.body is not None
+    assert orjson.loads(translated.body)["model"] == "claude-up-20250101"
+    attempt = pipe.attempt
+    assert attempt is not None and attempt.outcome is Outcome.SUCCESS
+    assert attempt.response_model == "claude-up-20250101"
+    usage = attempt.usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (9, 3, 2)
+
+
+def sse_event(name: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+def test_a_translated_stream_reports_its_usage_once_it_is_known() -> None:
+    gw = gateway()
+    pipe = routed_to(gw, "claude", stream=True)
+    headers = {":status": "200", "content-type": "text/event-stream"}
+    assert pipe.on_response_headers(headers, False).mode_override is not None  # STREAMED
+    start = {"type": "message_start", "message": {**ANTHROPIC_MESSAGE, "content": []}}
+    pipe.on_response_body(sse_event("message_start", start), False)
+    attempt = pipe.attempt
+    assert attempt is not None and attempt.response_model == "claude-up-20250101"
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}}
+    delta["usage"] = {"output_tokens": 11}
+    end = sse_event("message_delta", delta) + sse_event("message_stop", {"type": "message_stop"})
+    out = pipe.on_response_body(end, True)
+    assert out.body is not None and out.body.endswith(b"data: [DONE]\n\n")
+    assert attempt.usage is not None
+    assert (attempt.usage.prompt_tokens, attempt.usage.completion_tokens) == (9, 11)
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "content_type"),
+    [
+        ("gpt", {}, "text/html; charset=utf-8"),  # a proxy's error page, served as a 200
+        ("gpt", {"stream": True}, "application/json"),  # asked for a stream, got JSON
+        ("gpt", {}, None),
+        ("claude", {"stream": True}, "text/html"),
+        ("nova", {"stream": True}, "text/event-stream"),  # Bedrock streams are binary frames
+    ],
+)
+def test_a_2xx_of_the_wrong_content_type_becomes_a_502(
+    model: str, fields: dict[str, Any], content_type: str | None
+) -> None:
+    gw = gateway()
+    pipe = routed_to(gw, model, **fields)
+    breaker = gw.models[model].targets[0].breaker
+    headers = {":status": "200"}
+    if content_type is not None:
+        headers["content-type"] = content_type
+    action = pipe.on_response_headers(headers, False)
+    assert action.mode_override is not None  # the body is buffered, to be replaced
+    assert breaker.snapshot(0.0)["consecutive_failures"] == 1
+    answer = pipe.on_response_body(b"<html>Bad gateway</html>", True)
+    assert answer.set_headers[":status"] == "502"
+    assert answer.body is not None
+    error = orjson.loads(answer.body)["error"]
+    assert error["code"] == "malformed_provider_response"
+    assert error["message"].startswith(f"provider '{gw.models[model].targets[0].provider.name}'")
+    assert requests_counted(gw, model=model, provider=pipe.provider, status="502") == 1
+
+
+def test_an_answer_of_the_right_content_type_passes_untouched() -> None:
+    gw = gateway()
+    pipe = routed_to(gw, "gpt", stream=True)
+    headers = {":status": "200", "content-type": "text/event-stream; charset=utf-8"}
+    action = pipe.on_response_headers(headers, False)
+    assert action.mode_override is None  # the filter's own mode: Envoy streams it untouched
+    assert action.set_headers == {"x-gateway-provider": "oa"}
+    assert gw.models["gpt"].targets[0].breaker.snapshot(0.0)["consecutive_failures"] == 0
+
+
+def test_an_error_without_a_body_still_gets_ours() -> None:
+    gw = gateway()
+    pipe = routed_to(gw, "claude")
+    action = pipe.on_response_headers({":status": "503"}, True)  # end_of_stream: no body
+    assert action.set_headers[":status"] == "503"
+    assert action.body is not None  # sent in the headers answer (CONTINUE_AND_REPLACE)
+    assert action.set_headers["content-length"] == str(len(action.body))
+    assert orjson.loads(action.body)["error"]["code"] == "provider_overloaded"

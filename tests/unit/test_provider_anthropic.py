@@ -10,21 +10,23 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.decisions.openai_request import Endpoint
 from extproc.errors import GatewayError
-from extproc.providers.anthropic import AnthropicAdapter
-from extproc.providers.base import (
-    Endpoint,
-    RequestContext,
-    ResponseMode,
-    UpstreamRequest,
-    call_id_with_signature,
-)
+from extproc.providers.anthropic.adapter import AnthropicAdapter
+from extproc.providers.base import ResponseMode, Translated, UpstreamRequest, Usage
+from extproc.providers.tool_ids import call_id_with_signature
 from tests.unit import openai_chunks
+from tests.unit.adapters import prepare
 
 KEY = "sk-ant-test-key"
+UPSTREAM = "claude-sonnet-4-5"
+# The model Anthropic names in its answers (a dated version of the requested alias).
+ANSWER_MODEL = "claude-sonnet-4-5-20250929"
 TRICKY = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth e\u0301 漢字"
 
 
@@ -39,30 +41,24 @@ def provider(**extra: Any) -> ProviderConfig:
     return ProviderConfig.model_validate(fields)
 
 
-def adapter(
-    *,
-    stream: bool = False,
-    include_usage: bool = False,
-    default_max_tokens: int = 4096,
-    endpoint: Endpoint = Endpoint.CHAT,
-    **provider_fields: Any,
-) -> AnthropicAdapter:
-    result = AnthropicAdapter(provider(**provider_fields), SecretStr(KEY))
-    result.context = RequestContext(
-        endpoint=endpoint,
-        client_model="smart",
-        upstream_model="claude-sonnet-4-5",
-        stream=stream,
-        include_usage=include_usage,
-        default_max_tokens=default_max_tokens,
+def adapter(*, default_max_tokens: int = 4096, **provider_fields: Any) -> AnthropicAdapter:
+    return AnthropicAdapter(
+        provider(**provider_fields), SecretStr(KEY), UPSTREAM, default_max_tokens
     )
-    return result
+
+
+def answering(*, stream: bool = False, include_usage: bool = False) -> AnthropicAdapter:
+    """An adapter that has translated a request, ready for its answer."""
+    a = adapter()
+    fields: dict[str, Any] = {"stream": stream}
+    if include_usage:
+        fields["stream_options"] = {"include_usage": True}
+    prepare(a, chat(user("hi"), **fields))
+    return a
 
 
 def translate(body: dict[str, Any], **options: Any) -> tuple[UpstreamRequest, dict[str, Any]]:
-    a = adapter(**options)
-    assert a.context is not None
-    upstream = a.request(a.context, body, False)
+    upstream = prepare(adapter(**options), body)
     assert upstream.body is not None
     return upstream, orjson.loads(upstream.body)
 
@@ -187,13 +183,11 @@ def test_stop_list_and_no_stream() -> None:
 
 
 def test_embeddings_are_unsupported() -> None:
-    a = adapter(endpoint=Endpoint.EMBEDDINGS)
-    assert a.context is not None
-    with pytest.raises(GatewayError) as info:
-        a.request(a.context, {"model": "smart", "input": "x"}, False)
-    assert info.value.status == 400
-    assert info.value.code == "unsupported_endpoint"
-    assert info.value.message == "provider type 'anthropic' does not support embeddings"
+    assert AnthropicAdapter.unsupported(Endpoint.CHAT, provider()) is None
+    error = AnthropicAdapter.unsupported(Endpoint.EMBEDDINGS, provider())
+    assert error is not None
+    assert (error.status, error.code) == (400, "unsupported_endpoint")
+    assert error.message == "provider 'claude' (type 'anthropic') does not support embeddings"
 
 
 # -- request: messages -----------------------------------------------------------------------
@@ -384,11 +378,6 @@ def test_tool_choice(tool_choice: Any, parallel: bool | None, expected: Any) -> 
     assert sent(chat(user("x"), **fields)).get("tool_choice") == expected
 
 
-def test_tool_choice_without_tools_is_dropped() -> None:
-    body = sent(chat(user("x"), tool_choice="auto", parallel_tool_calls=False))
-    assert "tool_choice" not in body and "tools" not in body
-
-
 def test_invalid_tool_choice() -> None:
     error = rejected(chat(user("x"), tools=[WEATHER_TOOL], tool_choice="sometimes"))
     assert (error.status, error.param) == (400, "tool_choice")
@@ -485,7 +474,7 @@ def test_pdf_file_part_becomes_a_document() -> None:
 def test_unsupported_features(body: dict[str, Any], feature: str) -> None:
     error = rejected(body)
     assert (error.status, error.code) == (400, "unsupported_parameter")
-    assert "provider type 'anthropic'" in error.message
+    assert "provider 'claude' (type 'anthropic')" in error.message
     assert feature in error.message
 
 
@@ -529,11 +518,12 @@ def message(
     )
 
 
-def buffered(body: bytes) -> tuple[dict[str, Any], AnthropicAdapter]:
-    a = adapter()
+def buffered(body: bytes) -> tuple[dict[str, Any], Translated]:
+    a = answering()
     assert a.response_mode(200, {"content-type": "application/json"}) is ResponseMode.BUFFERED
     assert a.response_headers(200, {}).set_headers["content-type"] == "application/json"
-    return orjson.loads(a.response_body(body, True)), a
+    translated = a.response_body(body)
+    return orjson.loads(translated.body), translated
 
 
 # From Anthropic's stop reason documentation and OpenAI's finish_reason values.
@@ -572,7 +562,7 @@ def test_buffered_text_and_usage() -> None:
         )
     )
     assert out["object"] == "chat.completion"
-    assert out["model"] == "smart"
+    assert out["model"] == ANSWER_MODEL  # the model that answered, as Anthropic names it
     assert out["choices"] == [
         {
             "index": 0,
@@ -581,8 +571,14 @@ def test_buffered_text_and_usage() -> None:
             "finish_reason": "stop",
         }
     ]
-    assert out["usage"] == {"prompt_tokens": 18, "completion_tokens": 7, "total_tokens": 25}
-    assert (a.usage.prompt_tokens, a.usage.completion_tokens) == (18, 7)
+    assert out["usage"] == {
+        "prompt_tokens": 18,
+        "completion_tokens": 7,
+        "total_tokens": 25,
+        "prompt_tokens_details": {"cached_tokens": 3},
+    }
+    assert a.usage == Usage(18, 7, 25, cached_tokens=3)
+    assert a.model == ANSWER_MODEL
 
 
 def test_buffered_null_cache_counters() -> None:
@@ -661,9 +657,9 @@ MALFORMED_BODIES = [
 
 @pytest.mark.parametrize("body", MALFORMED_BODIES)
 def test_malformed_buffered_responses_are_502(body: bytes) -> None:
-    a = adapter()
+    a = answering()
     with pytest.raises(GatewayError) as info:
-        a.response_body(body, True)
+        a.response_body(body)
     assert (info.value.status, info.value.code) == (502, "malformed_provider_response")
 
 
@@ -672,7 +668,7 @@ def test_error_object_in_a_2xx_body_is_mapped() -> None:
         {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     )
     with pytest.raises(GatewayError) as info:
-        adapter().response_body(body, True)
+        answering().response_body(body)
     assert info.value.status == 503
 
 
@@ -876,24 +872,32 @@ def parse(out: bytes) -> list[Any]:
     return openai_chunks.parse_sse(out)
 
 
-def run_stream(chunks: list[bytes], include_usage: bool = True) -> tuple[bytes, AnthropicAdapter]:
-    a = adapter(stream=True, include_usage=include_usage)
-    out = b""
-    for i, chunk in enumerate(chunks):
-        out += a.response_body(chunk, i == len(chunks) - 1)
-    return out, a
+class Run:
+    """A stream fed through an adapter: the output and the last record it returned."""
+
+    def __init__(self, chunks: list[bytes], include_usage: bool = True) -> None:
+        self.adapter = answering(stream=True, include_usage=include_usage)
+        self.out = b""
+        for i, piece in enumerate(chunks):
+            self.last = self.adapter.stream_chunk(piece, i == len(chunks) - 1)
+            self.out += self.last.body
+
+
+def run_stream(chunks: list[bytes], include_usage: bool = True) -> tuple[bytes, Translated]:
+    run = Run(chunks, include_usage)
+    return run.out, run.last
 
 
 def chunk(delta_: dict[str, Any], finish: str | None = None, usage: bool = True) -> dict[str, Any]:
-    return openai_chunks.chunk("smart", delta_, finish, usage)
+    return openai_chunks.chunk(ANSWER_MODEL, delta_, finish, usage)
 
 
-def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
-    return openai_chunks.usage_chunk("smart", prompt, completion)
+def usage_chunk(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    return openai_chunks.usage_chunk(ANSWER_MODEL, prompt, completion, cached)
 
 
 def test_stream_mode_and_headers() -> None:
-    a = adapter(stream=True)
+    a = answering(stream=True)
     headers = {"content-type": "text/event-stream; charset=utf-8", "content-length": "9"}
     assert a.response_mode(200, headers) is ResponseMode.STREAMED
     changes = a.response_headers(200, headers)
@@ -912,7 +916,8 @@ def test_text_stream() -> None:
         usage_chunk(25, 15),
         "[DONE]",
     ]
-    assert (a.usage.prompt_tokens, a.usage.completion_tokens) == (25, 15)
+    assert a.usage == Usage(25, 15, 40)
+    assert a.model == ANSWER_MODEL
 
 
 def test_text_stream_without_include_usage() -> None:
@@ -930,10 +935,10 @@ def test_tool_stream() -> None:
     out, a = run_stream([TOOL_STREAM])
 
     def call_start(index: int, call_id: str, name: str) -> dict[str, Any]:
-        return openai_chunks.tool_start("smart", index, call_id, name)
+        return openai_chunks.tool_start(ANSWER_MODEL, index, call_id, name)
 
     def call_args(index: int, fragment: str) -> dict[str, Any]:
-        return openai_chunks.tool_arguments("smart", index, fragment)
+        return openai_chunks.tool_arguments(ANSWER_MODEL, index, fragment)
 
     assert parse(out) == [
         chunk({"role": "assistant", "content": ""}),
@@ -944,10 +949,10 @@ def test_tool_stream() -> None:
         call_start(1, "toolu_B", "now"),
         call_args(1, "{}"),
         chunk({}, "tool_calls"),
-        usage_chunk(34, 42),
+        usage_chunk(34, 42, cached=4),
         "[DONE]",
     ]
-    assert (a.usage.prompt_tokens, a.usage.completion_tokens) == (34, 42)
+    assert a.usage == Usage(34, 42, 76, cached_tokens=4)
 
 
 @pytest.mark.parametrize(("stop_reason", "finish"), [s for s in STOP_REASONS if s[0]])
@@ -978,12 +983,12 @@ def test_message_delta_may_restate_input_usage() -> None:
         + MESSAGE_STOP
     )
     events = parse(run_stream([stream])[0])
-    assert events[-2] == usage_chunk(20, 4)
+    assert events[-2] == usage_chunk(20, 4, cached=8)
 
 
 def test_mid_stream_error_event() -> None:
-    out, a = run_stream([ERROR_STREAM])
-    events = parse(out)
+    run = Run([ERROR_STREAM])
+    events = parse(run.out)
     assert events[:2] == [
         chunk({"role": "assistant", "content": ""}),
         chunk({"content": "partial"}),
@@ -994,7 +999,7 @@ def test_mid_stream_error_event() -> None:
     assert error["type"] == "service_unavailable"
     assert "claude" in error["message"]
     assert len(events) == 4  # nothing after the error event
-    assert a.response_body(TEXT_STREAM, True) == b""
+    assert run.adapter.stream_chunk(TEXT_STREAM, True).body == b""
 
 
 @pytest.mark.parametrize(
@@ -1090,14 +1095,14 @@ def test_unknown_events_and_deltas_are_ignored() -> None:
 
 
 def test_each_event_is_emitted_as_soon_as_it_is_complete() -> None:
-    a = adapter(stream=True)
-    assert parse(a.response_body(message_start(), False)) == [
+    a = answering(stream=True)
+    assert parse(a.stream_chunk(message_start(), False).body) == [
         chunk({"role": "assistant", "content": ""}, usage=False)
     ]
-    assert a.response_body(block_start(0, {"type": "text", "text": ""}), False) == b""
+    assert a.stream_chunk(block_start(0, {"type": "text", "text": ""}), False).body == b""
     piece = text_delta(0, "Hi")
-    assert a.response_body(piece[:-1], False) == b""  # not complete yet
-    assert parse(a.response_body(piece[-1:], False)) == [chunk({"content": "Hi"}, usage=False)]
+    assert a.stream_chunk(piece[:-1], False).body == b""  # not complete yet
+    assert parse(a.stream_chunk(piece[-1:], False).body) == [chunk({"content": "Hi"}, usage=False)]
 
 
 @pytest.mark.parametrize(
@@ -1124,3 +1129,39 @@ def test_a_gemini_thought_signature_in_a_call_id_is_not_sent_to_anthropic() -> N
     messages = sent(body)["messages"]
     assert messages[1]["content"][0]["id"] == "call_1"
     assert messages[2]["content"][0]["tool_use_id"] == "call_1"
+
+
+# -- chunk boundaries are not event boundaries ------------------------------------------------
+
+
+def splits(raw: bytes) -> list[list[bytes]]:
+    """Every two-chunk split, then byte by byte (with a final empty end_of_stream chunk)."""
+    out = [[raw[:i], raw[i:]] for i in range(len(raw) + 1)]
+    out.append([raw[i : i + 1] for i in range(len(raw))] + [b""])
+    return out
+
+
+@pytest.mark.parametrize(
+    "stream", [TEXT_STREAM, TOOL_STREAM, ERROR_STREAM], ids=["text", "tools", "error"]
+)
+def test_stream_at_every_split_point(stream: bytes) -> None:
+    whole = parse(run_stream([stream])[0])
+    assert whole[-1] == "[DONE]"
+    for chunks in splits(stream):
+        assert parse(run_stream(chunks)[0]) == whole, chunks
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(TOOL_STREAM)), max_size=12))
+def test_any_chunking_of_a_stream_translates_alike(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    chunks = [
+        TOOL_STREAM[a:b] for a, b in zip([0, *points], [*points, len(TOOL_STREAM)], strict=True)
+    ]
+    assert parse(run_stream(chunks)[0]) == parse(run_stream([TOOL_STREAM])[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_stream_never_raises_and_always_ends(chunks: list[bytes]) -> None:
+    out, _ = run_stream([*chunks, b""])
+    assert out.endswith(b"data: [DONE]\n\n")

@@ -17,19 +17,16 @@ from pydantic import SecretStr
 
 from extproc.config.credentials import AwsCredentials
 from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.decisions.openai_request import Endpoint
 from extproc.dev.fakes.bedrock_server import FakeAwsKey, verify_signature
 from extproc.dev.fakes.eventstream_encoder import encode_message, event_message, exception_message
 from extproc.errors import GatewayError
-from extproc.providers.aws_sigv4 import sign_headers
-from extproc.providers.base import (
-    Endpoint,
-    RequestContext,
-    ResponseMode,
-    Usage,
-    call_id_with_signature,
-)
-from extproc.providers.bedrock import BedrockAdapter
+from extproc.providers.base import ResponseMode, Usage
+from extproc.providers.bedrock.adapter import BedrockAdapter
+from extproc.providers.bedrock.sigv4 import sign_headers
+from extproc.providers.tool_ids import call_id_with_signature
 from tests.unit import openai_chunks
+from tests.unit.adapters import prepare
 
 MODEL_ID = "anthropic.claude-3-haiku-20240307-v1:0"
 CLIENT_MODEL = "claude-haiku"
@@ -47,6 +44,14 @@ def provider(base_url: str = "https://bedrock-runtime.us-east-1.amazonaws.com") 
     )
 
 
+def new_adapter(
+    creds: AwsCredentials = CREDS,
+    base_url: str = "https://bedrock-runtime.us-east-1.amazonaws.com",
+    model: str = MODEL_ID,
+) -> BedrockAdapter:
+    return BedrockAdapter(provider(base_url), creds, model, 4096)
+
+
 def adapter_for(
     *,
     stream: bool = False,
@@ -54,17 +59,13 @@ def adapter_for(
     creds: AwsCredentials = CREDS,
     base_url: str = "https://bedrock-runtime.us-east-1.amazonaws.com",
 ) -> BedrockAdapter:
-    adapter = BedrockAdapter(provider(base_url), creds)
-    adapter.request(context(stream=stream, include_usage=include_usage), chat("hello"), False)
+    """An adapter that has translated a request, ready for its answer."""
+    adapter = new_adapter(creds, base_url)
+    fields: dict[str, Any] = {"stream": stream}
+    if include_usage:
+        fields["stream_options"] = {"include_usage": True}
+    prepare(adapter, chat("hello", **fields))
     return adapter
-
-
-def context(
-    *, stream: bool = False, include_usage: bool = False, model: str = MODEL_ID
-) -> RequestContext:
-    return RequestContext(
-        Endpoint.CHAT, CLIENT_MODEL, model, stream=stream, include_usage=include_usage
-    )
 
 
 def chat(*messages: Any, **fields: Any) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def chat(*messages: Any, **fields: Any) -> dict[str, Any]:
 
 
 def translate(body: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
-    out = BedrockAdapter(provider(), CREDS).request(context(stream=stream), body, False)
+    out = prepare(new_adapter(), {**body, "stream": True} if stream else body)
     assert out.body is not None
     parsed: dict[str, Any] = orjson.loads(out.body)
     return parsed
@@ -158,7 +159,7 @@ def reference_signature(
 def test_adapter_signature_matches_reference_over_double_encoded_path(
     creds: AwsCredentials,
 ) -> None:
-    out = BedrockAdapter(provider(), creds).request(context(), chat(TRICKY_TEXT), False)
+    out = prepare(new_adapter(creds), chat(TRICKY_TEXT))
     assert out.path == "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
     assert out.body is not None
     signed = {
@@ -192,14 +193,14 @@ def wire_headers(set_headers: dict[str, str], host: str) -> list[tuple[str, str]
 
 
 def test_adapter_signature_verifies_in_the_fake() -> None:
-    out = BedrockAdapter(provider(), CREDS).request(context(), chat("hi"), False)
+    out = prepare(new_adapter(CREDS), chat("hi"))
     assert out.body is not None
     host = "bedrock-runtime.us-east-1.amazonaws.com"
     assert verify_signature("POST", out.path, wire_headers(out.set_headers, host), out.body) is None
 
 
 def test_session_token_is_sent_and_signed() -> None:
-    out = BedrockAdapter(provider(), TOKEN_CREDS).request(context(), chat("hi"), False)
+    out = prepare(new_adapter(TOKEN_CREDS), chat("hi"))
     assert out.body is not None
     assert "x-amz-security-token" in out.set_headers["authorization"].split("SignedHeaders=")[1]
     assert "x-amz-security-token" not in out.remove_headers
@@ -212,14 +213,14 @@ def test_session_token_is_sent_and_signed() -> None:
 
 
 def test_client_security_token_is_dropped_without_a_session_token() -> None:
-    out = BedrockAdapter(provider(), CREDS).request(context(), chat("hi"), False)
+    out = prepare(new_adapter(CREDS), chat("hi"))
     assert "x-amz-security-token" in out.remove_headers
     assert "x-amz-security-token" not in out.set_headers
 
 
 @pytest.mark.parametrize("tamper", ["body", "path", "date", "host", "content-type", "secret"])
 def test_tampered_requests_fail_verification(tamper: str) -> None:
-    out = BedrockAdapter(provider(), CREDS).request(context(), chat("hi"), False)
+    out = prepare(new_adapter(CREDS), chat("hi"))
     assert out.body is not None
     body, path = out.body, out.path
     headers = dict(out.set_headers, host="bedrock-runtime.us-east-1.amazonaws.com")
@@ -244,7 +245,7 @@ def test_tampered_requests_fail_verification(tamper: str) -> None:
 
 
 def test_stale_and_future_dates_fail_verification() -> None:
-    out = BedrockAdapter(provider(), CREDS).request(context(), chat("hi"), False)
+    out = prepare(new_adapter(CREDS), chat("hi"))
     assert out.body is not None
     headers = dict(out.set_headers, host="bedrock-runtime.us-east-1.amazonaws.com")
     now = datetime.now(UTC)
@@ -258,7 +259,7 @@ def test_stale_and_future_dates_fail_verification() -> None:
 
 
 def test_unknown_key_and_missing_authorization() -> None:
-    out = BedrockAdapter(provider(), CREDS).request(context(), chat("hi"), False)
+    out = prepare(new_adapter(CREDS), chat("hi"))
     assert out.body is not None
     headers = dict(out.set_headers, host="bedrock-runtime.us-east-1.amazonaws.com")
     failure = verify_signature(
@@ -280,7 +281,7 @@ def test_unknown_key_and_missing_authorization() -> None:
 )
 def test_model_ids_are_percent_encoded_as_one_segment(model: str) -> None:
     prov = provider("https://gateway-proxy.example.com:8443/bedrock")
-    out = BedrockAdapter(prov, CREDS).request(context(model=model), chat("hi"), False)
+    out = prepare(BedrockAdapter(prov, CREDS, model, 4096), chat("hi"))
     assert out.path == f"/bedrock/model/{quote(model, safe='')}/converse"
     assert out.body is not None
     headers = wire_headers(out.set_headers, "gateway-proxy.example.com:8443")
@@ -288,18 +289,17 @@ def test_model_ids_are_percent_encoded_as_one_segment(model: str) -> None:
 
 
 def test_stream_path_and_accept() -> None:
-    out = BedrockAdapter(provider(), CREDS).request(context(stream=True), chat("hi"), False)
+    out = prepare(new_adapter(), chat("hi", stream=True))
     assert out.path == "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse-stream"
     assert out.set_headers["accept"] == "application/vnd.amazon.eventstream"
 
 
 def test_embeddings_are_unsupported() -> None:
-    adapter = BedrockAdapter(provider(), CREDS)
-    ctx = RequestContext(Endpoint.EMBEDDINGS, "embed", "amazon.titan-embed-text-v2:0")
-    with pytest.raises(GatewayError) as caught:
-        adapter.request(ctx, {"model": "embed", "input": "hi"}, False)
-    assert caught.value.status == 400
-    assert caught.value.code == "unsupported_endpoint"
+    assert BedrockAdapter.unsupported(Endpoint.CHAT, provider()) is None
+    error = BedrockAdapter.unsupported(Endpoint.EMBEDDINGS, provider())
+    assert error is not None
+    assert (error.status, error.code) == (400, "unsupported_endpoint")
+    assert "'bedrock-east'" in error.message
 
 
 # -- request translation ---------------------------------------------------------------------
@@ -358,7 +358,7 @@ def test_consecutive_same_role_messages_merge() -> None:
 
 
 def test_unicode_passes_byte_exact() -> None:
-    out = BedrockAdapter(provider(), CREDS).request(context(), chat(TRICKY_TEXT), False)
+    out = prepare(new_adapter(CREDS), chat(TRICKY_TEXT))
     assert out.body is not None
     assert TRICKY_TEXT.encode() in out.body
 
@@ -527,7 +527,6 @@ def test_tool_history_without_tools_declares_the_used_tools() -> None:
         {"tool_choice": "required"},
         {"tools": [WEATHER_TOOL], "tool_choice": "sometimes"},
         {"tools": [WEATHER_TOOL], "tool_choice": {"type": "function"}},
-        {"tools": [{"type": "code_interpreter"}]},
         {"tools": [{"type": "function", "function": {"name": "x", "parameters": "nope"}}]},
         {"tools": "get_weather"},
     ],
@@ -535,6 +534,11 @@ def test_tool_history_without_tools_declares_the_used_tools() -> None:
 def test_invalid_tool_settings_are_400(fields: dict[str, Any]) -> None:
     error = refused(chat("Hi", **fields))
     assert error.status == 400 and error.code == "invalid_request"
+
+
+def test_other_tool_types_are_unsupported() -> None:
+    error = refused(chat("Hi", tools=[{"type": "code_interpreter"}]))
+    assert (error.status, error.code, error.param) == (400, "unsupported_parameter", "tools[0]")
 
 
 @pytest.mark.parametrize(
@@ -569,10 +573,10 @@ def test_data_url_images_become_bytes(mime: str, expected_format: str) -> None:
 @pytest.mark.parametrize(
     ("url", "code"),
     [
-        ("https://example.com/cat.png", "unsupported_content"),
-        ("http://example.com/cat.png", "unsupported_content"),
-        (f"data:image/bmp;base64,{PNG_B64}", "unsupported_content"),
-        ("data:image/png,rawbytes", "unsupported_content"),
+        ("https://example.com/cat.png", "unsupported_parameter"),
+        ("http://example.com/cat.png", "unsupported_parameter"),
+        (f"data:image/bmp;base64,{PNG_B64}", "unsupported_parameter"),
+        ("data:image/png,rawbytes", "unsupported_parameter"),
         ("data:image/png;base64,@@not base64@@", "invalid_message"),
     ],
 )
@@ -581,7 +585,7 @@ def test_unusable_images_are_400(url: str, code: str) -> None:
     error = refused(chat({"role": "user", "content": content}))
     assert (error.status, error.code) == (400, code)
     where = "messages[0].content[0]"
-    assert error.param == (where + ".image_url.url" if code == "unsupported_content" else where)
+    assert error.param == (where + ".image_url.url" if code == "unsupported_parameter" else where)
 
 
 @pytest.mark.parametrize(
@@ -596,7 +600,7 @@ def test_unusable_images_are_400(url: str, code: str) -> None:
                     ],
                 }
             ),
-            "unsupported_content",
+            "unsupported_parameter",
         ),
         (chat("hi", {"role": "function", "name": "f", "content": "x"}), "unsupported_parameter"),
         (
@@ -662,7 +666,7 @@ def test_unusable_images_are_400(url: str, code: str) -> None:
                 },
                 "hi",
             ),
-            "unsupported_content",
+            "unsupported_parameter",
         ),
         (chat("hi", n=2), "unsupported_parameter"),
         (chat("hi", stop=[1]), "invalid_request"),
@@ -702,7 +706,7 @@ def converse_response(content: list[Any], stop_reason: str = "end_turn") -> byte
 def buffered(body: bytes) -> tuple[dict[str, Any], BedrockAdapter]:
     adapter = adapter_for()
     assert adapter.response_mode(200, {"content-type": "application/json"}) is ResponseMode.BUFFERED
-    result: dict[str, Any] = orjson.loads(adapter.response_body(body, True))
+    result: dict[str, Any] = orjson.loads(adapter.response_body(body).body)
     return result, adapter
 
 
@@ -715,7 +719,7 @@ def test_buffered_finish_reasons(stop_reason: str, finish_reason: str) -> None:
 def test_buffered_text_and_usage() -> None:
     result, adapter = buffered(converse_response([{"text": "Hel"}, {"text": "lo " + TRICKY_TEXT}]))
     assert result["object"] == "chat.completion"
-    assert result["model"] == CLIENT_MODEL
+    assert result["model"] == MODEL_ID  # Converse names no model: the target's
     assert result["choices"] == [
         {
             "index": 0,
@@ -725,7 +729,7 @@ def test_buffered_text_and_usage() -> None:
         }
     ]
     assert result["usage"] == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
-    assert adapter.usage == Usage(12, 7)
+    assert adapter.response_body(converse_response([{"text": "x"}])).usage == Usage(12, 7, 19)
 
 
 def test_buffered_tool_use() -> None:
@@ -747,16 +751,6 @@ def test_buffered_tool_use() -> None:
     ]
     assert orjson.loads(message["tool_calls"][0]["function"]["arguments"]) == {"city": "Zürich"}
     assert result["choices"][0]["finish_reason"] == "tool_calls"
-
-
-def test_buffered_body_may_arrive_in_pieces() -> None:
-    body = converse_response([{"text": "Hello"}])
-    adapter = adapter_for()
-    assert adapter.response_body(body[:10], False) == b""
-    assert (
-        orjson.loads(adapter.response_body(body[10:], True))["choices"][0]["message"]["content"]
-        == "Hello"
-    )
 
 
 def test_buffered_empty_content_is_empty_text() -> None:
@@ -794,7 +788,7 @@ def test_buffered_empty_content_is_empty_text() -> None:
 def test_malformed_buffered_bodies_are_502(body: bytes) -> None:
     adapter = adapter_for()
     with pytest.raises(GatewayError) as caught:
-        adapter.response_body(body, True)
+        adapter.response_body(body)
     assert (caught.value.status, caught.value.code) == (502, "malformed_provider_response")
 
 
@@ -925,20 +919,26 @@ def parse_sse(data: bytes) -> list[Any]:
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, usage: bool = False) -> dict[str, Any]:
-    return openai_chunks.chunk(CLIENT_MODEL, delta, finish, usage)
+    return openai_chunks.chunk(MODEL_ID, delta, finish, usage)
 
 
 def run_stream(
     chunks: list[bytes], *, include_usage: bool = False, eos_with_last: bool = False
-) -> tuple[list[Any], BedrockAdapter]:
+) -> tuple[list[Any], Usage | None]:
+    """The translated events, and the usage the last record reported."""
     adapter = adapter_for(stream=True, include_usage=include_usage)
     assert adapter.response_mode(200, {}) is ResponseMode.STREAMED
     out = b""
+    usage = None
     for index, piece in enumerate(chunks):
-        out += adapter.response_body(piece, eos_with_last and index == len(chunks) - 1)
+        record = adapter.stream_chunk(piece, eos_with_last and index == len(chunks) - 1)
+        out += record.body
+        usage = record.usage
     if not eos_with_last:
-        out += adapter.response_body(b"", True)
-    return parse_sse(out), adapter
+        record = adapter.stream_chunk(b"", True)
+        out += record.body
+        usage = record.usage
+    return parse_sse(out), usage
 
 
 def assert_split_invariant(stream: bytes, **kwargs: Any) -> list[Any]:
@@ -966,8 +966,8 @@ def test_text_stream_at_every_split_point() -> None:
         chunk({}, "stop"),
         "[DONE]",
     ]
-    _, adapter = run_stream([TEXT_STREAM])
-    assert adapter.usage == Usage(5, 2)
+    _, usage = run_stream([TEXT_STREAM])
+    assert usage == Usage(5, 2, 7)
 
 
 def test_text_stream_with_usage_chunk() -> None:
@@ -976,7 +976,7 @@ def test_text_stream_with_usage_chunk() -> None:
         chunk({}, "stop", usage=True),
         {
             "object": "chat.completion.chunk",
-            "model": CLIENT_MODEL,
+            "model": MODEL_ID,
             "choices": [],
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
         },
@@ -988,11 +988,11 @@ def test_events_are_emitted_as_soon_as_their_frame_completes() -> None:
     adapter = adapter_for(stream=True)
     first = event_message("messageStart", {"role": "assistant"})
     second = event_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "x"}})
-    assert adapter.response_body(first[:-1], False) == b""
-    assert parse_sse(adapter.response_body(first[-1:] + second[:3], False)) == [
+    assert adapter.stream_chunk(first[:-1], False).body == b""
+    assert parse_sse(adapter.stream_chunk(first[-1:] + second[:3], False).body) == [
         chunk({"role": "assistant", "content": ""})
     ]
-    assert parse_sse(adapter.response_body(second[3:], False)) == [chunk({"content": "x"})]
+    assert parse_sse(adapter.stream_chunk(second[3:], False).body) == [chunk({"content": "x"})]
 
 
 @pytest.mark.parametrize(("stop_reason", "finish_reason"), STOP_REASONS)
@@ -1041,10 +1041,10 @@ TOOL_STREAM = events(
 
 def test_tool_call_stream_at_every_split_point() -> None:
     def start(index: int, call_id: str, name: str) -> dict[str, Any]:
-        return openai_chunks.tool_start(CLIENT_MODEL, index, call_id, name, usage=False)
+        return openai_chunks.tool_start(MODEL_ID, index, call_id, name, usage=False)
 
     def arguments(index: int, fragment: str) -> dict[str, Any]:
-        return openai_chunks.tool_arguments(CLIENT_MODEL, index, fragment, usage=False)
+        return openai_chunks.tool_arguments(MODEL_ID, index, fragment, usage=False)
 
     assert assert_split_invariant(TOOL_STREAM) == [
         chunk({"role": "assistant", "content": ""}),
@@ -1136,9 +1136,9 @@ def test_metadata_before_message_stop_finishes_at_message_stop() -> None:
         event_message("messageStop", {"stopReason": "end_turn"}),
     )
     adapter = adapter_for(stream=True)
-    out = adapter.response_body(stream, False)
+    out = adapter.stream_chunk(stream, False).body
     assert parse_sse(out)[-2:] == [chunk({}, "stop"), "[DONE]"]
-    assert adapter.response_body(b"", True) == b""
+    assert adapter.stream_chunk(b"", True).body == b""
 
 
 @pytest.mark.parametrize(
@@ -1203,8 +1203,8 @@ def test_unknown_events_and_reasoning_deltas_are_ignored() -> None:
 @given(st.binary(max_size=400), st.integers(min_value=0, max_value=400))
 def test_stream_never_raises_on_garbage(data: bytes, cut: int) -> None:
     adapter = adapter_for(stream=True)
-    out = adapter.response_body(TEXT_STREAM[:cut] + data, False)
-    out += adapter.response_body(b"", True)
+    out = adapter.stream_chunk(TEXT_STREAM[:cut] + data, False).body
+    out += adapter.stream_chunk(b"", True).body
     assert out.endswith(b"data: [DONE]\n\n")
     parse_sse(out)
 

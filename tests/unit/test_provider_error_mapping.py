@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from extproc.providers.errors import map_openai_error, provider_error, retry_after_from
+from extproc.providers.errors import provider_error, retry_after_from
+from extproc.providers.openai.errors import map_openai_error
 
 
 @pytest.mark.parametrize(

@@ -18,17 +18,17 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.decisions.openai_request import Endpoint
 from extproc.errors import GatewayError
-from extproc.providers.base import (
-    Endpoint,
-    RequestContext,
-    ResponseMode,
+from extproc.providers.base import ResponseMode, Translated, Usage
+from extproc.providers.google.adapter import GoogleGeminiAdapter
+from extproc.providers.tool_ids import (
     call_id_with_signature,
     split_call_id,
     strip_thought_signatures,
 )
-from extproc.providers.google import GoogleGeminiAdapter
 from tests.unit import openai_chunks
+from tests.unit.adapters import prepare
 
 BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 KEY = "AIza-test-key"
@@ -36,26 +36,16 @@ CLIENT_MODEL = "gemini-flash"
 UPSTREAM_MODEL = "gemini-2.0-flash"
 
 
-def make_adapter(base_url: str = BASE_URL) -> GoogleGeminiAdapter:
-    provider = ProviderConfig(
-        name="gemini", type=ProviderType.GOOGLE, base_url=base_url, api_key_env="GEMINI_KEY"
-    )
-    return GoogleGeminiAdapter(provider, SecretStr(KEY))
+PROVIDER = ProviderConfig(
+    name="gemini", type=ProviderType.GOOGLE, base_url=BASE_URL, api_key_env="GEMINI_KEY"
+)
 
 
-def context(
-    stream: bool = False,
-    endpoint: Endpoint = Endpoint.CHAT,
-    include_usage: bool = False,
-    upstream_model: str = UPSTREAM_MODEL,
-) -> RequestContext:
-    return RequestContext(
-        endpoint=endpoint,
-        client_model=CLIENT_MODEL,
-        upstream_model=upstream_model,
-        stream=stream,
-        include_usage=include_usage,
-    )
+def make_adapter(
+    base_url: str = BASE_URL, upstream_model: str = UPSTREAM_MODEL
+) -> GoogleGeminiAdapter:
+    provider = PROVIDER.model_copy(update={"base_url": base_url})
+    return GoogleGeminiAdapter(provider, SecretStr(KEY), upstream_model, 4096)
 
 
 def chat(messages: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
@@ -66,8 +56,12 @@ def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
 
 
+def with_stream(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    return {**body, "stream": True} if stream else body
+
+
 def translate(body: dict[str, Any], stream: bool = False) -> dict[str, Any]:
-    upstream = make_adapter().request(context(stream=stream), body, False)
+    upstream = prepare(make_adapter(), with_stream(body, stream))
     assert upstream.body is not None
     result: dict[str, Any] = orjson.loads(upstream.body)
     return result
@@ -75,7 +69,7 @@ def translate(body: dict[str, Any], stream: bool = False) -> dict[str, Any]:
 
 def rejected(body: dict[str, Any], stream: bool = False) -> GatewayError:
     with pytest.raises(GatewayError) as info:
-        make_adapter().request(context(stream=stream), body, False)
+        prepare(make_adapter(), with_stream(body, stream))
     return info.value
 
 
@@ -83,7 +77,7 @@ def rejected(body: dict[str, Any], stream: bool = False) -> GatewayError:
 
 
 def test_chat_path_headers_and_credentials() -> None:
-    upstream = make_adapter().request(context(), chat([user("hi")]), False)
+    upstream = prepare(make_adapter(), chat([user("hi")]))
     assert upstream.path == "/v1beta/models/gemini-2.0-flash:generateContent"
     assert upstream.set_headers["x-goog-api-key"] == KEY
     assert upstream.set_headers["content-type"] == "application/json"
@@ -93,15 +87,13 @@ def test_chat_path_headers_and_credentials() -> None:
 
 
 def test_stream_path_uses_sse() -> None:
-    upstream = make_adapter().request(context(stream=True), chat([user("hi")]), False)
+    upstream = prepare(make_adapter(), chat([user("hi")], stream=True))
     assert upstream.path == "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
 
 
 def test_models_prefix_in_upstream_name_and_bare_base_url() -> None:
-    adapter = make_adapter("http://127.0.0.1:9999")
-    upstream = adapter.request(
-        context(upstream_model="models/gemini-1.5-pro"), chat([user("hi")]), False
-    )
+    adapter = make_adapter("http://127.0.0.1:9999", upstream_model="models/gemini-1.5-pro")
+    upstream = prepare(adapter, chat([user("hi")]))
     assert upstream.path == "/models/gemini-1.5-pro:generateContent"
 
 
@@ -139,7 +131,7 @@ def test_system_only_conversation_becomes_the_user_turn() -> None:
 
 def test_tricky_text_passes_byte_exact() -> None:
     text = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth e\u0301 漢字"
-    upstream = make_adapter().request(context(), chat([user(text)]), False)
+    upstream = prepare(make_adapter(), chat([user(text)]))
     assert upstream.body is not None
     assert text.encode() in upstream.body
 
@@ -265,8 +257,9 @@ def test_response_format() -> None:
     config = translate(chat([user("hi")], response_format=json_schema))["generationConfig"]
     assert config == {"responseMimeType": "application/json", "responseJsonSchema": schema}
     assert "generationConfig" not in translate(chat([user("hi")], response_format={"type": "text"}))
+    # An unknown type is not OpenAI's: validation refuses it, whatever the provider.
     error = rejected(chat([user("hi")], response_format={"type": "xml"}))
-    assert (error.status, error.code) == (400, "unsupported_parameter")
+    assert (error.status, error.code, error.param) == (400, "invalid_request", "response_format")
 
 
 # -- request: tools --------------------------------------------------------------------------
@@ -395,10 +388,8 @@ def test_tool_call_arguments_must_be_a_json_object() -> None:
 
 
 def embed_request(body: dict[str, Any]) -> tuple[GoogleGeminiAdapter, str, dict[str, Any]]:
-    adapter = make_adapter()
-    upstream = adapter.request(
-        context(endpoint=Endpoint.EMBEDDINGS, upstream_model="text-embedding-004"), body, False
-    )
+    adapter = make_adapter(upstream_model="text-embedding-004")
+    upstream = prepare(adapter, body, Endpoint.EMBEDDINGS)
     assert upstream.body is not None
     assert upstream.set_headers["x-goog-api-key"] == KEY
     return adapter, upstream.path, orjson.loads(upstream.body)
@@ -438,16 +429,16 @@ def test_token_array_embedding_inputs_are_unsupported(tokens: Any) -> None:
 def test_embedding_answers_float_and_base64() -> None:
     adapter, _, _ = embed_request({"model": CLIENT_MODEL, "input": ["a", "b"]})
     answer: dict[str, Any] = {"embeddings": [{"values": [0.5, -0.25]}, {"values": [1, 0.125]}]}
-    out = orjson.loads(adapter.response_body(orjson.dumps(answer), True))
+    out = orjson.loads(adapter.response_body(orjson.dumps(answer)).body)
     assert out["object"] == "list"
-    assert out["model"] == CLIENT_MODEL
+    assert out["model"] == "text-embedding-004"  # no modelVersion: the target's model
     assert [item["embedding"] for item in out["data"]] == [[0.5, -0.25], [1, 0.125]]
     assert [item["index"] for item in out["data"]] == [0, 1]
 
     body = {"model": CLIENT_MODEL, "input": "a", "encoding_format": "base64"}
     adapter, _, _ = embed_request(body)
     answer = {"embedding": {"values": [0.5, -0.25, 3.0]}}
-    out = orjson.loads(adapter.response_body(orjson.dumps(answer), True))
+    out = orjson.loads(adapter.response_body(orjson.dumps(answer)).body)
     raw = base64.b64decode(out["data"][0]["embedding"])
     assert struct.unpack("<3f", raw) == (0.5, -0.25, 3.0)
 
@@ -456,7 +447,7 @@ def test_embedding_values_beyond_float32_are_502_in_base64() -> None:
     body = {"model": CLIENT_MODEL, "input": "a", "encoding_format": "base64"}
     adapter, _, _ = embed_request(body)
     with pytest.raises(GatewayError) as info:
-        adapter.response_body(b'{"embedding": {"values": [1e300]}}', True)
+        adapter.response_body(b'{"embedding": {"values": [1e300]}}')
     assert (info.value.status, info.value.code) == (502, "malformed_provider_response")
 
 
@@ -472,19 +463,20 @@ def test_embedding_values_beyond_float32_are_502_in_base64() -> None:
 def test_malformed_batch_embedding_answers_are_502(answer: Any) -> None:
     adapter, _, _ = embed_request({"model": CLIENT_MODEL, "input": ["a", "b"]})
     with pytest.raises(GatewayError) as info:
-        adapter.response_body(orjson.dumps(answer), True)
+        adapter.response_body(orjson.dumps(answer))
     assert (info.value.status, info.value.code) == (502, "malformed_provider_response")
 
 
 # -- buffered answers ------------------------------------------------------------------------
 
 
-def buffered(answer: Any, n: int = 1) -> tuple[GoogleGeminiAdapter, dict[str, Any]]:
+def buffered(answer: Any, n: int = 1) -> tuple[Translated, dict[str, Any]]:
     adapter = make_adapter()
-    adapter.request(context(), chat([user("hi")], n=n), False)
+    prepare(adapter, chat([user("hi")], n=n))
     assert adapter.response_mode(200, {}) is ResponseMode.BUFFERED
     raw = answer if isinstance(answer, bytes) else orjson.dumps(answer)
-    return adapter, orjson.loads(adapter.response_body(raw, True))
+    translated = adapter.response_body(raw)
+    return translated, orjson.loads(translated.body)
 
 
 def candidate(parts: list[dict[str, Any]], finish: str | None = "STOP") -> dict[str, Any]:
@@ -505,7 +497,7 @@ def test_buffered_text_answer() -> None:
     }
     adapter, out = buffered(answer)
     assert out["object"] == "chat.completion"
-    assert out["model"] == CLIENT_MODEL
+    assert out["model"] == "gemini-2.0-flash-001"
     assert out["choices"] == [
         {
             "index": 0,
@@ -515,7 +507,8 @@ def test_buffered_text_answer() -> None:
         }
     ]
     assert out["usage"] == {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
-    assert (adapter.usage.prompt_tokens, adapter.usage.completion_tokens) == (11, 5)
+    assert adapter.usage == Usage(11, 5, 16)
+    assert adapter.model == "gemini-2.0-flash-001"  # the modelVersion Gemini names
 
 
 # Candidate.FinishReason values of the Gemini API reference and the OpenAI reason for each.
@@ -648,33 +641,24 @@ def test_several_candidates_become_several_choices() -> None:
 )
 def test_malformed_buffered_answers_are_502(body: bytes) -> None:
     adapter = make_adapter()
-    adapter.request(context(), chat([user("hi")]), False)
+    prepare(adapter, chat([user("hi")]))
     with pytest.raises(GatewayError) as info:
-        adapter.response_body(body, True)
+        adapter.response_body(body)
     assert (info.value.status, info.value.code) == (502, "malformed_provider_response")
 
 
 def test_error_payload_inside_a_2xx_answer_is_mapped() -> None:
     adapter = make_adapter()
-    adapter.request(context(), chat([user("hi")]), False)
+    prepare(adapter, chat([user("hi")]))
     body = orjson.dumps({"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}})
     with pytest.raises(GatewayError) as info:
-        adapter.response_body(body, True)
+        adapter.response_body(body)
     assert (info.value.status, info.value.code) == (503, "provider_overloaded")
-
-
-def test_buffered_body_delivered_in_pieces() -> None:
-    adapter = make_adapter()
-    adapter.request(context(), chat([user("hi")]), False)
-    raw = orjson.dumps({"candidates": [candidate([{"text": "ok"}])]})
-    assert adapter.response_body(raw[:10], False) == b""
-    out = orjson.loads(adapter.response_body(raw[10:], True))
-    assert out["choices"][0]["message"]["content"] == "ok"
 
 
 def test_response_modes_and_headers() -> None:
     adapter = make_adapter()
-    adapter.request(context(stream=True), chat([user("hi")], stream=True), False)
+    prepare(adapter, chat([user("hi")], stream=True))
     assert adapter.response_mode(200, {"content-type": "text/event-stream"}) is (
         ResponseMode.STREAMED
     )
@@ -684,7 +668,7 @@ def test_response_modes_and_headers() -> None:
     assert "content-length" in changes.remove_headers
 
     adapter = make_adapter()
-    adapter.request(context(), chat([user("hi")]), False)
+    prepare(adapter, chat([user("hi")]))
     assert adapter.response_mode(200, {}) is ResponseMode.BUFFERED
     assert adapter.response_headers(200, {}).set_headers["content-type"] == "application/json"
 
@@ -698,7 +682,7 @@ def google_error(code: int, status: str, message: str, **extra: Any) -> dict[str
 
 def map_error(status: int, body: Any, headers: dict[str, str] | None = None) -> GatewayError:
     adapter = make_adapter()
-    adapter.request(context(), chat([user("hi")]), False)
+    prepare(adapter, chat([user("hi")]))
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     return adapter.response_error(status, headers or {}, raw)
 
@@ -804,18 +788,21 @@ def sse(events: list[Any], newline: bytes = b"\r\n") -> bytes:
 
 def stream_adapter(include_usage: bool = True) -> GoogleGeminiAdapter:
     adapter = make_adapter()
-    adapter.request(context(stream=True, include_usage=include_usage), chat([user("hi")]), False)
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    prepare(adapter, chat([user("hi")], stream=True, **options))
     assert adapter.response_mode(200, {}) is ResponseMode.STREAMED
     return adapter
 
 
-def feed(chunks: list[bytes], include_usage: bool = True) -> tuple[bytes, GoogleGeminiAdapter]:
-    """Feed chunks (the last one with end_of_stream) and return everything emitted."""
+def feed(chunks: list[bytes], include_usage: bool = True) -> tuple[bytes, Translated]:
+    """Feed chunks (the last one with end_of_stream): everything emitted, and the last record."""
     adapter = stream_adapter(include_usage)
     out = b""
+    last = Translated(b"")
     for i, chunk in enumerate(chunks):
-        out += adapter.response_body(chunk, i == len(chunks) - 1)
-    return out, adapter
+        last = adapter.stream_chunk(chunk, i == len(chunks) - 1)
+        out += last.body
+    return out, last
 
 
 def parse(out: bytes) -> list[Any]:
@@ -839,11 +826,11 @@ def assert_split_invariant(raw: bytes, include_usage: bool = True) -> list[Any]:
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, usage: bool = True) -> dict[str, Any]:
-    return openai_chunks.chunk(CLIENT_MODEL, delta, finish, usage)
+    return openai_chunks.chunk(UPSTREAM_MODEL, delta, finish, usage)
 
 
 def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
-    return openai_chunks.usage_chunk(CLIENT_MODEL, prompt, completion)
+    return openai_chunks.usage_chunk(UPSTREAM_MODEL, prompt, completion)
 
 
 TEXT_STREAM = [
@@ -876,15 +863,15 @@ TEXT_EXPECTED = [
 def test_text_stream_at_every_split(newline: bytes) -> None:
     raw = sse(TEXT_STREAM, newline)
     assert assert_split_invariant(raw) == TEXT_EXPECTED
-    _, adapter = feed([raw])
-    assert (adapter.usage.prompt_tokens, adapter.usage.completion_tokens) == (4, 3)
+    _, last = feed([raw])
+    assert last.usage == Usage(4, 3, 7)
 
 
 def test_stream_events_are_emitted_as_soon_as_complete() -> None:
     raw = sse(TEXT_STREAM)
     first_end = raw.index(b"\r\n\r\n") + 4
     adapter = stream_adapter()
-    out = adapter.response_body(raw[:first_end], False)
+    out = adapter.stream_chunk(raw[:first_end], False).body
     assert parse(out) == TEXT_EXPECTED[:2]
 
 
@@ -920,10 +907,10 @@ def test_tool_call_stream_at_every_split(newline: bytes) -> None:
     events = assert_split_invariant(sse(TOOL_STREAM, newline))
 
     def start(index: int, name: str) -> dict[str, Any]:
-        return openai_chunks.tool_start(CLIENT_MODEL, index, "ID", name)
+        return openai_chunks.tool_start(UPSTREAM_MODEL, index, "ID", name)
 
     def arguments(index: int, fragment: str) -> dict[str, Any]:
-        return openai_chunks.tool_arguments(CLIENT_MODEL, index, fragment)
+        return openai_chunks.tool_arguments(UPSTREAM_MODEL, index, fragment)
 
     assert events[:6] == [
         chunk({"role": "assistant", "content": ""}),
@@ -1029,8 +1016,8 @@ def test_malformed_stream_events_fail_cleanly(bad: bytes) -> None:
 
 def test_nothing_is_emitted_after_the_stream_ended() -> None:
     adapter = stream_adapter()
-    adapter.response_body(sse([{"error": {"code": 500, "status": "INTERNAL"}}]), False)
-    assert adapter.response_body(sse(TEXT_STREAM), True) == b""
+    adapter.stream_chunk(sse([{"error": {"code": 500, "status": "INTERNAL"}}]), False)
+    assert adapter.stream_chunk(sse(TEXT_STREAM), True).body == b""
 
 
 def test_empty_stream_is_an_error() -> None:
@@ -1102,18 +1089,21 @@ def test_a_signature_that_is_not_a_string_is_a_malformed_answer() -> None:
     assert caught.value.status == 502
 
 
-def test_openai_requests_lose_carried_signatures_and_survive_odd_shapes() -> None:
+def test_openai_requests_lose_carried_signatures() -> None:
     signed = call_id_with_signature("call_abc", SIGNED)
+
+    def call(call_id: str) -> dict[str, Any]:
+        return {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
     body: dict[str, Any] = {
         "messages": [
-            {"role": "assistant", "tool_calls": [{"id": signed}, {"id": "call_plain"}, 7]},
-            {"role": "tool", "tool_call_id": signed},
-            {"role": "assistant", "tool_calls": 5},
-            "not a message",
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "tool_calls": [call(signed), call("call_b")]},
+            {"role": "tool", "tool_call_id": signed, "content": "r"},
         ]
     }
     assert strip_thought_signatures(body) is True
-    assert body["messages"][0]["tool_calls"][:2] == [{"id": "call_abc"}, {"id": "call_plain"}]
-    assert body["messages"][1]["tool_call_id"] == "call_abc"
+    assert [c["id"] for c in body["messages"][1]["tool_calls"]] == ["call_abc", "call_b"]
+    assert body["messages"][2]["tool_call_id"] == "call_abc"
     assert strip_thought_signatures(body) is False  # nothing left to drop
-    assert strip_thought_signatures({"messages": 3, "input": "x"}) is False
+    assert strip_thought_signatures({"model": "m", "input": "x"}) is False  # embeddings

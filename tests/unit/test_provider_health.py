@@ -9,8 +9,8 @@ from extproc.config.credentials import AwsCredentials
 from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.decisions.provider_health import ProviderHealth
 from extproc.providers import adapter_for
-from extproc.providers.base import Endpoint, RequestContext
 from extproc.server.health_checks import check_headers
+from tests.unit.adapters import prepare
 
 
 def test_thresholds() -> None:
@@ -58,10 +58,9 @@ def test_checks_send_the_credential_headers_real_requests_send(kind: ProviderTyp
     # One source of truth: the adapter. A health check must authenticate exactly like a request.
     key = SecretStr("k1")
     config = provider(kind)
-    upstream = adapter_for(kind)(config, key).request(
-        RequestContext(Endpoint.CHAT, "m", "m-up", stream=False, include_usage=False),
+    upstream = prepare(
+        adapter_for(kind)(config, key, "m-up", 4096),
         {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-        False,
     )
     headers = check_headers(config, key)
     assert headers and "k1" in "".join(headers.values())

@@ -197,7 +197,8 @@ async def test_the_processor_ends_the_stream_after_the_last_answer(
         yield header_msg("/v1/chat/completions")
         yield body_msg(body)
         status = base_pb2.HeaderValue(key=":status", raw_value=b"200")
-        headers = pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[status]))
+        kind = base_pb2.HeaderValue(key="content-type", raw_value=b"application/json")
+        headers = pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=[status, kind]))
         yield pb.ProcessingRequest(response_headers=headers)
         await more.wait()  # never set: no half-close from this side
 

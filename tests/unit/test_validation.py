@@ -10,17 +10,27 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extproc.decisions.openai_request import Endpoint, ToolChoice, ToolChoiceMode
 from extproc.decisions.validation import (
-    check_chat_request,
-    check_embeddings_request,
     check_model_id,
     check_timeout,
     json_depth_exceeds,
     parse_json_body,
+    validate,
+    validate_chat,
+    validate_embeddings,
 )
 from extproc.errors import GatewayError
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def check_chat_request(body: dict[str, Any]) -> Any:
+    return validate_chat(body, "m")
+
+
+def check_embeddings_request(body: dict[str, Any]) -> Any:
+    return validate_embeddings(body, "m")
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -156,10 +166,12 @@ def test_unusual_but_valid_content(content: Any) -> None:
 def test_assistant_tool_call_without_content() -> None:
     messages = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+        {"role": "assistant", "content": None, "tool_calls": [call("1", "weather", '{"a": 1}')]},
         {"role": "tool", "tool_call_id": "1", "content": "sunny"},
     ]
-    check_chat_request(chat(messages=messages))
+    request = check_chat_request(chat(messages=messages))
+    (checked,) = request.tool_calls[1]
+    assert (checked.id, checked.name, checked.arguments) == ("1", "weather", {"a": 1})
 
 
 def test_error_param_names_the_message() -> None:
@@ -262,3 +274,141 @@ def test_bad_embedding_inputs(value: Any) -> None:
 
 def test_no_infinite_floats_pass_as_numbers() -> None:
     assert error_of(check_chat_request, chat(temperature=math.inf)).code == "invalid_temperature"
+
+
+# -- the validated request: tools, tool_choice, stop, tool calls --------------------------
+
+
+def call(call_id: str, name: str, arguments: Any = "{}") -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+
+
+def test_the_record_carries_the_checked_fields() -> None:
+    body = chat(
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=9,
+        max_completion_tokens=7,
+        stop="END",
+        tools=[WEATHER, {"type": "custom", "custom": {"name": "x"}}],
+        tool_choice={"type": "function", "function": {"name": "weather"}},
+        timeout=3,
+    )
+    request = validate(Endpoint.CHAT, body, "m")
+    assert (request.endpoint, request.model, request.stream, request.include_usage) == (
+        Endpoint.CHAT,
+        "m",
+        True,
+        True,
+    )
+    assert request.max_tokens == 7  # max_completion_tokens wins, as OpenAI documents
+    assert request.stop == ("END",)
+    assert [(t.type, t.name, t.parameters) for t in request.tools] == [
+        ("function", "weather", {"type": "object"}),
+        ("custom", "", None),
+    ]
+    assert request.tool_choice == ToolChoice(ToolChoiceMode.FUNCTION, "weather")
+    assert (request.timeout, request.body_changed, "timeout" in request.body) == (3.0, True, False)
+
+
+def test_a_plain_request_is_unchanged() -> None:
+    request = validate(Endpoint.CHAT, chat(), "m")
+    assert (request.stream, request.include_usage, request.body_changed) == (False, False, False)
+    assert (request.stop, request.tools, request.tool_choice, dict(request.tool_calls)) == (
+        (),
+        (),
+        None,
+        {},
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "param"),
+    [
+        ({"tools": "x"}, "invalid_request", "tools"),
+        ({"tools": []}, "invalid_request", "tools"),
+        ({"tools": [5]}, "invalid_request", "tools[0]"),
+        ({"tools": [{"type": "function"}]}, "invalid_request", "tools[0].function"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "no spaces"}}]},
+            "invalid_request",
+            "tools[0].function.name",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
+            "invalid_request",
+            "tools[0].function.parameters",
+        ),
+        ({"tool_choice": 5, "tools": [WEATHER]}, "invalid_request", "tool_choice"),
+        ({"tool_choice": "sometimes", "tools": [WEATHER]}, "invalid_request", "tool_choice"),
+        ({"tool_choice": "function", "tools": [WEATHER]}, "invalid_request", "tool_choice"),
+        ({"tool_choice": "auto"}, "invalid_request", "tool_choice"),
+        (
+            {
+                "tool_choice": {"type": "function", "function": {"name": "other"}},
+                "tools": [WEATHER],
+            },
+            "invalid_request",
+            "tool_choice",
+        ),
+        ({"stop": 5}, "invalid_request", "stop"),
+        ({"stop": [1]}, "invalid_request", "stop"),
+        ({"stop": ""}, "invalid_request", "stop"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "invalid_request", "stop"),
+        ({"parallel_tool_calls": "yes"}, "invalid_request", "parallel_tool_calls"),
+        ({"n": 0}, "invalid_request", "n"),
+        ({"seed": 1.5}, "invalid_request", "seed"),
+        ({"response_format": {"type": "yaml"}}, "invalid_request", "response_format"),
+        ({"user": 5}, "invalid_request", "user"),
+    ],
+)
+def test_bad_structured_fields(fields: dict[str, Any], code: str, param: str) -> None:
+    err = error_of(check_chat_request, chat(**fields))
+    assert (err.status, err.code, err.param) == (400, code, param)
+
+
+def history(*calls: dict[str, Any], answered: str = "1") -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": list(calls)},
+        {"role": "tool", "tool_call_id": answered, "content": "sunny"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (history(call("1", "w", "not json")), "messages[1].tool_calls[0].function.arguments"),
+        (history(call("1", "w", "[1]")), "messages[1].tool_calls[0].function.arguments"),
+        (history(call("1", "w", {"a": 1})), "messages[1].tool_calls[0].function.arguments"),
+        (history(call("1", "bad name")), "messages[1].tool_calls[0].function.name"),
+        (history({"id": "1", "type": "custom"}), "messages[1].tool_calls[0]"),
+        (history({"type": "function", "function": {"name": "w"}}), "messages[1].tool_calls[0]"),
+        (history(call("1", "w"), answered="2"), "messages[2].tool_call_id"),
+        (
+            [{"role": "user", "content": "x"}, {"role": "tool", "content": "sunny"}],
+            "messages[1].tool_call_id",
+        ),
+        (
+            [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": "x"}],
+            "messages[1].tool_calls",
+        ),
+    ],
+)
+def test_bad_tool_calls_in_the_history(messages: list[dict[str, Any]], param: str) -> None:
+    err = error_of(check_chat_request, chat(messages=messages))
+    assert (err.status, err.code, err.param) == (400, "invalid_message", param)
+
+
+def test_blank_arguments_are_an_empty_object() -> None:
+    request = check_chat_request(chat(messages=history(call("1", "w", " "))))
+    assert request.tool_calls[1][0].arguments == {}
+
+
+def test_embeddings_dimensions() -> None:
+    assert check_embeddings_request({"model": "m", "input": "x", "dimensions": 8})
+    err = error_of(check_embeddings_request, {"model": "m", "input": "x", "dimensions": 0})
+    assert (err.code, err.param) == ("invalid_input", "dimensions")

@@ -1,0 +1,86 @@
+"""The Anthropic adapter: wires `request`, `response`, `stream` and `errors` to the interface.
+
+`base_url` like `https://api.anthropic.com/v1`; `x-api-key` and `anthropic-version` headers.
+"""
+
+from __future__ import annotations
+
+from extproc.config.credentials import Credential
+from extproc.config.schema import ProviderConfig
+from extproc.decisions.openai_request import Endpoint, ValidatedRequest
+from extproc.errors import GatewayError
+from extproc.providers.anthropic.errors import response_error
+from extproc.providers.anthropic.request import translate_request
+from extproc.providers.anthropic.response import translate_message
+from extproc.providers.anthropic.stream import AnthropicStreamTranslator
+from extproc.providers.base import (
+    JSON_CONTENT_TYPE,
+    Translated,
+    TranslatingAdapter,
+    UpstreamRequest,
+)
+from extproc.providers.helpers import api_key, serialize
+from extproc.providers.openai_format import ChatStreamWriter
+
+DEFAULT_VERSION = "2023-06-01"
+
+
+class AnthropicAdapter(TranslatingAdapter):
+    """Adapter for the Anthropic Messages API (chat only)."""
+
+    unsupported_endpoints = frozenset({Endpoint.EMBEDDINGS})
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        credential: Credential | None,
+        upstream_model: str,
+        default_max_tokens: int,
+    ) -> None:
+        super().__init__(provider, credential, upstream_model, default_max_tokens)
+        self._translator: AnthropicStreamTranslator | None = None
+
+    @classmethod
+    def credential_headers(
+        cls, provider: ProviderConfig, credential: Credential | None
+    ) -> dict[str, str]:
+        """`x-api-key` (with a key) and the `anthropic-version` every request needs."""
+        headers = {"anthropic-version": provider.anthropic_version or DEFAULT_VERSION}
+        if credential is not None:
+            headers["x-api-key"] = api_key(credential)
+        return headers
+
+    def request(self, request: ValidatedRequest) -> UpstreamRequest:
+        """Translate a validated chat request into a Messages API request."""
+        body = translate_request(
+            request, self.provider, self.upstream_model, self.default_max_tokens
+        )
+        self.stream = request.stream
+        if request.stream:
+            self._translator = AnthropicStreamTranslator(
+                self.provider.name, ChatStreamWriter(self.upstream_model, request.include_usage)
+            )
+        return UpstreamRequest(
+            path=self.provider.base_path + "/messages",
+            set_headers={
+                **self.credential_headers(self.provider, self.credential),
+                "content-type": JSON_CONTENT_TYPE,
+            },
+            # accept-encoding: the translators need the body uncompressed.
+            remove_headers=["authorization", "anthropic-beta", "accept-encoding"],
+            body=serialize(body),
+        )
+
+    def response_body(self, body: bytes) -> Translated:
+        """The whole Messages response as a `chat.completion` (502 if malformed)."""
+        return translate_message(body, self.provider.name, self.upstream_model)
+
+    def stream_chunk(self, chunk: bytes, end_of_stream: bool) -> Translated:
+        """The next piece of the SSE stream as OpenAI chunks."""
+        if self._translator is None:
+            raise RuntimeError("stream_chunk() on a request that did not ask for a stream")
+        return self._translator.feed(chunk, end_of_stream)
+
+    def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
+        """Map an Anthropic error response (`{"type": "error", "error": {...}}`)."""
+        return response_error(status, headers, body, self.provider.name)

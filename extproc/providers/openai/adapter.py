@@ -1,0 +1,104 @@
+"""OpenAI and Azure OpenAI adapters: requests keep their shape; path, model and key change.
+
+Success responses pass through untouched (`response.py` reads their usage and model when the
+processor is asked to look); errors are mapped (`errors.py`). Azure names the deployment in the
+path, adds the `api-version` query and authenticates with `api-key`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from extproc.config.credentials import Credential
+from extproc.config.schema import ProviderConfig
+from extproc.decisions.openai_request import Endpoint, ValidatedRequest
+from extproc.errors import GatewayError
+from extproc.providers.base import ProviderAdapter, Translated, UpstreamRequest
+from extproc.providers.helpers import api_key, rewrite_model, serialize
+from extproc.providers.openai.errors import map_openai_error
+from extproc.providers.openai.response import OpenAIStreamReader, read_answer
+from extproc.providers.tool_ids import strip_thought_signatures
+
+ENDPOINT_SUFFIX = {Endpoint.CHAT: "/chat/completions", Endpoint.EMBEDDINGS: "/embeddings"}
+
+
+class OpenAIAdapter(ProviderAdapter):
+    """Adapter for OpenAI-compatible providers; `base_url` ends where `/chat/...` starts."""
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        credential: Credential | None,
+        upstream_model: str,
+        default_max_tokens: int,
+    ) -> None:
+        super().__init__(provider, credential, upstream_model, default_max_tokens)
+        self._reader: OpenAIStreamReader | None = None
+
+    def request(self, request: ValidatedRequest) -> UpstreamRequest:
+        """Rewrite path, model and credentials; re-serialize the body only if it changed."""
+        body = request.body
+        self.stream = request.stream
+        changed = rewrite_model(body, self.upstream_model) or request.body_changed
+        # Only Gemini takes carried thought signatures back; OpenAI refuses ids over 40 chars.
+        if request.tool_calls:
+            changed = strip_thought_signatures(body) or changed
+        out = UpstreamRequest(path=self.path(request.endpoint))
+        self.authenticate(out)
+        if changed:
+            out.body = serialize(body)
+        return out
+
+    def path(self, endpoint: Endpoint) -> str:
+        """The upstream path for this request."""
+        return self.provider.base_path + ENDPOINT_SUFFIX[endpoint]
+
+    def authenticate(self, out: UpstreamRequest) -> None:
+        """Bearer auth with the provider key; without one, drop the client's header."""
+        headers = self.credential_headers(self.provider, self.credential)
+        if headers:
+            out.set_headers.update(headers)
+        else:
+            out.remove_headers.append("authorization")
+
+    def response_body(self, body: bytes) -> Translated:
+        """The answer unchanged, with the usage and model it reports (502 if unparsable)."""
+        usage, model = read_answer(body, self.provider.name)
+        return Translated(body, usage, model)
+
+    def stream_chunk(self, chunk: bytes, end_of_stream: bool) -> Translated:
+        """The stream unchanged, with its usage and model; a stream cut before `[DONE]` gets a
+        final error event and `[DONE]`."""
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = OpenAIStreamReader(self.provider.name)
+        return reader.feed(chunk, end_of_stream)
+
+    def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
+        """Map an OpenAI-style error (`{"error": {message, type, code, param}}`)."""
+        return map_openai_error(status, headers, body, self.provider.name)
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    """Adapter for Azure OpenAI deployments (the target's upstream model is the deployment)."""
+
+    def path(self, endpoint: Endpoint) -> str:
+        """`/openai/deployments/{deployment}/...?api-version=...`."""
+        deployment = quote(self.upstream_model, safe="")
+        version = quote(self.provider.api_version or "", safe="")
+        return (
+            f"{self.provider.base_path}/openai/deployments/{deployment}"
+            f"{ENDPOINT_SUFFIX[endpoint]}?api-version={version}"
+        )
+
+    def authenticate(self, out: UpstreamRequest) -> None:
+        """Azure's key header; the client's `Authorization` is removed."""
+        out.remove_headers.append("authorization")
+        out.set_headers.update(self.credential_headers(self.provider, self.credential))
+
+    @classmethod
+    def credential_headers(
+        cls, provider: ProviderConfig, credential: Credential | None
+    ) -> dict[str, str]:
+        """Azure's `api-key` header."""
+        return {"api-key": api_key(credential)} if credential is not None else {}

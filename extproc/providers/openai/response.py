@@ -1,0 +1,104 @@
+"""What an OpenAI-compatible answer says: its usage and model, whole or streamed.
+
+The body is never changed; reading it only yields the usage record and the model. An
+unparsable whole answer is a 502; a stream that ends before `data: [DONE]` gets a final error
+event and `[DONE]`, so the client never takes a cut stream for a complete one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from extproc.providers.base import Translated, Usage
+from extproc.providers.errors import malformed_response
+from extproc.providers.openai_format import error_event
+from extproc.streaming.sse import DONE, SSEParseError, SSEParser
+
+DONE_DATA = "[DONE]"
+
+
+def read_answer(body: bytes, provider: str) -> tuple[Usage | None, str | None]:
+    """(usage, model) of a whole chat completion or embeddings answer; 502 if unparsable."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        what = "an empty body" if not body.strip() else "a body that is not JSON"
+        raise malformed_response(provider, what) from None
+    if not isinstance(data, dict):
+        raise malformed_response(provider, "a body that is not a JSON object")
+    return read_usage(data.get("usage")), _model(data)
+
+
+def read_usage(raw: Any) -> Usage | None:
+    """An OpenAI `usage` object as a Usage (None when absent or not counts)."""
+    if not isinstance(raw, dict):
+        return None
+    prompt = _count(raw.get("prompt_tokens"))
+    completion = _count(raw.get("completion_tokens"))
+    if prompt is None:
+        return None
+    completion = completion or 0
+    total = _count(raw.get("total_tokens"))
+    details = raw.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return Usage(prompt, completion, total if total is not None else prompt + completion, cached)
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _model(data: dict[str, Any]) -> str | None:
+    model = data.get("model")
+    return model if isinstance(model, str) and model else None
+
+
+class OpenAIStreamReader:
+    """Reads an OpenAI SSE stream as it passes: usage and model out, bytes untouched."""
+
+    __slots__ = ("_done", "_parser", "_provider", "model", "usage")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._parser = SSEParser()
+        self._done = False
+        self.usage: Usage | None = None
+        self.model: str | None = None
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> Translated:
+        """`chunk` unchanged (plus a final error event if the stream ends early)."""
+        out = chunk
+        if not self._done:
+            try:
+                for event in self._parser.feed(chunk):
+                    self._event(event.data)
+            except SSEParseError:
+                self._done = True  # nothing more to learn; the bytes still pass
+        if end_of_stream and not self._done:
+            self._done = True
+            what = "a stream that ended before data: [DONE]"
+            # A cut event is closed first, so the error event is read as an event of its own.
+            close = b"\n\n" if self._parser.pending else b""
+            out += close + error_event(malformed_response(self._provider, what)) + DONE
+        return Translated(out, self.usage, self.model)
+
+    def _event(self, data: str) -> None:
+        if data == DONE_DATA:
+            self._done = True
+            return
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(payload, dict):
+            return
+        usage = read_usage(payload.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        model = _model(payload)
+        if model is not None:
+            self.model = model

@@ -1,0 +1,130 @@
+"""OpenAI-compatible adapter: what a pass-through answer says (usage, model), whole or streamed,
+and answers it refuses (unparsable bodies, the wrong content type, streams cut before [DONE]).
+
+Fixtures are written in the shapes of OpenAI's chat completion and chunk objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from extproc.config.schema import ProviderConfig, ProviderType
+from extproc.errors import GatewayError
+from extproc.providers.base import Usage
+from extproc.providers.openai.adapter import OpenAIAdapter
+from tests.unit.adapters import prepare
+
+PROVIDER = ProviderConfig(
+    name="oai", type=ProviderType.OPENAI, base_url="https://api.openai.com/v1", api_key_env="K"
+)
+ANSWERED_BY = "gpt-4o-2024-08-06"  # OpenAI names the dated model that answered
+
+
+def adapter(stream: bool = False) -> OpenAIAdapter:
+    a = OpenAIAdapter(PROVIDER, SecretStr("sk-up"), "gpt-4o", 4096)
+    prepare(
+        a, {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    )
+    return a
+
+
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": ANSWERED_BY,
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {
+        "prompt_tokens": 9,
+        "completion_tokens": 2,
+        "total_tokens": 11,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    },
+}
+
+
+def test_a_whole_answer_passes_unchanged_with_its_usage_and_model() -> None:
+    body = orjson.dumps(COMPLETION)
+    translated = adapter().response_body(body)
+    assert translated.body == body
+    assert translated.usage == Usage(9, 2, 11, cached_tokens=4)
+    assert translated.model == ANSWERED_BY
+
+
+def test_embeddings_usage_has_no_completion_tokens() -> None:
+    body = orjson.dumps(
+        {
+            "object": "list",
+            "data": [],
+            "model": "te-3",
+            "usage": {"prompt_tokens": 5, "total_tokens": 5},
+        }
+    )
+    translated = adapter().response_body(body)
+    assert (translated.usage, translated.model) == (Usage(5, 0, 5), "te-3")
+
+
+@pytest.mark.parametrize("body", [b"", b'{"id": "chatcmpl-1", "choi', b"<html>oops</html>", b"[1]"])
+def test_an_unparsable_answer_is_a_502(body: bytes) -> None:
+    with pytest.raises(GatewayError) as info:
+        adapter().response_body(body)
+    assert (info.value.status, info.value.code) == (502, "malformed_provider_response")
+
+
+def chunk(**fields: Any) -> bytes:
+    event = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": ANSWERED_BY}
+    return b"data: " + orjson.dumps({**event, **fields}) + b"\n\n"
+
+
+STREAM = (
+    chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}}])
+    + chunk(choices=[{"index": 0, "delta": {"content": "hi"}}])
+    + chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    + chunk(choices=[], usage={"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11})
+    + b"data: [DONE]\n\n"
+)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=10))
+def test_a_stream_passes_byte_for_byte_at_any_chunking(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    a = adapter(stream=True)
+    pieces = [STREAM[i:j] for i, j in zip([0, *points], [*points, len(STREAM)], strict=True)]
+    out = b""
+    last = None
+    for index, piece in enumerate(pieces):
+        last = a.stream_chunk(piece, index == len(pieces) - 1)
+        out += last.body
+    assert out == STREAM
+    assert last is not None and last.usage == Usage(9, 2, 11) and last.model == ANSWERED_BY
+
+
+@pytest.mark.parametrize("cut", [0, 40, STREAM.index(b"data: [DONE]")])
+def test_a_stream_cut_before_done_ends_with_an_error_event(cut: int) -> None:
+    out = adapter(stream=True).stream_chunk(STREAM[:cut], True).body
+    assert out.startswith(STREAM[:cut])
+    events = [e for e in out[cut:].split(b"\n\n") if e]  # a cut event is closed first
+    assert events[-1] == b"data: [DONE]"
+    error = orjson.loads(events[-2].removeprefix(b"data: "))["error"]
+    assert error["code"] == "malformed_provider_response"
+
+
+def test_content_types_the_client_can_use() -> None:
+    whole, streamed = adapter(), adapter(stream=True)
+    assert whole.unusable_answer(200, {"content-type": "application/json; charset=utf-8"}) is None
+    assert streamed.unusable_answer(200, {"content-type": "text/event-stream"}) is None
+    assert whole.unusable_answer(503, {"content-type": "text/html"}) is None  # errors: mapped
+    for a, content_type in ((whole, "text/html"), (streamed, "application/json"), (whole, "")):
+        error = a.unusable_answer(200, {"content-type": content_type} if content_type else {})
+        assert error is not None and (error.status, error.code) == (
+            502,
+            "malformed_provider_response",
+        )
