@@ -12,6 +12,7 @@ import pytest
 from extproc.dev.fakes import FakeProviderServer
 from tests.e2e.conftest import AZURE_API_VERSION, FULL_KEY, LIMITED_KEY, UPSTREAM_KEYS, Stack
 
+ACTIVE = "gateway_extproc_streams_active"
 CANCELLED = "gateway_extproc_streams_cancelled_total"
 CONCURRENT_CLIENTS = 8
 CONCURRENT_REQUESTS = 2000
@@ -32,11 +33,25 @@ OPENAI_COMPATIBLE = [
 ]
 
 
-def cancelled(stack: Stack) -> float:
-    """The processor's count of ext_proc streams Envoy cancelled."""
+def processor_metric(stack: Stack, name: str) -> float:
+    """A label-less metric of the processor."""
     text = httpx.get(f"{stack.admin_url}/metrics", timeout=10).text
-    (line,) = [x for x in text.splitlines() if x.startswith(CANCELLED + " ")]
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
     return float(line.split()[1])
+
+
+def cancelled(stack: Stack, poll_seconds: float = 60) -> float:
+    """The processor's count of ext_proc streams Envoy cancelled, read once no stream is open.
+
+    A stream still open may yet be cancelled (Envoy resets one the processor left open about a
+    second after its request ended), so this waits until every stream has ended, normally or
+    cancelled: only then is the count final for the requests made so far.
+    """
+    deadline = time.monotonic() + poll_seconds
+    while (active := processor_metric(stack, ACTIVE)) != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert active == 0, f"{active:g} ext_proc streams still open after {poll_seconds} s"
+    return processor_metric(stack, CANCELLED)
 
 
 def no_client_key_upstream(fake: FakeProviderServer) -> None:
@@ -241,7 +256,6 @@ def test_streams_end_by_the_processor_not_by_envoy_cancelling(stack: Stack) -> N
         )
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     client.models.list()
-    time.sleep(0.2)
     assert cancelled(stack) == before
 
 
@@ -264,8 +278,7 @@ def test_concurrent_requests_end_their_streams_cleanly(
             for _ in range(CONCURRENT_REQUESTS // CONCURRENT_CLIENTS):
                 statuses.append(http.post("/v1/chat/completions", content=body).status_code)
 
-    time.sleep(1.1)  # a stream an earlier test left is reset by Envoy within 1 s: let it land
-    before = cancelled(stack)
+    before = cancelled(stack)  # after any stream an earlier test left has ended
     results: list[list[int]] = [[] for _ in range(CONCURRENT_CLIENTS)]
     threads = [threading.Thread(target=worker, args=(r,)) for r in results]
     for t in threads:
@@ -274,5 +287,4 @@ def test_concurrent_requests_end_their_streams_cleanly(
         t.join()
     statuses = [s for r in results for s in r]
     assert len(statuses) == CONCURRENT_REQUESTS and set(statuses) == {200}
-    time.sleep(0.2)
     assert cancelled(stack) == before

@@ -7,6 +7,7 @@ OpenAI-compatible fake and a backup fake spoken to as Anthropic, behind one mode
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ import httpx
 import openai
 import pytest
 
+from extproc.config.loading import load_config
+from extproc.config.topology import model_route_ids
 from extproc.dev.fakes import FakeProviderServer
 from tests.e2e.conftest import FULL_KEY, Stack, make_stack
 
@@ -61,6 +64,18 @@ class Pair:
             if all(f'{k}="{v}"' in line for k, v in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
         return total
+
+    def envoy_stat(self, name: str, model: str = "resilient") -> int:
+        """Envoy's counter `cluster.<model's cluster>.<name>` (Envoy lists its counters from
+        the start, zeros too: a name it does not know is an error, never a silent 0)."""
+        config = load_config(self.stack.config_path, resolve_credentials=False).config
+        stat = f"cluster.{model_route_ids(config)[model]}.{name}"
+        text = httpx.get(
+            f"{self.stack.envoy_admin_url}/stats", params={"filter": f"^{re.escape(stat)}$"}
+        ).text
+        values = [v for k, _, v in (x.partition(": ") for x in text.splitlines()) if k == stat]
+        assert len(values) == 1, f"Envoy has no counter {stat}: {text[:500]}"
+        return int(values[0])
 
     def breakers(self) -> dict[str, Any]:
         result: dict[str, Any] = httpx.get(f"{self.stack.admin_url}/breakers").json()
@@ -225,14 +240,21 @@ def _all_providers_down(pair: Pair) -> None:
     assert states["p-backup/backup-model"]["state"] == "open"
     pair.primary.clear()
     pair.backup.clear()
-    started = time.monotonic()
+    refused_before = pair.metric("gateway_errors_total", code="no_healthy_provider")
+    attempts_before = pair.metric("gateway_upstream_attempts_total")
+    sent_before = pair.envoy_stat("upstream_rq_total")
     response = pair.post()
-    elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "no_healthy_provider"
+    # Answered by the processor itself: its marker, its Retry-After (Envoy's own "no healthy
+    # upstream" reply gets the marker from local_reply_config but no Retry-After), its count.
+    assert response.headers["x-gateway-error"] == "no_healthy_provider"
     assert int(response.headers["retry-after"]) >= 1
+    assert pair.metric("gateway_errors_total", code="no_healthy_provider") == refused_before + 1
+    # ... before any provider was tried: no fake saw it, no attempt, Envoy sent nothing upstream.
     assert pair.primary.requests == [] and pair.backup.requests == []
-    assert elapsed < 5  # answered by the processor, not after provider timeouts
+    assert pair.metric("gateway_upstream_attempts_total") == attempts_before
+    assert pair.envoy_stat("upstream_rq_total") == sent_before
 
 
 def test_all_providers_rate_limited_is_a_429(pair: Pair) -> None:
@@ -256,11 +278,19 @@ def test_all_providers_rate_limited_is_a_429(pair: Pair) -> None:
 def test_slow_primary_times_out_per_try_and_fails_over(tmp_path: Path) -> None:
     for p in make_pair(tmp_path, per_try_timeout_seconds=0.5):
         p.primary.set_behaviour(latency_s=3)
-        started = time.monotonic()
         reply = p.chat("too slow")
-        assert reply.choices[0].message.content == "echo: too slow"
-        assert time.monotonic() - started < 3
-        assert len(p.backup.requests) == 1
+        assert reply.choices[0].message.content == "echo: too slow"  # both fakes echo
+        # The answer is the backup's: the primary's try was cut by the per-try timeout (it would
+        # have answered 200 after its 3 s), not by the request's own timeout, and retried once.
+        assert len(p.primary.requests) == 1 and len(p.backup.requests) == 1
+        assert p.envoy_stat("upstream_rq_per_try_timeout") == 1
+        assert p.envoy_stat("upstream_rq_retry") == 1
+        assert p.envoy_stat("upstream_rq_timeout") == 0
+        # The processor saw the primary's attempt end without an answer, the backup's succeed.
+        attempts = "gateway_upstream_attempts_total"
+        assert p.metric(attempts, provider="p-openai", outcome="no_response") == 1
+        assert p.metric(attempts, provider="p-backup", outcome="success") == 1
+        assert p.metric(attempts) == 2
 
 
 def test_capacity_overflow_is_an_openai_503(tmp_path: Path) -> None:
@@ -323,15 +353,22 @@ def test_stream_hanging_mid_way_is_cut_by_the_idle_timeout(tmp_path: Path) -> No
     for p in make_pair(tmp_path, per_try_idle_timeout_seconds=1):
         never = threading.Event()  # the primary sends its first chunk, then hangs
         p.primary.set_behaviour(stream_chunks=["partial ", "never"], stream_gate=never)
-        started = time.monotonic()
         received = ""
-        with pytest.raises((httpx.HTTPError, openai.APIError)):
+        with pytest.raises((httpx.HTTPError, openai.APIError)) as cut:
             for chunk in p.chat("hang", stream=True):
                 if chunk.choices:
                     received += chunk.choices[0].delta.content or ""
-        # Bytes already reached the client, so no failover; but no hang either.
+        # Bytes already reached the client, so no failover; but no hang either: Envoy's idle
+        # timeout reset the stream (the client's own 30 s timeout would be a timeout error).
         assert received == "partial "
-        assert time.monotonic() - started < 10
+        assert not isinstance(cut.value, (httpx.TimeoutException, openai.APITimeoutError))
+        assert p.envoy_stat("upstream_rq_per_try_idle_timeout") == 1
+        assert p.envoy_stat("upstream_rq_retry") == 0 and p.backup.requests == []
+        # ... and the reset reached the hanging provider (the fake notices it on its own time).
+        deadline = time.monotonic() + 10
+        while p.primary.stream_aborted == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (p.primary.stream_started, p.primary.stream_aborted) == (1, 1)
         never.set()
 
 
