@@ -31,11 +31,15 @@ from extproc.dev.fakes import (
 TRICKY_TEXT = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth\u200d e\u0301 漢字 🇺🇦"
 
 
+def sdk_client(fake: FakeProviderServer) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=fake.base_url + "/v1", api_key="sk-test", max_retries=0, timeout=5
+    )
+
+
 @pytest.fixture
 def client(fake: FakeProviderServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=fake.base_url + "/v1", api_key="sk-test", max_retries=0, timeout=5
-    ) as sdk:
+    with sdk_client(fake) as sdk:
         yield sdk
 
 
@@ -269,12 +273,21 @@ def test_split_reply_keeps_every_character() -> None:
     assert split_reply("echo: a  b ") == ["echo:", " a", "  b", " "]
 
 
-def test_chunk_interval_paces_the_stream(fake: FakeProviderServer) -> None:
-    fake.set_behaviour(reply="a b c", chunk_interval_s=0.05)
-    started = time.monotonic()
-    http(fake, "/v1/chat/completions", chat_body(stream=True))
-    # role, 3 content chunks, finish, [DONE] => 5 pauses (minus timer slack)
-    assert time.monotonic() - started >= 0.2
+def test_chunk_interval_paces_the_stream() -> None:
+    # An interval no test run reaches: the stream can only get past its first frame by not
+    # pausing, and shutdown is what ends the pause (nothing is timed).
+    behaviour = Behaviour(reply="a b c", chunk_interval_s=3600)
+    with FakeProviderServer(behaviour=behaviour) as fake, sdk_client(fake) as client:
+        stream = client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        with stream:
+            iterator = iter(stream)
+            assert next(iterator).choices[0].delta.role == "assistant"
+            fake.stop()
+            rest = list(iterator)
+    assert rest == []  # ended cleanly during the first pause, before the first content chunk
+    assert (fake.stream_started, fake.stream_finished, fake.stream_aborted) == (1, 0, 1)
 
 
 def test_stream_gate_holds_the_stream(fake: FakeProviderServer, client: openai.OpenAI) -> None:
@@ -287,7 +300,6 @@ def test_stream_gate_holds_the_stream(fake: FakeProviderServer, client: openai.O
         iterator = iter(stream)
         assert next(iterator).choices[0].delta.role == "assistant"
         assert next(iterator).choices[0].delta.content == "first"
-        time.sleep(0.05)
         assert fake.stream_started == 1
         assert fake.stream_finished == 0  # the client got data before the provider finished
         gate.set()
@@ -529,12 +541,20 @@ def test_fail_times_then_recovers(fake: FakeProviderServer) -> None:
     assert len(fake.requests) == 6
 
 
-def test_latency(fake: FakeProviderServer) -> None:
-    fake.set_behaviour(latency_s=0.2)
-    started = time.monotonic()
-    assert http(fake, "/v1/models")[0] == 200
-    assert time.monotonic() - started >= 0.2
-    assert fake.requests[0].received_at - started < 0.15  # recorded on arrival, not after
+def test_latency_holds_the_answer_not_the_recording() -> None:
+    # With an hour of latency and an hour of shutdown timeout, only a request still held by
+    # the latency gets the shutdown answer; and it is recorded while it is held.
+    answers: list[tuple[int, Message, bytes]] = []
+    with FakeProviderServer(behaviour=Behaviour(latency_s=3600), shutdown_timeout=3600) as fake:
+        caller = threading.Thread(target=lambda: answers.append(http(fake, "/v1/models")))
+        caller.start()
+        [recorded] = fake.wait_for_requests(1)
+        assert recorded.path == "/v1/models"
+        fake.stop()
+        caller.join()
+    [(status, _, body)] = answers
+    assert status == 503
+    assert orjson.loads(body)["error"]["message"] == "The fake provider is shutting down."
 
 
 def test_clear_restores_default_behaviour(fake: FakeProviderServer) -> None:
@@ -575,20 +595,27 @@ def test_start_stop_and_port_selection() -> None:
         urllib.request.urlopen(fake.base_url + "/v1/models", timeout=2)
 
 
-def test_stop_is_prompt_with_slow_and_gated_requests() -> None:
+def test_stop_ends_slow_and_gated_requests_itself() -> None:
+    # The shutdown timeout is an hour: stop() returns only if the delay and the gate wait end
+    # on shutdown, not when aiohttp gives up on them.
     gate = threading.Event()
-    with FakeProviderServer() as fake:
+    answers: list[tuple[int, Message, bytes]] = []
+    with FakeProviderServer(shutdown_timeout=3600) as fake:
+        fake.set_behaviour(latency_s=3600)
+        caller = threading.Thread(target=lambda: answers.append(http(fake, "/v1/models")))
+        caller.start()
+        fake.wait_for_requests(1)
         fake.set_behaviour(stream_gate=gate)
-        client = openai.OpenAI(base_url=fake.base_url + "/v1", api_key="x", max_retries=0)
-        with client:
+        with sdk_client(fake) as client:
             stream = client.chat.completions.create(
                 model="gpt-test", messages=[{"role": "user", "content": "x"}], stream=True
             )
             with stream:
                 next(iter(stream))
-                started = time.monotonic()
                 fake.stop()
-                assert time.monotonic() - started < 1.0
+        caller.join()
+    assert not gate.is_set()
+    assert [status for status, _, _ in answers] == [503]
     assert fake.stream_aborted == 1
     assert fake.stream_finished == 0
 
