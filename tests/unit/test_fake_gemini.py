@@ -24,8 +24,9 @@ from pydantic import SecretStr
 
 from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.fakes.gemini_server import WIRE
-from extproc.dev.fakes.openai_server import embedding_vector, wire_for
+from extproc.dev.fakes.app import wire_for
+from extproc.dev.fakes.core import embedding_vector
+from extproc.dev.fakes.gemini import WIRE
 from extproc.errors import GatewayError
 from extproc.providers.base import Endpoint, RequestContext, ResponseMode
 from extproc.providers.google import GoogleGeminiAdapter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import signal
 import struct
@@ -13,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -642,3 +644,66 @@ def test_cli_serves_until_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+# -- layout ----------------------------------------------------------------------------------
+
+FAKES_PACKAGE = "extproc.dev.fakes"
+FAKES_DIR = Path(__file__).parents[2] / "extproc" / "dev" / "fakes"
+WIRE_MODULES = ("openai", "anthropic", "gemini", "bedrock")
+
+
+def loaded_fakes_modules(module: str) -> list[str]:
+    """The modules of the fakes package loaded by importing `module` alone, in a fresh process."""
+    code = (
+        "import json, sys, importlib\n"
+        f"importlib.import_module({module!r})\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({FAKES_PACKAGE!r}))))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded: list[str] = orjson.loads(run.stdout)
+    return loaded
+
+
+def sibling_imports(module: str) -> set[str]:
+    """Submodules of the fakes package that `module` imports anywhere (functions included)."""
+    tree = ast.parse((FAKES_DIR / f"{module}.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{module}: relative import"
+            if node.module == FAKES_PACKAGE:
+                found |= {alias.name for alias in node.names}
+            elif node.module and node.module.startswith(FAKES_PACKAGE + "."):
+                found.add(node.module.removeprefix(FAKES_PACKAGE + "."))
+        elif isinstance(node, ast.Import):
+            found |= {
+                alias.name.removeprefix(FAKES_PACKAGE + ".")
+                for alias in node.names
+                if alias.name.startswith(FAKES_PACKAGE + ".")
+            }
+    return found
+
+
+def test_core_alone_loads_no_wire_module() -> None:
+    assert loaded_fakes_modules(f"{FAKES_PACKAGE}.core") == [
+        FAKES_PACKAGE,
+        f"{FAKES_PACKAGE}.core",
+    ]
+
+
+@pytest.mark.parametrize("wire", WIRE_MODULES)
+def test_a_wire_module_loads_only_the_core(wire: str) -> None:
+    expected = {FAKES_PACKAGE, f"{FAKES_PACKAGE}.core", f"{FAKES_PACKAGE}.{wire}"}
+    if wire == "bedrock":
+        expected.add(f"{FAKES_PACKAGE}.eventstream_encoder")
+    assert set(loaded_fakes_modules(f"{FAKES_PACKAGE}.{wire}")) == expected
+
+
+def test_no_import_runs_back_up_not_even_inside_a_function() -> None:
+    assert sibling_imports("core") == set()
+    for wire in WIRE_MODULES:
+        assert sibling_imports(wire) <= {"core", "eventstream_encoder"}, wire
+    assert sibling_imports("app") == {"core", *WIRE_MODULES}
