@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import base64
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -15,12 +16,16 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import httpx
 import openai
 import orjson
 import pytest
+from botocore.eventstream import EventStreamBuffer
+from pydantic import SecretStr
 
+from extproc.config.credentials import AwsCredentials
 from extproc.dev.fakes import (
     Behaviour,
     FakeProviderServer,
@@ -28,6 +33,8 @@ from extproc.dev.fakes import (
     openai_error,
     split_reply,
 )
+from extproc.dev.fakes.bedrock import current_credentials
+from extproc.providers.aws_sigv4 import sign_headers
 
 # Emoji with ZWJ + skin tone, RTL Hebrew/Arabic, zero-width space/joiner, combining accent, CJK.
 TRICKY_TEXT = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth\u200d e\u0301 漢字 🇺🇦"
@@ -574,6 +581,10 @@ def test_behaviour_validation() -> None:
         Behaviour(status=99)
     with pytest.raises(ValueError):
         Behaviour(latency_s=-1)
+    with pytest.raises(ValueError, match="stream_drop_after"):
+        Behaviour(stream_drop_after=-1)
+    with pytest.raises(ValueError, match="body_drop_after_bytes"):
+        Behaviour(body_drop_after_bytes=-1)
 
 
 # -- lifecycle -------------------------------------------------------------------------------
@@ -707,3 +718,214 @@ def test_no_import_runs_back_up_not_even_inside_a_function() -> None:
     for wire in WIRE_MODULES:
         assert sibling_imports(wire) <= {"core", "eventstream_encoder"}, wire
     assert sibling_imports("app") == {"core", *WIRE_MODULES}
+
+
+# -- connection faults -----------------------------------------------------------------------
+
+
+class Exchange(NamedTuple):
+    """What one raw HTTP/1.1 exchange delivered: the head, the body bytes, how it ended."""
+
+    head: bytes
+    body: bytes
+    reset: bool  # the server reset the connection (ECONNRESET), rather than closing it
+
+
+class WireRequest(NamedTuple):
+    """A request of one wire format, buffered and streamed."""
+
+    path: str
+    stream_path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    stream_body: dict[str, Any]
+    frame_end: bytes | None  # how an SSE frame ends; None for Bedrock's binary event stream
+
+
+WIRE_REQUESTS = {
+    "openai": WireRequest(
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        {},
+        chat_body("a b c d"),
+        chat_body("a b c d", stream=True),
+        b"\n\n",
+    ),
+    "anthropic": WireRequest(
+        "/v1/messages",
+        "/v1/messages",
+        {"x-api-key": "k", "anthropic-version": "2023-06-01"},
+        {"model": "claude", "max_tokens": 9, "messages": [{"role": "user", "content": "a b c"}]},
+        {
+            "model": "claude",
+            "max_tokens": 9,
+            "messages": [{"role": "user", "content": "a b c"}],
+            "stream": True,
+        },
+        b"\n\n",
+    ),
+    "gemini": WireRequest(
+        "/v1beta/models/g:generateContent",
+        "/v1beta/models/g:streamGenerateContent?alt=sse",
+        {"x-goog-api-key": "k"},
+        {"contents": [{"role": "user", "parts": [{"text": "a b c"}]}]},
+        {"contents": [{"role": "user", "parts": [{"text": "a b c"}]}]},
+        b"\r\n\r\n",
+    ),
+    "bedrock": WireRequest(
+        "/model/m/converse",
+        "/model/m/converse-stream",
+        {},
+        {"messages": [{"role": "user", "content": [{"text": "a b c"}]}]},
+        {"messages": [{"role": "user", "content": [{"text": "a b c"}]}]},
+        None,
+    ),
+}
+
+
+def exchange(fake: FakeProviderServer, wire: str, *, stream: bool) -> Exchange:
+    """POST the wire's request on a fresh socket and read until the server ends it."""
+    spec = WIRE_REQUESTS[wire]
+    path = spec.stream_path if stream else spec.path
+    body = orjson.dumps(spec.stream_body if stream else spec.body)
+    headers = {"host": f"{fake.host}:{fake.port}", "content-type": "application/json"}
+    if wire == "bedrock":
+        key = current_credentials()
+        token = SecretStr(key.session_token) if key.session_token else None
+        creds = AwsCredentials(key.access_key_id, SecretStr(key.secret_access_key), token)
+        region = key.region or "us-east-1"
+        url = fake.base_url + path
+        headers = sign_headers(creds, region, "bedrock", "POST", url, headers, body)
+    headers |= spec.headers | {"content-length": str(len(body)), "connection": "close"}
+    request = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    received = bytearray()
+    reset = False
+    with socket.create_connection((fake.host, fake.port), timeout=5) as sock:
+        sock.sendall(request.encode() + b"\r\n" + body)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                reset = True
+                break
+            if not data:
+                break
+            received += data
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    return Exchange(head, rest, reset)
+
+
+def dechunk(body: bytes) -> tuple[list[bytes], bool]:
+    """(the chunks of a chunked body, whether the zero-length terminator came)."""
+    chunks: list[bytes] = []
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return chunks, True
+        chunks.append(body[:size])
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+    return chunks, False
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise AssertionError("no Content-Length")
+
+
+def assert_whole_frames(wire: str, chunks: list[bytes]) -> None:
+    """Each chunk is one whole stream frame of the wire format."""
+    end = WIRE_REQUESTS[wire].frame_end
+    if end is None:
+        for chunk in chunks:
+            buffer = EventStreamBuffer()
+            buffer.add_data(chunk)
+            assert len(list(buffer)) == 1
+    else:
+        assert all(chunk.endswith(end) and chunk.count(end) == 1 for chunk in chunks)
+
+
+@pytest.mark.parametrize("wire", WIRE_REQUESTS)
+def test_stream_complete_as_the_baseline(fake: FakeProviderServer, wire: str) -> None:
+    answer = exchange(fake, wire, stream=True)
+    assert answer.head.startswith(b"HTTP/1.1 200 ")
+    chunks, terminated = dechunk(answer.body)
+    assert terminated and not answer.reset
+    assert len(chunks) > 3
+    assert_whole_frames(wire, chunks)
+
+
+@pytest.mark.parametrize("wire", WIRE_REQUESTS)
+@pytest.mark.parametrize("frames", [0, 1, 3])
+def test_stream_drop_after_sends_whole_frames_then_resets(
+    fake: FakeProviderServer, wire: str, frames: int
+) -> None:
+    fake.set_behaviour(stream_drop_after=frames, chunk_interval_s=0.001)
+    answer = exchange(fake, wire, stream=True)
+    assert answer.head.startswith(b"HTTP/1.1 200 ")
+    chunks, terminated = dechunk(answer.body)
+    assert len(chunks) == frames
+    assert_whole_frames(wire, chunks)
+    assert not terminated  # no zero-length chunk
+    assert answer.reset  # and no clean close either
+    assert (fake.stream_started, fake.stream_finished, fake.stream_aborted) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("wire", WIRE_REQUESTS)
+@pytest.mark.parametrize("sent", [0, 7])
+def test_body_drop_after_bytes_sends_the_full_length_and_less(
+    fake: FakeProviderServer, wire: str, sent: int
+) -> None:
+    whole = exchange(fake, wire, stream=False)
+    fake.set_behaviour(body_drop_after_bytes=sent)
+    answer = exchange(fake, wire, stream=False)
+    assert answer.head.startswith(b"HTTP/1.1 200 ")
+    assert content_length(answer.head) == content_length(whole.head) == len(whole.body)
+    assert answer.body == whole.body[:sent]
+    assert answer.reset
+    assert not whole.reset
+
+
+def test_a_large_dropped_body_arrives_whole_up_to_the_limit(fake: FakeProviderServer) -> None:
+    # Megabytes still in the kernel's send queue when the reset goes out would be lost.
+    fake.set_behaviour(reply="x" * 8_000_000, body_drop_after_bytes=7_999_000)
+    answer = exchange(fake, "openai", stream=False)
+    assert len(answer.body) == 7_999_000
+    assert answer.reset
+
+
+def test_body_drop_also_cuts_injected_errors(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(status=503, body_drop_after_bytes=5)
+    answer = exchange(fake, "anthropic", stream=False)
+    assert answer.head.startswith(b"HTTP/1.1 503 ")
+    assert content_length(answer.head) > 5
+    assert answer.body == b'{"typ'
+    assert answer.reset
+
+
+def test_faults_past_the_end_leave_the_answer_whole(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(stream_drop_after=1000, body_drop_after_bytes=100_000)
+    streamed = exchange(fake, "openai", stream=True)
+    assert dechunk(streamed.body)[1] and not streamed.reset
+    buffered = exchange(fake, "openai", stream=False)
+    assert len(buffered.body) == content_length(buffered.head)
+    assert not buffered.reset
+    assert (fake.stream_finished, fake.stream_aborted) == (1, 0)
+
+
+def test_clients_see_the_drops_as_transport_errors(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(stream_drop_after=2, body_drop_after_bytes=10)
+    url = fake.base_url + "/v1/chat/completions"
+    with pytest.raises(httpx.TransportError):
+        httpx.post(url, json=chat_body(), timeout=5)
+    received: list[bytes] = []
+    with (
+        pytest.raises(httpx.TransportError),
+        httpx.stream("POST", url, json=chat_body(stream=True), timeout=5) as response,
+    ):
+        received.extend(response.iter_raw())
+    assert b"".join(received).count(b"\n\n") == 2

@@ -1,7 +1,7 @@
 """The fake provider's aiohttp application: which wire format answers a request, and how.
 
 Owns the one ordered list of wire formats (OpenAI last, as the fallback) and the exchange
-every request goes through: record, latency, injected error or the wire's answer.
+every request goes through: record, latency, injected error or the wire's answer, faults.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Final
 from aiohttp import web
 
 from extproc.dev.fakes import anthropic, bedrock, gemini, openai
-from extproc.dev.fakes.core import CLOSING, FakeProvider, WireFormat
+from extproc.dev.fakes.core import CLOSING, FakeProvider, WireFormat, deliver
 
 # Tried in order; OpenAI's matches every path, so it is the fallback and stays last.
 WIRES: Final[tuple[WireFormat, ...]] = (anthropic.WIRE, gemini.WIRE, bedrock.WIRE, openai.WIRE)
@@ -32,8 +32,10 @@ async def answer(provider: FakeProvider, request: web.Request) -> web.StreamResp
         return openai.shutting_down(arrival)
     wire = wire_for(request.path)
     if arrival.inject:
-        return wire.error_response(arrival)
-    return await wire.handle(provider, request, arrival)
+        response: web.StreamResponse = wire.error_response(arrival)
+    else:
+        response = await wire.handle(provider, request, arrival)
+    return await deliver(request, arrival, response)
 
 
 def create_app(provider: FakeProvider) -> web.Application:

@@ -7,8 +7,13 @@ each wire module implements, and the helpers they share. Imports no wire module.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import re
+import socket
+import struct
+import sys
+import termios
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -28,7 +33,7 @@ AZURE_PREFIX: Final = "/openai/deployments/"
 # Set when the server starts shutting down: ends latency pauses and gate waits early.
 CLOSING: Final = web.AppKey("fake_provider_closing", asyncio.Event)
 
-_GATE_POLL_S: Final = 0.005
+_POLL_S: Final = 0.005
 _PIECE_RE: Final = re.compile(r"\s*\S+|\s+$")
 
 
@@ -67,6 +72,13 @@ class Behaviour:
     # `thoughtSignature`, and a request whose current turn holds a function call without the
     # signature issued for it is refused with a 400 (Gemini wire format only).
     thought_signatures: bool = False
+    # Dropped connections (every wire format). A stream sends `stream_drop_after` whole
+    # frames, paced by `chunk_interval_s`, then resets the TCP connection: no zero-length
+    # chunk, no clean close. Any other answer (JSON, refusal, injected error) sends its
+    # status and headers with the full Content-Length, then `body_drop_after_bytes` bytes of
+    # its body, then the reset. A count at or past the end leaves the answer whole.
+    stream_drop_after: int | None = None
+    body_drop_after_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.latency_s < 0 or self.chunk_interval_s < 0:
@@ -80,6 +92,10 @@ class Behaviour:
                 raise ValueError("fail_times must be >= 0")
         if self.stream_chunk_count is not None and self.stream_chunk_count < 1:
             raise ValueError("stream_chunk_count must be >= 1")
+        for name in ("stream_drop_after", "body_drop_after_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -210,7 +226,7 @@ class FakeProvider:
 
     @property
     def stream_aborted(self) -> int:
-        """Streams cut short by a client disconnect or server shutdown."""
+        """Streams cut short: client disconnect, server shutdown, truncation or drop fault."""
         with self._cond:
             return self._stream_aborted
 
@@ -271,8 +287,9 @@ class FakeProvider:
 
         `chunk_interval_s` paces frames; `stream_gate` holds after frame `gate_after`;
         `stream_truncate_after=N` sends N whole frames, then half of the next one,
-        then ends the response cleanly (a stream cut mid-event). The last frame is
-        the terminator: `stream_finished` is counted just before it is written.
+        then ends the response cleanly (a stream cut mid-event); `stream_drop_after=N`
+        sends N whole frames, then resets the connection. The last frame is the
+        terminator: `stream_finished` is counted just before it is written.
         """
         behaviour = arrival.behaviour
         closing = request.app[CLOSING]
@@ -286,6 +303,9 @@ class FakeProvider:
         try:
             for index, frame in enumerate(frames):
                 if index and not await pause(closing, behaviour.chunk_interval_s):
+                    return self._abort(resp)
+                if index == behaviour.stream_drop_after:
+                    await reset_connection(request)
                     return self._abort(resp)
                 if cut is not None and index == cut:
                     await resp.write(frame[: max(1, len(frame) // 2)])
@@ -333,8 +353,70 @@ async def _wait_gate(gate: threading.Event, request: web.Request, closing: async
         transport = request.transport
         if closing.is_set() or transport is None or transport.is_closing():
             return False
-        await asyncio.sleep(_GATE_POLL_S)
+        await asyncio.sleep(_POLL_S)
     return True
+
+
+# -- dropped connections ---------------------------------------------------------------------
+
+
+async def deliver(
+    request: web.Request, arrival: Arrival, response: web.StreamResponse
+) -> web.StreamResponse:
+    """`response` as it is, or under `body_drop_after_bytes` its status and headers (with the
+    full Content-Length) and only that many bytes of its body, then a reset connection."""
+    limit = arrival.behaviour.body_drop_after_bytes
+    body = response.body if isinstance(response, web.Response) else None
+    if limit is None or not isinstance(body, bytes) or limit >= len(body):
+        return response
+    head = web.StreamResponse(
+        status=response.status, reason=response.reason, headers=response.headers
+    )
+    head.content_length = len(body)
+    await head.prepare(request)
+    await head.write(body[:limit])
+    await reset_connection(request)
+    return head  # aiohttp's own end of the response then fails quietly on the closed transport
+
+
+async def reset_connection(request: web.Request) -> None:
+    """Reset the client's TCP connection once every byte written so far reached it.
+
+    The peer reads all of them, then gets ECONNRESET: neither the end of the HTTP message
+    nor a clean close. Waiting ends early when the client leaves or shutdown begins.
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    closing = request.app[CLOSING]
+    sock = transport.get_extra_info("socket")
+    while (
+        (transport.get_write_buffer_size() or _unacknowledged_bytes(sock))
+        and not closing.is_set()
+        and not transport.is_closing()
+    ):
+        await asyncio.sleep(_POLL_S)
+    if transport.is_closing():  # the client left meanwhile
+        return
+    if sock is not None:
+        # A zero linger time makes close() send RST instead of FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _unacknowledged_bytes(sock: Any) -> int:
+    """Bytes the kernel sent or holds that the peer has not acknowledged (Linux), else 0.
+
+    A reset discards them, so the reset waits for this to reach 0.
+    """
+    if sock is None or sys.platform != "linux":
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4)  # SIOCOUTQ
+    except OSError:
+        return 0
+    queued: int = struct.unpack("i", raw)[0]
+    return queued
 
 
 # -- answers shared by the wire formats ------------------------------------------------------
