@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from extproc.dev.fakes import FakeProviderServer, RecordedRequest
-from extproc.dev.fakes.gemini_server import thought_signature
+from extproc.dev.fakes.gemini import thought_signature
 from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from extproc.config.credentials import AwsCredentials
 from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.fakes.bedrock_server import (
+from extproc.dev.fakes.bedrock import (
     DEFAULT_ACCESS_KEY_ID,
     DEFAULT_SECRET_ACCESS_KEY,
     FakeAwsKey,

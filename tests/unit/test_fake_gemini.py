@@ -26,8 +26,9 @@ from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.decisions.openai_request import Endpoint
 from extproc.decisions.validation import check_model_id, validate
 from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.fakes.gemini_server import WIRE
-from extproc.dev.fakes.openai_server import embedding_vector, wire_for
+from extproc.dev.fakes.app import wire_for
+from extproc.dev.fakes.core import embedding_vector
+from extproc.dev.fakes.gemini import WIRE
 from extproc.errors import GatewayError
 from extproc.providers.base import ResponseMode
 from extproc.providers.google.adapter import GoogleGeminiAdapter

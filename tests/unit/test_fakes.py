@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -13,12 +15,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import Message
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
+import httpx
 import openai
 import orjson
 import pytest
+from botocore.eventstream import EventStreamBuffer
+from pydantic import SecretStr
 
+from extproc.config.credentials import AwsCredentials
 from extproc.dev.fakes import (
     Behaviour,
     FakeProviderServer,
@@ -26,16 +33,22 @@ from extproc.dev.fakes import (
     openai_error,
     split_reply,
 )
+from extproc.dev.fakes.bedrock import current_credentials
+from extproc.providers.aws_sigv4 import sign_headers
 
 # Emoji with ZWJ + skin tone, RTL Hebrew/Arabic, zero-width space/joiner, combining accent, CJK.
 TRICKY_TEXT = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth\u200d e\u0301 漢字 🇺🇦"
 
 
+def sdk_client(fake: FakeProviderServer) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=fake.base_url + "/v1", api_key="sk-test", max_retries=0, timeout=5
+    )
+
+
 @pytest.fixture
 def client(fake: FakeProviderServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=fake.base_url + "/v1", api_key="sk-test", max_retries=0, timeout=5
-    ) as sdk:
+    with sdk_client(fake) as sdk:
         yield sdk
 
 
@@ -269,12 +282,21 @@ def test_split_reply_keeps_every_character() -> None:
     assert split_reply("echo: a  b ") == ["echo:", " a", "  b", " "]
 
 
-def test_chunk_interval_paces_the_stream(fake: FakeProviderServer) -> None:
-    fake.set_behaviour(reply="a b c", chunk_interval_s=0.05)
-    started = time.monotonic()
-    http(fake, "/v1/chat/completions", chat_body(stream=True))
-    # role, 3 content chunks, finish, [DONE] => 5 pauses (minus timer slack)
-    assert time.monotonic() - started >= 0.2
+def test_chunk_interval_paces_the_stream() -> None:
+    # An interval no test run reaches: the stream can only get past its first frame by not
+    # pausing, and shutdown is what ends the pause (nothing is timed).
+    behaviour = Behaviour(reply="a b c", chunk_interval_s=3600)
+    with FakeProviderServer(behaviour=behaviour) as fake, sdk_client(fake) as client:
+        stream = client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        with stream:
+            iterator = iter(stream)
+            assert next(iterator).choices[0].delta.role == "assistant"
+            fake.stop()
+            rest = list(iterator)
+    assert rest == []  # ended cleanly during the first pause, before the first content chunk
+    assert (fake.stream_started, fake.stream_finished, fake.stream_aborted) == (1, 0, 1)
 
 
 def test_stream_gate_holds_the_stream(fake: FakeProviderServer, client: openai.OpenAI) -> None:
@@ -287,7 +309,6 @@ def test_stream_gate_holds_the_stream(fake: FakeProviderServer, client: openai.O
         iterator = iter(stream)
         assert next(iterator).choices[0].delta.role == "assistant"
         assert next(iterator).choices[0].delta.content == "first"
-        time.sleep(0.05)
         assert fake.stream_started == 1
         assert fake.stream_finished == 0  # the client got data before the provider finished
         gate.set()
@@ -529,12 +550,20 @@ def test_fail_times_then_recovers(fake: FakeProviderServer) -> None:
     assert len(fake.requests) == 6
 
 
-def test_latency(fake: FakeProviderServer) -> None:
-    fake.set_behaviour(latency_s=0.2)
-    started = time.monotonic()
-    assert http(fake, "/v1/models")[0] == 200
-    assert time.monotonic() - started >= 0.2
-    assert fake.requests[0].received_at - started < 0.15  # recorded on arrival, not after
+def test_latency_holds_the_answer_not_the_recording() -> None:
+    # With an hour of latency and an hour of shutdown timeout, only a request still held by
+    # the latency gets the shutdown answer; and it is recorded while it is held.
+    answers: list[tuple[int, Message, bytes]] = []
+    with FakeProviderServer(behaviour=Behaviour(latency_s=3600), shutdown_timeout=3600) as fake:
+        caller = threading.Thread(target=lambda: answers.append(http(fake, "/v1/models")))
+        caller.start()
+        [recorded] = fake.wait_for_requests(1)
+        assert recorded.path == "/v1/models"
+        fake.stop()
+        caller.join()
+    [(status, _, body)] = answers
+    assert status == 503
+    assert orjson.loads(body)["error"]["message"] == "The fake provider is shutting down."
 
 
 def test_clear_restores_default_behaviour(fake: FakeProviderServer) -> None:
@@ -552,6 +581,10 @@ def test_behaviour_validation() -> None:
         Behaviour(status=99)
     with pytest.raises(ValueError):
         Behaviour(latency_s=-1)
+    with pytest.raises(ValueError, match="stream_drop_after"):
+        Behaviour(stream_drop_after=-1)
+    with pytest.raises(ValueError, match="body_drop_after_bytes"):
+        Behaviour(body_drop_after_bytes=-1)
 
 
 # -- lifecycle -------------------------------------------------------------------------------
@@ -575,20 +608,27 @@ def test_start_stop_and_port_selection() -> None:
         urllib.request.urlopen(fake.base_url + "/v1/models", timeout=2)
 
 
-def test_stop_is_prompt_with_slow_and_gated_requests() -> None:
+def test_stop_ends_slow_and_gated_requests_itself() -> None:
+    # The shutdown timeout is an hour: stop() returns only if the delay and the gate wait end
+    # on shutdown, not when aiohttp gives up on them.
     gate = threading.Event()
-    with FakeProviderServer() as fake:
+    answers: list[tuple[int, Message, bytes]] = []
+    with FakeProviderServer(shutdown_timeout=3600) as fake:
+        fake.set_behaviour(latency_s=3600)
+        caller = threading.Thread(target=lambda: answers.append(http(fake, "/v1/models")))
+        caller.start()
+        fake.wait_for_requests(1)
         fake.set_behaviour(stream_gate=gate)
-        client = openai.OpenAI(base_url=fake.base_url + "/v1", api_key="x", max_retries=0)
-        with client:
+        with sdk_client(fake) as client:
             stream = client.chat.completions.create(
                 model="gpt-test", messages=[{"role": "user", "content": "x"}], stream=True
             )
             with stream:
                 next(iter(stream))
-                started = time.monotonic()
                 fake.stop()
-                assert time.monotonic() - started < 1.0
+        caller.join()
+    assert not gate.is_set()
+    assert [status for status, _, _ in answers] == [503]
     assert fake.stream_aborted == 1
     assert fake.stream_finished == 0
 
@@ -615,3 +655,277 @@ def test_cli_serves_until_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+# -- layout ----------------------------------------------------------------------------------
+
+FAKES_PACKAGE = "extproc.dev.fakes"
+FAKES_DIR = Path(__file__).parents[2] / "extproc" / "dev" / "fakes"
+WIRE_MODULES = ("openai", "anthropic", "gemini", "bedrock")
+
+
+def loaded_fakes_modules(module: str) -> list[str]:
+    """The modules of the fakes package loaded by importing `module` alone, in a fresh process."""
+    code = (
+        "import json, sys, importlib\n"
+        f"importlib.import_module({module!r})\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({FAKES_PACKAGE!r}))))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded: list[str] = orjson.loads(run.stdout)
+    return loaded
+
+
+def sibling_imports(module: str) -> set[str]:
+    """Submodules of the fakes package that `module` imports anywhere (functions included)."""
+    tree = ast.parse((FAKES_DIR / f"{module}.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{module}: relative import"
+            if node.module == FAKES_PACKAGE:
+                found |= {alias.name for alias in node.names}
+            elif node.module and node.module.startswith(FAKES_PACKAGE + "."):
+                found.add(node.module.removeprefix(FAKES_PACKAGE + "."))
+        elif isinstance(node, ast.Import):
+            found |= {
+                alias.name.removeprefix(FAKES_PACKAGE + ".")
+                for alias in node.names
+                if alias.name.startswith(FAKES_PACKAGE + ".")
+            }
+    return found
+
+
+def test_core_alone_loads_no_wire_module() -> None:
+    assert loaded_fakes_modules(f"{FAKES_PACKAGE}.core") == [
+        FAKES_PACKAGE,
+        f"{FAKES_PACKAGE}.core",
+    ]
+
+
+@pytest.mark.parametrize("wire", WIRE_MODULES)
+def test_a_wire_module_loads_only_the_core(wire: str) -> None:
+    expected = {FAKES_PACKAGE, f"{FAKES_PACKAGE}.core", f"{FAKES_PACKAGE}.{wire}"}
+    if wire == "bedrock":
+        expected.add(f"{FAKES_PACKAGE}.eventstream_encoder")
+    assert set(loaded_fakes_modules(f"{FAKES_PACKAGE}.{wire}")) == expected
+
+
+def test_no_import_runs_back_up_not_even_inside_a_function() -> None:
+    assert sibling_imports("core") == set()
+    for wire in WIRE_MODULES:
+        assert sibling_imports(wire) <= {"core", "eventstream_encoder"}, wire
+    assert sibling_imports("app") == {"core", *WIRE_MODULES}
+
+
+# -- connection faults -----------------------------------------------------------------------
+
+
+class Exchange(NamedTuple):
+    """What one raw HTTP/1.1 exchange delivered: the head, the body bytes, how it ended."""
+
+    head: bytes
+    body: bytes
+    reset: bool  # the server reset the connection (ECONNRESET), rather than closing it
+
+
+class WireRequest(NamedTuple):
+    """A request of one wire format, buffered and streamed."""
+
+    path: str
+    stream_path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    stream_body: dict[str, Any]
+    frame_end: bytes | None  # how an SSE frame ends; None for Bedrock's binary event stream
+
+
+WIRE_REQUESTS = {
+    "openai": WireRequest(
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        {},
+        chat_body("a b c d"),
+        chat_body("a b c d", stream=True),
+        b"\n\n",
+    ),
+    "anthropic": WireRequest(
+        "/v1/messages",
+        "/v1/messages",
+        {"x-api-key": "k", "anthropic-version": "2023-06-01"},
+        {"model": "claude", "max_tokens": 9, "messages": [{"role": "user", "content": "a b c"}]},
+        {
+            "model": "claude",
+            "max_tokens": 9,
+            "messages": [{"role": "user", "content": "a b c"}],
+            "stream": True,
+        },
+        b"\n\n",
+    ),
+    "gemini": WireRequest(
+        "/v1beta/models/g:generateContent",
+        "/v1beta/models/g:streamGenerateContent?alt=sse",
+        {"x-goog-api-key": "k"},
+        {"contents": [{"role": "user", "parts": [{"text": "a b c"}]}]},
+        {"contents": [{"role": "user", "parts": [{"text": "a b c"}]}]},
+        b"\r\n\r\n",
+    ),
+    "bedrock": WireRequest(
+        "/model/m/converse",
+        "/model/m/converse-stream",
+        {},
+        {"messages": [{"role": "user", "content": [{"text": "a b c"}]}]},
+        {"messages": [{"role": "user", "content": [{"text": "a b c"}]}]},
+        None,
+    ),
+}
+
+
+def exchange(fake: FakeProviderServer, wire: str, *, stream: bool) -> Exchange:
+    """POST the wire's request on a fresh socket and read until the server ends it."""
+    spec = WIRE_REQUESTS[wire]
+    path = spec.stream_path if stream else spec.path
+    body = orjson.dumps(spec.stream_body if stream else spec.body)
+    headers = {"host": f"{fake.host}:{fake.port}", "content-type": "application/json"}
+    if wire == "bedrock":
+        key = current_credentials()
+        token = SecretStr(key.session_token) if key.session_token else None
+        creds = AwsCredentials(key.access_key_id, SecretStr(key.secret_access_key), token)
+        region = key.region or "us-east-1"
+        url = fake.base_url + path
+        headers = sign_headers(creds, region, "bedrock", "POST", url, headers, body)
+    headers |= spec.headers | {"content-length": str(len(body)), "connection": "close"}
+    request = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    received = bytearray()
+    reset = False
+    with socket.create_connection((fake.host, fake.port), timeout=5) as sock:
+        sock.sendall(request.encode() + b"\r\n" + body)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                reset = True
+                break
+            if not data:
+                break
+            received += data
+    head, _, rest = bytes(received).partition(b"\r\n\r\n")
+    return Exchange(head, rest, reset)
+
+
+def dechunk(body: bytes) -> tuple[list[bytes], bool]:
+    """(the chunks of a chunked body, whether the zero-length terminator came)."""
+    chunks: list[bytes] = []
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return chunks, True
+        chunks.append(body[:size])
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+    return chunks, False
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise AssertionError("no Content-Length")
+
+
+def assert_whole_frames(wire: str, chunks: list[bytes]) -> None:
+    """Each chunk is one whole stream frame of the wire format."""
+    end = WIRE_REQUESTS[wire].frame_end
+    if end is None:
+        for chunk in chunks:
+            buffer = EventStreamBuffer()
+            buffer.add_data(chunk)
+            assert len(list(buffer)) == 1
+    else:
+        assert all(chunk.endswith(end) and chunk.count(end) == 1 for chunk in chunks)
+
+
+@pytest.mark.parametrize("wire", WIRE_REQUESTS)
+def test_stream_complete_as_the_baseline(fake: FakeProviderServer, wire: str) -> None:
+    answer = exchange(fake, wire, stream=True)
+    assert answer.head.startswith(b"HTTP/1.1 200 ")
+    chunks, terminated = dechunk(answer.body)
+    assert terminated and not answer.reset
+    assert len(chunks) > 3
+    assert_whole_frames(wire, chunks)
+
+
+@pytest.mark.parametrize("wire", WIRE_REQUESTS)
+@pytest.mark.parametrize("frames", [0, 1, 3])
+def test_stream_drop_after_sends_whole_frames_then_resets(
+    fake: FakeProviderServer, wire: str, frames: int
+) -> None:
+    fake.set_behaviour(stream_drop_after=frames, chunk_interval_s=0.001)
+    answer = exchange(fake, wire, stream=True)
+    assert answer.head.startswith(b"HTTP/1.1 200 ")
+    chunks, terminated = dechunk(answer.body)
+    assert len(chunks) == frames
+    assert_whole_frames(wire, chunks)
+    assert not terminated  # no zero-length chunk
+    assert answer.reset  # and no clean close either
+    assert (fake.stream_started, fake.stream_finished, fake.stream_aborted) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("wire", WIRE_REQUESTS)
+@pytest.mark.parametrize("sent", [0, 7])
+def test_body_drop_after_bytes_sends_the_full_length_and_less(
+    fake: FakeProviderServer, wire: str, sent: int
+) -> None:
+    whole = exchange(fake, wire, stream=False)
+    fake.set_behaviour(body_drop_after_bytes=sent)
+    answer = exchange(fake, wire, stream=False)
+    assert answer.head.startswith(b"HTTP/1.1 200 ")
+    assert content_length(answer.head) == content_length(whole.head) == len(whole.body)
+    assert answer.body == whole.body[:sent]
+    assert answer.reset
+    assert not whole.reset
+
+
+def test_a_large_dropped_body_arrives_whole_up_to_the_limit(fake: FakeProviderServer) -> None:
+    # Megabytes still in the kernel's send queue when the reset goes out would be lost.
+    fake.set_behaviour(reply="x" * 8_000_000, body_drop_after_bytes=7_999_000)
+    answer = exchange(fake, "openai", stream=False)
+    assert len(answer.body) == 7_999_000
+    assert answer.reset
+
+
+def test_body_drop_also_cuts_injected_errors(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(status=503, body_drop_after_bytes=5)
+    answer = exchange(fake, "anthropic", stream=False)
+    assert answer.head.startswith(b"HTTP/1.1 503 ")
+    assert content_length(answer.head) > 5
+    assert answer.body == b'{"typ'
+    assert answer.reset
+
+
+def test_faults_past_the_end_leave_the_answer_whole(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(stream_drop_after=1000, body_drop_after_bytes=100_000)
+    streamed = exchange(fake, "openai", stream=True)
+    assert dechunk(streamed.body)[1] and not streamed.reset
+    buffered = exchange(fake, "openai", stream=False)
+    assert len(buffered.body) == content_length(buffered.head)
+    assert not buffered.reset
+    assert (fake.stream_finished, fake.stream_aborted) == (1, 0)
+
+
+def test_clients_see_the_drops_as_transport_errors(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(stream_drop_after=2, body_drop_after_bytes=10)
+    url = fake.base_url + "/v1/chat/completions"
+    with pytest.raises(httpx.TransportError):
+        httpx.post(url, json=chat_body(), timeout=5)
+    received: list[bytes] = []
+    with (
+        pytest.raises(httpx.TransportError),
+        httpx.stream("POST", url, json=chat_body(stream=True), timeout=5) as response,
+    ):
+        received.extend(response.iter_raw())
+    assert b"".join(received).count(b"\n\n") == 2

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from extproc.config.credentials import AwsCredentials
 from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.decisions.openai_request import Endpoint
-from extproc.dev.fakes.bedrock_server import FakeAwsKey, verify_signature
+from extproc.dev.fakes.bedrock import FakeAwsKey, verify_signature
 from extproc.dev.fakes.eventstream_encoder import encode_message, event_message, exception_message
 from extproc.errors import GatewayError
 from extproc.providers.base import ResponseMode, Usage

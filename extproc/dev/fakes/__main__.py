@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from extproc.dev.fakes.openai_server import Behaviour, FakeProvider, create_app
+from extproc.dev.fakes.app import create_app
+from extproc.dev.fakes.core import Behaviour, FakeProvider
 from extproc.dev.fakes.runner import bind_socket, format_base_url
 
 
@@ -22,7 +23,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
         prog="python -m extproc.dev.fakes",
-        description="Fake OpenAI / Azure OpenAI upstream for tests, `make run` and benchmarks.",
+        description="Fake LLM provider upstream (OpenAI, Azure, Anthropic, Gemini, Bedrock) "
+        "for tests, `make run` and benchmarks.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18000, help="0 picks a free port")

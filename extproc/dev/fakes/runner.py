@@ -15,7 +15,8 @@ from typing import Self
 
 from aiohttp import web
 
-from extproc.dev.fakes.openai_server import Behaviour, FakeProvider, create_app
+from extproc.dev.fakes.app import create_app
+from extproc.dev.fakes.core import Behaviour, FakeProvider
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -2,7 +2,7 @@
 
 Owns the Anthropic wire format of the fake provider (request checks, the Message
 object, the `message_start … message_stop` event stream, Anthropic-shaped errors).
-Recording, behaviour and stream pacing stay in `FakeProvider` (`openai_server.py`).
+Recording, behaviour and stream pacing stay in `core`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from extproc.dev.fakes.openai_server import (
+from extproc.dev.fakes.core import (
     JSON_CONTENT_TYPE,
     SSE_CONTENT_TYPE,
     Arrival,
     FakeProvider,
+    content_text,
     count_tokens,
     injected_error,
     last_user_text,
     reply_text,
+    request_id,
     split_reply,
 )
 
@@ -79,10 +81,10 @@ class AnthropicWire:
         return path.endswith("/messages")
 
     async def handle(
-        self, fake: FakeProvider, request: web.Request, parsed: Any, arrival: Arrival
+        self, fake: FakeProvider, request: web.Request, arrival: Arrival
     ) -> web.StreamResponse:
         """Check the request like Anthropic does, then answer it (JSON or SSE)."""
-        seq = arrival.seq
+        seq, parsed = arrival.seq, arrival.parsed
         if request.method != "POST":
             return _error(404, seq, f"Not found: {request.method} {request.path}")
         if not request.headers.get("x-api-key"):
@@ -108,7 +110,8 @@ class AnthropicWire:
         ]
         stop_reason = behaviour.stop_reason or ("tool_use" if tools else "end_turn")
         prompt_text = " ".join(
-            [_text(parsed.get("system"))] + [_text(m.get("content")) for m in messages]
+            [content_text(parsed.get("system"), " ")]
+            + [content_text(m.get("content"), " ") for m in messages]
         )
         input_tokens = count_tokens(prompt_text)
         output_tokens = count_tokens(
@@ -197,7 +200,7 @@ class AnthropicWire:
         status = arrival.behaviour.status
         assert status is not None
         return injected_error(
-            arrival, anthropic_error(status), {"request-id": _request_id(arrival.seq)}
+            arrival, anthropic_error(status), {"request-id": request_id(arrival.seq)}
         )
 
 
@@ -224,19 +227,6 @@ def _check_body(parsed: Any) -> str | None:
     return None
 
 
-def _text(content: Any) -> str:
-    """The text of a string or of a list of blocks (text blocks only)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            block["text"]
-            for block in content
-            if isinstance(block, dict) and isinstance(block.get("text"), str)
-        )
-    return ""
-
-
 def _block_start(index: int, block: Mapping[str, Any]) -> bytes:
     payload = {"type": "content_block_start", "index": index, "content_block": block}
     return sse_frame("content_block_start", payload)
@@ -251,15 +241,11 @@ def _block_stop(index: int) -> bytes:
     return sse_frame("content_block_stop", {"type": "content_block_stop", "index": index})
 
 
-def _request_id(seq: int) -> str:
-    return f"req_fake_{seq}"
-
-
 def _json(obj: Any, seq: int, status: int = 200) -> web.Response:
     return web.Response(
         body=orjson.dumps(obj),
         status=status,
-        headers={"Content-Type": JSON_CONTENT_TYPE, "request-id": _request_id(seq)},
+        headers={"Content-Type": JSON_CONTENT_TYPE, "request-id": request_id(seq)},
     )
 
 
@@ -267,7 +253,7 @@ def _error(status: int, seq: int, message: str) -> web.Response:
     return web.Response(
         body=anthropic_error(status, message),
         status=status,
-        headers={"Content-Type": JSON_CONTENT_TYPE, "request-id": _request_id(seq)},
+        headers={"Content-Type": JSON_CONTENT_TYPE, "request-id": request_id(seq)},
     )
 
 

@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from extproc.dev.fakes.openai_server import (
+from extproc.dev.fakes.core import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     MAX_EMBEDDING_DIMENSIONS,
     Arrival,
@@ -24,6 +24,7 @@ from extproc.dev.fakes.openai_server import (
     FakeProvider,
     count_tokens,
     embedding_vector,
+    injected_error,
     reply_text,
     split_reply,
 )
@@ -85,9 +86,10 @@ class GeminiWire:
         return _PATH_RE.search(path) is not None
 
     async def handle(
-        self, fake: FakeProvider, request: web.Request, parsed: Any, arrival: Arrival
+        self, fake: FakeProvider, request: web.Request, arrival: Arrival
     ) -> web.StreamResponse:
         """Check the key and the body, then answer the method named in the path."""
+        parsed = arrival.parsed
         match = _PATH_RE.search(request.path)
         assert match is not None  # matches() said so
         model, method = match.group(1), match.group(2)
@@ -132,18 +134,13 @@ class GeminiWire:
         behaviour = arrival.behaviour
         status = behaviour.status
         assert status is not None
-        headers: CIMultiDict[str] = CIMultiDict({"Content-Type": JSON_CONTENT_TYPE})
-        headers.update(behaviour.error_headers)
-        if behaviour.error_body is not None:
-            body = behaviour.error_body
-        elif status == 429:
-            delay = headers.get("retry-after", str(DEFAULT_RETRY_DELAY_S))
+        if status == 429:
+            configured: CIMultiDict[str] = CIMultiDict(behaviour.error_headers)
+            delay = configured.get("retry-after", str(DEFAULT_RETRY_DELAY_S))
             body = google_error(429, details=[retry_info(delay)])
         else:
             body = google_error(status)
-        return web.Response(
-            status=status, body=None if status in (204, 304) else body, headers=headers
-        )
+        return injected_error(arrival, body, {"Content-Type": JSON_CONTENT_TYPE})
 
 
 WIRE = GeminiWire()

@@ -22,15 +22,16 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from multidict import CIMultiDict
 
-from extproc.dev.fakes.eventstream_encoder import event_message, exception_message
-from extproc.dev.fakes.openai_server import (
+from extproc.dev.fakes.core import (
     Arrival,
     FakeProvider,
     WireFormat,
     count_tokens,
+    injected_error,
     reply_text,
     split_reply,
 )
+from extproc.dev.fakes.eventstream_encoder import event_message, exception_message
 
 DEFAULT_ACCESS_KEY_ID: Final = "AKIDFAKEBEDROCK"
 DEFAULT_SECRET_ACCESS_KEY: Final = "fake-bedrock-secret"
@@ -482,10 +483,10 @@ class BedrockWire:
         return _PATH_RE.search(path) is not None
 
     async def handle(
-        self, fake: FakeProvider, request: web.Request, parsed: Any, arrival: Arrival
+        self, fake: FakeProvider, request: web.Request, arrival: Arrival
     ) -> web.StreamResponse:
         """Verify the signature and body, then answer as Converse or ConverseStream."""
-        seq = arrival.seq
+        seq, parsed = arrival.seq, arrival.parsed
         match = _PATH_RE.search(request.path)
         if request.method != "POST" or match is None:
             return aws_error(404, "UnknownOperationException", "Unknown operation", seq)
@@ -582,28 +583,19 @@ class BedrockWire:
 
     def error_response(self, arrival: Arrival) -> web.Response:
         """The injected error: Bedrock-shaped for `behaviour.status`, or `error_body` verbatim."""
-        behaviour = arrival.behaviour
-        status = behaviour.status
+        status = arrival.behaviour.status
         assert status is not None
-        headers: CIMultiDict[str] = CIMultiDict(
-            {"Content-Type": JSON_CONTENT_TYPE, "x-amzn-RequestId": _request_id(arrival.seq)}
-        )
+        headers = {"x-amzn-RequestId": _request_id(arrival.seq)}
+        body = b"{}"
         if status >= 300:
             error_type = ERROR_TYPES.get(
                 status, "InternalServerException" if status >= 500 else "ValidationException"
             )
             headers["x-amzn-ErrorType"] = error_type + ERROR_TYPE_SUFFIX
-            body = behaviour.error_body
-            if body is None:
-                body = orjson.dumps(
-                    {"message": f"The fake provider injected HTTP {status} ({error_type})."}
-                )
-        else:
-            body = behaviour.error_body if behaviour.error_body is not None else b"{}"
-        headers.update(behaviour.error_headers)
-        return web.Response(
-            status=status, body=None if status in (204, 304) else body, headers=headers
-        )
+            body = orjson.dumps(
+                {"message": f"The fake provider injected HTTP {status} ({error_type})."}
+            )
+        return injected_error(arrival, body, headers)
 
 
 WIRE: WireFormat = BedrockWire()
