@@ -24,7 +24,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 import yaml
@@ -61,6 +60,21 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 def free_port(host: str = "127.0.0.1") -> int:
     """One TCP port free on `host`; prefer `free_ports(n)` for several."""
     return free_ports(1, host)[0]
+
+
+def loopback_sections(workdir: Path) -> dict[str, Any]:
+    """A gateway config's `listener`, `envoy_admin` and `processor` sections: free loopback
+    ports (taken together) and the processor on a unix socket in `workdir`."""
+    listener_port, envoy_admin_port, admin_port = free_ports(3)
+    return {
+        "listener": {"address": "127.0.0.1", "port": listener_port},
+        "envoy_admin": {"address": "127.0.0.1", "port": envoy_admin_port},
+        "processor": {
+            "unix_socket": str(workdir / "extproc.sock"),
+            "admin_address": "127.0.0.1",
+            "admin_port": admin_port,
+        },
+    }
 
 
 def find_envoy_binary() -> Path:
@@ -247,12 +261,7 @@ class ProcessGroup:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -267,16 +276,8 @@ class FakeProcess:
         self.log_file = log_file
         self.args = args
         self.host = host
-        self._requested_port = port
-        self._port: int | None = None
+        self.port = port  # the bound port once started (0 asks for a free one)
         self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        if self._port is None:
-            raise RuntimeError("FakeProcess is not started")
-        return self._port
 
     @property
     def base_url(self) -> str:
@@ -285,18 +286,17 @@ class FakeProcess:
 
     @property
     def pid(self) -> int:
-        """The process id."""
-        if self.proc is None:
-            raise RuntimeError("FakeProcess is not started")
+        """The process id (once started)."""
+        assert self.proc is not None, "FakeProcess is not started"
         return self.proc.pid
 
     def start(self, timeout: float = 20) -> Self:
         """Start the process; return once it has printed the port it listens on."""
         argv = [sys.executable, "-m", "extproc.dev.fakes", "--host", self.host]
-        argv += ["--port", str(self._requested_port), *self.args]
+        argv += ["--port", str(self.port), *self.args]
         self.proc = spawn(argv, self.log_file, pipe_stdout=True)
         try:
-            self._port = _read_port(self.proc, timeout)
+            self.port = _read_port(self.proc, timeout)
         except BaseException:
             self.stop()
             raise
@@ -480,10 +480,5 @@ class GatewayStack(Generic[F]):
     def __enter__(self) -> Self:
         return self if self.started else self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

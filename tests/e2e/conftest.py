@@ -17,8 +17,9 @@ import pytest
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.stack import GatewayStack, free_ports
+from extproc.dev.stack import GatewayStack, loopback_sections
 from extproc.dev.stack import free_port as free_port  # re-exported: tests import it from here
+from extproc.dev.stack import free_ports as free_ports  # re-exported: tests import it from here
 
 FULL_KEY = "sk-test-full-access"
 LIMITED_KEY = "sk-test-limited"
@@ -51,16 +52,9 @@ def gateway_config(
     **overrides: Any,
 ) -> dict[str, Any]:
     """A test config with every provider type of this issue pointing at the fake."""
-    listener_port, envoy_admin_port, admin_port = free_ports(3)
-    config: dict[str, Any] = {
-        "listener": {"address": "127.0.0.1", "port": listener_port},
-        "envoy_admin": {"address": "127.0.0.1", "port": envoy_admin_port},
-        "processor": {
-            "unix_socket": str(workdir / "extproc.sock"),
-            "admin_address": "127.0.0.1",
-            "admin_port": admin_port,
-            "shutdown_grace_seconds": 20,
-        },
+    config: dict[str, Any] = loopback_sections(workdir)
+    config["processor"]["shutdown_grace_seconds"] = 20
+    config |= {
         "limits": {"max_body_bytes": 10 * 1024 * 1024, "default_timeout_seconds": 60},
         "auth": {"enabled": True},
         # The shared stack isolates features: no retries (tests of one provider see one
