@@ -1,21 +1,20 @@
 """`make run`: the whole sidecar on one machine, offline, with the bundled fake providers.
 
-Development only: starts a fake provider, the processor and Envoy on the given config and
-prints how to call the listener.
+Development only: starts a fake provider, the processor and Envoy on the given config (one
+`extproc.dev.stack.GatewayStack`) and prints how to call the listener.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from extproc.config.loading import load_config
+from extproc.config.loading import ConfigError
 from extproc.config.schema import GatewayConfig
-from extproc.dev.stack import start_envoy, start_processor, stop_process, wait_until_ok
+from extproc.dev.fakes import FakeProviderServer
+from extproc.dev.stack import GatewayStack, interrupt_on_signals, signals_held
 
 DEMO_KEY = "sk-gw-demo-key"
 # The bundled fake provider accepts any API key (these only prove injection works).
@@ -57,49 +56,35 @@ Press Ctrl-C to stop.
 
 
 def run_local(config_path: Path, fake_port: int = 18000) -> int:
-    """Run fake provider + processor + Envoy until Ctrl-C; print how to call it."""
-    from extproc.bootstrap import render_yaml
-    from extproc.dev.fakes import FakeProviderServer
-
+    """Run fake provider + processor + Envoy until Ctrl-C or SIGTERM; print how to call it."""
     env = {k: os.environ.get(k, v) for k, v in DEMO_PROVIDER_ENV.items()}
-    os.environ.update(env)
-    loaded = load_config(config_path)
-    config = loaded.config
     workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-"))
-    bootstrap = workdir / "envoy.yaml"
-    bootstrap.write_text(render_yaml(config), encoding="utf-8")
-    fake = FakeProviderServer(port=fake_port)
-    processor = envoy = None
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        fake.start()
-        print(f"fake provider on {fake.base_url}", flush=True)
-        processor = start_processor(config_path, env)
-        admin = f"http://{config.processor.admin_address}:{config.processor.admin_port}"
-        wait_until_ok(f"{admin}/readyz", 30, processor)
-        envoy = start_envoy(bootstrap, log_file=workdir / "envoy.log")
-        listener = f"http://{config.listener.address}:{config.listener.port}"
-        wait_until_ok(f"{listener}/health", 30, envoy)
-        print(_banner(config), flush=True)
-        print(f"(Envoy log: {workdir / 'envoy.log'})", flush=True)
-        while not stopping:
-            if processor.poll() is not None or envoy.poll() is not None:
-                print("a component exited; stopping", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-        return 0
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        print(f"cannot start the gateway: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        print("stopping...", file=sys.stderr, flush=True)
-        stop_process(envoy)
-        stop_process(processor)
-        fake.stop()
+    # The processor logs to this terminal; Envoy (noisier) to a file.
+    stack = GatewayStack(
+        workdir,
+        config_path,
+        FakeProviderServer(port=fake_port),
+        processor_env=env,
+        processor_log=None,
+    )
+    with interrupt_on_signals():
+        try:
+            stack.start()
+            print(f"fake provider on {stack.fake.base_url}", flush=True)
+            print(_banner(stack.gateway_config), flush=True)
+            print(f"(Envoy log: {stack.envoy_log})", flush=True)
+            print(f"the {stack.wait_for_exit()} exited; stopping", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(f"{exc.source}: {problem}", file=sys.stderr)
+            return 2
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            print(f"cannot start the gateway: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            with signals_held():  # a second Ctrl-C must not skip the clean-up
+                print("stopping...", file=sys.stderr, flush=True)
+                stack.stop()

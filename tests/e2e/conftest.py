@@ -1,28 +1,25 @@
 """End-to-end harness: the fake provider, the processor and the real Envoy binary.
 
-One stack per test session (plus `fresh_stack` for tests that stop processes).
+One stack per test session (plus `fresh_stack` for tests that stop processes), each an
+`extproc.dev.stack.GatewayStack` on the test config below.
 """
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from extproc.bootstrap import render_yaml
-from extproc.config.loading import load_config
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.stack import start_envoy, start_processor, stop_process, wait_until_ok
+from extproc.dev.stack import GatewayStack, loopback_sections
+from extproc.dev.stack import free_port as free_port  # re-exported: tests import it from here
+from extproc.dev.stack import free_ports as free_ports  # re-exported: tests import it from here
 
 FULL_KEY = "sk-test-full-access"
 LIMITED_KEY = "sk-test-limited"
@@ -48,25 +45,6 @@ def _close_clients() -> Iterator[None]:
         _OPEN_CLIENTS.pop().close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (held open together, so the kernel cannot hand one out
-    twice, as separate `free_port()` calls occasionally did)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def gateway_config(
     fake_url: str,
     workdir: Path,
@@ -74,16 +52,9 @@ def gateway_config(
     **overrides: Any,
 ) -> dict[str, Any]:
     """A test config with every provider type of this issue pointing at the fake."""
-    listener_port, envoy_admin_port, admin_port = free_ports(3)
-    config: dict[str, Any] = {
-        "listener": {"address": "127.0.0.1", "port": listener_port},
-        "envoy_admin": {"address": "127.0.0.1", "port": envoy_admin_port},
-        "processor": {
-            "unix_socket": str(workdir / "extproc.sock"),
-            "admin_address": "127.0.0.1",
-            "admin_port": admin_port,
-            "shutdown_grace_seconds": 20,
-        },
+    config: dict[str, Any] = loopback_sections(workdir)
+    config["processor"]["shutdown_grace_seconds"] = 20
+    config |= {
         "limits": {"max_body_bytes": 10 * 1024 * 1024, "default_timeout_seconds": 60},
         "auth": {"enabled": True},
         # The shared stack isolates features: no retries (tests of one provider see one
@@ -207,33 +178,11 @@ def gateway_config(
     return config
 
 
-@dataclass
-class Stack:
-    """A running fake provider + processor + Envoy."""
+class Stack(GatewayStack[FakeProviderServer]):
+    """A running fake provider (a thread of this process) + processor + Envoy.
 
-    fake: FakeProviderServer
-    workdir: Path
-    config: dict[str, Any]
-    config_path: Path
-    bootstrap_path: Path
-    processor: subprocess.Popen[bytes] | None = None
-    envoy: subprocess.Popen[bytes] | None = None
-    logs: list[Path] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        listener = self.config["listener"]
-        return f"http://{listener['address']}:{listener['port']}"
-
-    @property
-    def admin_url(self) -> str:
-        processor = self.config["processor"]
-        return f"http://{processor['admin_address']}:{processor['admin_port']}"
-
-    @property
-    def envoy_admin_url(self) -> str:
-        admin = self.config["envoy_admin"]
-        return f"http://{admin['address']}:{admin['port']}"
+    `stop()` stops all three (stopping the fake again afterwards does nothing).
+    """
 
     def client(self, key: str = FULL_KEY, **kwargs: Any) -> openai.OpenAI:
         """An openai SDK client on the listener; closed after the test."""
@@ -243,31 +192,6 @@ class Stack:
         _OPEN_CLIENTS.append(client)
         return client
 
-    def start_processor(self) -> None:
-        log = self.workdir / "processor.log"
-        self.logs.append(log)
-        self.processor = start_processor(self.config_path, UPSTREAM_KEYS, log_file=log)
-        wait_until_ok(f"{self.admin_url}/readyz", 30, self.processor)
-
-    def start_envoy(self) -> None:
-        log = self.workdir / "envoy.log"
-        self.logs.append(log)
-        self.envoy = start_envoy(self.bootstrap_path, log_file=log)
-        wait_until_ok(f"{self.base_url}/health", 30, self.envoy)
-
-    def stop(self) -> None:
-        stop_process(self.envoy)
-        stop_process(self.processor)
-
-    def dump_logs(self, tail: int | None = 4000) -> str:
-        """The processor and Envoy logs (the last `tail` characters of each; None: all)."""
-        parts = []
-        for path in self.logs:
-            if path.exists():
-                text = path.read_text(errors="replace")
-                parts.append(f"--- {path.name}\n{text[-tail:] if tail else text}")
-        return "\n".join(parts)
-
 
 def make_stack(
     tmp: Path,
@@ -275,35 +199,23 @@ def make_stack(
     customize: Callable[[dict[str, Any]], None] | None = None,
     **overrides: Any,
 ) -> Stack:
-    fake = FakeProviderServer(port=0)
-    fake.start()
-    config = gateway_config(fake.base_url, tmp, processor_overrides, **overrides)
-    if customize is not None:
-        customize(config)
-    config_path = tmp / "gateway.yaml"
-    config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    bootstrap = tmp / "envoy.yaml"
-    bootstrap.write_text(
-        render_yaml(load_config(config_path, resolve_credentials=False).config), encoding="utf-8"
-    )
-    stack = Stack(fake, tmp, config, config_path, bootstrap)
-    try:
-        stack.start_processor()
-        stack.start_envoy()
-    except Exception:
-        stack.stop()
-        fake.stop()
-        raise
-    return stack
+    """A started stack in `tmp` on `gateway_config()`, changed by `customize` if given."""
+
+    def config(fake_url: str) -> dict[str, Any]:
+        data = gateway_config(fake_url, tmp, processor_overrides, **overrides)
+        if customize is not None:
+            customize(data)
+        return data
+
+    stack = Stack(tmp, config, FakeProviderServer(port=0), processor_env=UPSTREAM_KEYS)
+    return stack.start()
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The shared stack: do not stop its processes in a test."""
-    s = make_stack(tmp_path_factory.mktemp("stack"))
-    yield s
-    s.stop()
-    s.fake.stop()
+    with make_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
 
 
 def reset_breakers(stack: Stack) -> None:
@@ -326,7 +238,5 @@ def fake(stack: Stack) -> Iterator[FakeProviderServer]:
 @pytest.fixture
 def fresh_stack(tmp_path: Path) -> Iterator[Stack]:
     """A private stack for tests that stop or restart processes."""
-    s = make_stack(tmp_path)
-    yield s
-    s.stop()
-    s.fake.stop()
+    with make_stack(tmp_path) as s:
+        yield s

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import FULL_KEY, Stack, free_port
+from extproc.dev.fakes import FakeProviderServer
+from tests.e2e.conftest import FULL_KEY, Stack, free_port, make_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -87,64 +89,97 @@ def test_processor_outage_is_a_clear_503_and_recovers(fresh_stack: Stack) -> Non
     assert set(statuses) <= {200, 503}, sorted(set(statuses))
 
 
+def sample_value(metrics: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` with exactly `labels`; None when there is no such sample
+    (a metric's `# HELP` line alone is not a sample)."""
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def scrape(stack: Stack) -> str:
+    response = httpx.get(f"{stack.admin_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    return response.text
+
+
+def vm_rss_bytes(pid: int) -> int:
+    """The resident set size the kernel reports for `pid`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 def test_processor_admin_endpoints(stack: Stack) -> None:
     assert httpx.get(f"{stack.admin_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{stack.admin_url}/readyz").status_code == 200
-    metrics = httpx.get(f"{stack.admin_url}/metrics")
-    assert metrics.status_code == 200
-    assert "gateway_requests_total" in metrics.text
-    assert "gateway_extproc_streams_active" in metrics.text
-    # The processor's own RSS, for the memory alert (docs/operations.md).
-    (rss,) = [
-        line
-        for line in metrics.text.splitlines()
-        if line.startswith("process_resident_memory_bytes ")
-    ]
-    assert float(rss.split()[1]) > 10 * 1024 * 1024
+    # The processor's own RSS, for the memory alert (docs/operations.md): the kernel's figure
+    # for the processor's pid, read just before and just after the scrape.
+    assert stack.processor is not None
+    low = vm_rss_bytes(stack.processor.pid)
+    reported = sample_value(scrape(stack), "process_resident_memory_bytes")
+    high = vm_rss_bytes(stack.processor.pid)
+    assert reported is not None
+    assert 0.9 * min(low, high) <= reported <= 1.1 * max(low, high), (low, reported, high)
+
+
+def test_metrics_count_each_answered_request(stack: Stack, fake: FakeProviderServer) -> None:
+    labels = {"model": "chat-openai", "provider": "p-openai", "status": "200"}
+    before = sample_value(scrape(stack), "gateway_requests_total", **labels) or 0.0
+    client = stack.client()
+    for n in range(3):
+        client.chat.completions.create(
+            model="chat-openai", messages=[{"role": "user", "content": f"count {n}"}]
+        )
+    assert sample_value(scrape(stack), "gateway_requests_total", **labels) == before + 3
+
+
+def test_metrics_show_open_extproc_streams(stack: Stack, fake: FakeProviderServer) -> None:
+    fake.set_behaviour(latency_s=2)
+    worker = threading.Thread(
+        target=httpx.post,
+        args=(f"{stack.base_url}/v1/chat/completions",),
+        kwargs={"json": CHAT, "headers": AUTH, "timeout": 30},
+    )
+    worker.start()
+    try:
+        fake.wait_for_requests(1, timeout=10)  # the request's ext_proc stream is open now
+        during = sample_value(scrape(stack), "gateway_extproc_streams_active")
+    finally:
+        worker.join(30)
+    assert during is not None and during >= 1, during
 
 
 def test_processor_over_tcp_instead_of_a_unix_socket(tmp_path: Path) -> None:
-    from tests.e2e.conftest import make_stack
-
     processor = {"unix_socket": None, "tcp_address": f"127.0.0.1:{free_port()}"}
-    stack = make_stack(tmp_path, processor_overrides=processor)
-    try:
+    with make_stack(tmp_path, processor_overrides=processor) as stack:
         assert not (tmp_path / "extproc.sock").exists()
         reply = stack.client().chat.completions.create(
             model="chat-openai", messages=[{"role": "user", "content": "over tcp"}]
         )
         assert reply.choices[0].message.content == "echo: over tcp"
-    finally:
-        stack.stop()
-        stack.fake.stop()
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_processor_event_loop_is_configurable(tmp_path: Path, loop: str) -> None:
-    from tests.e2e.conftest import make_stack
-
-    stack = make_stack(tmp_path, processor_overrides={"event_loop": loop})
-    try:
+    with make_stack(tmp_path, processor_overrides={"event_loop": loop}) as stack:
         reply = stack.client().chat.completions.create(
             model="chat-anthropic", messages=[{"role": "user", "content": f"on {loop}"}]
         )
         assert reply.choices[0].message.content == f"echo: on {loop}"
-    finally:
-        stack.stop()
-        stack.fake.stop()
     assert f"event loop {loop}" in stack.dump_logs(tail=None)
 
 
 def test_fail_open_sends_requests_through_when_the_processor_is_down(tmp_path: Path) -> None:
-    from tests.e2e.conftest import make_stack
-
     def customize(config: dict[str, object]) -> None:
         resilience = config["resilience"]
         assert isinstance(resilience, dict)
         resilience.update(processor_failure_open=True, fail_open_model="chat-vllm")
 
-    stack = make_stack(tmp_path, customize=customize)
-    try:
+    with make_stack(tmp_path, customize=customize) as stack:
         assert stack.processor is not None
         stack.processor.send_signal(signal.SIGKILL)
         stack.processor.wait(10)
@@ -160,6 +195,3 @@ def test_fail_open_sends_requests_through_when_the_processor_is_down(tmp_path: P
         # Unprocessed: the client's path, body and model name went through as they were.
         assert seen.path == "/v1/chat/completions"
         assert seen.json["model"] == "chat-vllm"
-    finally:
-        stack.stop()
-        stack.fake.stop()

@@ -1,0 +1,282 @@
+"""The benchmark's measurements: the load rounds, processor memory, streaming, the 1 MB prompt.
+
+Load runs interleave scenarios in rounds (drift hits every scenario alike) and read CPU from
+`/proc` around each 8-client slice; streaming and the 1 MB prompt use httpx, sequentially.
+Results are dataclasses and dicts; turning them into tables is `report`'s job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.hey import CsvRun, Hey, HeyResult, pooled
+from bench.progress import log
+from bench.report import fmt
+from bench.systems import (
+    ALL_FEATURES,
+    ANTHROPIC,
+    FLOOR,
+    PASSTHROUGH,
+    PLAIN,
+    System,
+    Target,
+    chat_body,
+)
+
+ONE_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Durations and counts of one run (full or --quick)."""
+
+    mode: str
+    warmup_s: int  # per scenario, 8 clients
+    one_client_rounds: int  # 1 client: rounds through all scenarios ...
+    one_client_requests: int  # ... of this many requests per scenario
+    eight_client_rounds: int  # 8 clients: rounds through all scenarios ...
+    eight_client_slice_s: float  # ... of about this long per scenario
+    stream_runs: int
+    big_runs: int
+    memory_requests: int
+
+
+FULL = Settings("full", 3, 10, 400, 3, 5.0, 100, 20, 200_000)
+QUICK = Settings("quick", 1, 4, 400, 2, 2.5, 30, 20, 20_000)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# --- load with hey ---------------------------------------------------------------------------
+
+
+@dataclass
+class ScenarioResult:
+    """Figures of one scenario."""
+
+    name: str
+    one_client: HeyResult
+    eight_clients: HeyResult
+    processor_cpu_ms_per_req: float | None
+    envoy_cpu_ms_per_req: float
+    fake_cpu_ms_per_req: float
+
+
+def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioResult]:
+    """Warm-up, then 1 client (latency) and 8 clients (throughput, latency, CPU per request).
+
+    Both loads run in rounds that cycle through every scenario, so a transient slowdown of the
+    machine hits all scenarios alike instead of skewing one scenario's comparison with plain
+    Envoy. The 8-client slices are sized from the warm-up's rate to last about
+    `eight_client_slice_s` each; CPU is read before and after each slice.
+    """
+    names = (PLAIN, FLOOR, PASSTHROUGH, ANTHROPIC, ALL_FEATURES)
+    targets = [system.targets[name] for name in names]
+    slice_requests = {}
+    for target in targets:
+        warm = hey.run(target, 8, seconds=s.warmup_s)
+        # A multiple of 8: hey gives each client requests // clients and drops the remainder.
+        slice_requests[target.name] = max(25, round(warm.rps * s.eight_client_slice_s / 8)) * 8
+        log(f"{target.name}: warmed up ({s.warmup_s}s at 8 clients, {warm.rps:.0f} req/s)")
+
+    log(f"1 client: {s.one_client_rounds} rounds of {s.one_client_requests} requests per scenario")
+    one: dict[str, list[CsvRun]] = {t.name: [] for t in targets}
+    for _ in range(s.one_client_rounds):
+        for target in targets:
+            one[target.name].append(hey.run_csv(target, 1, s.one_client_requests))
+
+    log(f"8 clients: {s.eight_client_rounds} rounds of ~{s.eight_client_slice_s:g}s per scenario")
+    eight: dict[str, list[CsvRun]] = {t.name: [] for t in targets}
+    cpu = {t.name: [0.0, 0.0, 0.0] for t in targets}  # processor, Envoy, fake
+    for _ in range(s.eight_client_rounds):
+        for target in targets:
+            processor = target.processor_pid or system.processor_pid
+            pids = [processor, target.envoy_pid, system.fake_pid]
+            before = [cpu_seconds(pid) for pid in pids]
+            eight[target.name].append(hey.run_csv(target, 8, slice_requests[target.name]))
+            for index, pid in enumerate(pids):
+                cpu[target.name][index] += cpu_seconds(pid) - before[index]
+
+    results = {}
+    for target in targets:
+        one_client, eight_clients = pooled(one[target.name]), pooled(eight[target.name])
+        per_req = [c * 1000 / max(1, eight_clients.responses) for c in cpu[target.name]]
+        results[target.name] = ScenarioResult(
+            target.name,
+            one_client,
+            eight_clients,
+            per_req[0] if target.processor_pid is not None else None,
+            per_req[1],
+            per_req[2],
+        )
+        log(
+            f"{target.name}: {eight_clients.rps:.0f} req/s at 8 clients, p50 "
+            f"{fmt(one_client.p50_ms)} ms at 1 client, "
+            f"non-200: {one_client.non_200 + eight_clients.non_200}"
+        )
+    return results
+
+
+def measure_memory(hey: Hey, system: System, n: int, rss_start: int) -> dict[str, Any]:
+    """Processor RSS before and after `n` passthrough requests at 8 clients."""
+    log(f"memory: {n} requests at 8 clients against {PASSTHROUGH}")
+    rss_before = rss_kib(system.processor_pid)
+    memory_run = hey.run(system.targets[PASSTHROUGH], 8, requests=n)
+    time.sleep(1)
+    rss_after = rss_kib(system.processor_pid)
+    return {
+        "requests": n,
+        "rss_start_kib": rss_start,
+        "rss_before_kib": rss_before,
+        "rss_after_kib": rss_after,
+        "growth_pct": (rss_after - rss_before) * 100 / rss_before,
+        "growth_kib_per_1k_requests": (rss_after - rss_before) * 1000 / n,
+        "rps": memory_run.rps,
+        "non_200": memory_run.non_200,
+        "status": memory_run.status,
+        "errors": memory_run.errors,
+    }
+
+
+# --- streaming and the 1 MB prompt (httpx) ----------------------------------------------------
+
+
+@dataclass
+class StreamResult:
+    """Medians over sequential streamed requests (ms)."""
+
+    name: str
+    runs: int
+    ttft_ms: float | None
+    ttlt_ms: float | None
+    events: int
+    failures: int
+
+
+def _has_content(event: bytes) -> bool:
+    """True for an SSE event carrying text: an OpenAI delta, or Anthropic's own text_delta."""
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+            continue
+        try:
+            data = json.loads(line[5:])
+        except ValueError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        choices = data.get("choices")
+        if choices and isinstance(choices[0], dict):
+            return bool((choices[0].get("delta") or {}).get("content"))
+        delta = data.get("delta")
+        return isinstance(delta, dict) and bool(delta.get("text"))
+    return False
+
+
+def stream_once(client: httpx.Client, target: Target) -> tuple[float, float, int]:
+    """Time to the first content event, to the last byte, and the number of events."""
+    start = time.perf_counter()
+    ttft = 0.0
+    last = start
+    events = 0
+    buffer = b""
+    with client.stream("POST", target.url, content=target.body, headers=target.headers) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{target.name}: HTTP {r.status_code}")
+        for chunk in r.iter_raw():
+            last = time.perf_counter()
+            events += chunk.count(b"data:")
+            if not ttft:
+                buffer += chunk
+                while b"\n\n" in buffer and not ttft:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    if _has_content(event):
+                        ttft = last - start
+    if not ttft:
+        raise RuntimeError(f"{target.name}: no content event in the stream")
+    return ttft * 1000, (last - start) * 1000, events
+
+
+def measure_streams(targets: Sequence[Target], runs: int) -> list[StreamResult]:
+    """Sequential streams, interleaved across targets so drift hits all of them alike."""
+    samples: dict[str, list[tuple[float, float, int]]] = {t.name: [] for t in targets}
+    failures = dict.fromkeys(samples, 0)
+    with httpx.Client(timeout=30) as client:
+        for index in range(runs + 3):  # three warm-up rounds
+            for target in targets:
+                try:
+                    sample = stream_once(client, target)
+                except (RuntimeError, httpx.HTTPError):
+                    failures[target.name] += 1
+                    continue
+                if index >= 3:
+                    samples[target.name].append(sample)
+    return [
+        StreamResult(
+            t.name,
+            len(samples[t.name]),
+            median([s[0] for s in samples[t.name]]),
+            median([s[1] for s in samples[t.name]]),
+            max((s[2] for s in samples[t.name]), default=0),
+            failures[t.name],
+        )
+        for t in targets
+    ]
+
+
+def median(values: Sequence[float]) -> float | None:
+    """The median, or None without samples."""
+    return statistics.median(values) if values else None
+
+
+def big_prompt_body(model: str) -> bytes:
+    """A chat request whose prompt makes the body about 1 MB (plain words)."""
+    words = "the quick brown fox jumps over the lazy dog "
+    content = (words * (ONE_MB // len(words) + 1))[: ONE_MB - 200]
+    return chat_body(model, content)
+
+
+def measure_big(targets: Sequence[Target], runs: int) -> dict[str, dict[str, Any]]:
+    """Median latency of a ~1 MB request per target, sequential and interleaved."""
+    samples: dict[str, list[float]] = {t.name: [] for t in targets}
+    failures = dict.fromkeys(samples, 0)
+    with httpx.Client(timeout=60) as client:
+        for index in range(runs + 2):  # two warm-up rounds
+            for target in targets:
+                start = time.perf_counter()
+                response = client.post(target.url, content=target.body, headers=target.headers)
+                elapsed = (time.perf_counter() - start) * 1000
+                if response.status_code != 200:
+                    failures[target.name] += 1
+                elif index >= 2:
+                    samples[target.name].append(elapsed)
+    return {
+        name: {
+            "runs": len(values),
+            "median_ms": median(values),
+            "failures": failures[name],
+            "body_bytes": len(next(t.body for t in targets if t.name == name)),
+        }
+        for name, values in samples.items()
+    }

@@ -1,0 +1,305 @@
+"""The benchmark's report: the issue's targets (PASS/MISS), the Markdown tables, the JSON file.
+
+Reads the report dict `run.py` assembles; measures nothing and starts nothing (the Envoy binary
+is only asked for its version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.progress import log
+from bench.systems import ANTHROPIC, ANTHROPIC_REFERENCE, PASSTHROUGH, PLAIN, ROOT, STREAM_EVENTS
+from extproc.dev.stack import find_envoy_binary
+
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+# The issue's targets: (key, description, threshold text).
+TARGETS: tuple[tuple[str, str, str], ...] = (
+    ("throughput_ratio", "gateway/plain throughput, 8 clients, passthrough", ">= 0.35"),
+    ("added_p50_1c", "added p50, 1 client, passthrough", "<= 0.5 ms"),
+    ("added_p99_1c", "added p99, 1 client, passthrough", "<= 2 ms"),
+    ("added_p50_anthropic", "added p50, 1 client, Anthropic translation", "<= 1 ms"),
+    ("added_ttft", "added median TTFT, streaming passthrough", "<= 1 ms"),
+    ("added_1mb", "added median latency, 1 MB prompt, passthrough", "<= 10 ms"),
+    ("rss_growth", "processor RSS growth over the memory run", "< 10 %"),
+)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    """A number for the tables; '-' when missing."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def minus(a: float | None, b: float | None) -> float | None:
+    """a - b, or None when either is missing."""
+    return None if a is None or b is None else a - b
+
+
+def markdown(headers: Sequence[str], rows: Iterator[Sequence[str]] | list[list[str]]) -> str:
+    """A Markdown table with padded columns."""
+    body = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in body) for i in range(len(headers))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in body
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its measured figure and PASS/MISS."""
+    scenarios = report["scenarios"]
+    plain, passthrough = scenarios[PLAIN], scenarios[PASSTHROUGH]
+    streams = {s["name"]: s for s in report["streaming"]}
+    values: dict[str, float | None] = {
+        "throughput_ratio": passthrough["eight_clients"]["rps"]
+        / max(plain["eight_clients"]["rps"], 1e-9),
+        "added_p50_1c": minus(passthrough["one_client"]["p50_ms"], plain["one_client"]["p50_ms"]),
+        "added_p99_1c": minus(passthrough["one_client"]["p99_ms"], plain["one_client"]["p99_ms"]),
+        "added_p50_anthropic": minus(
+            scenarios[ANTHROPIC]["one_client"]["p50_ms"], plain["one_client"]["p50_ms"]
+        ),
+        "added_ttft": minus(streams[PASSTHROUGH]["ttft_ms"], streams[PLAIN]["ttft_ms"]),
+        "added_1mb": minus(
+            report["big_prompt"][PASSTHROUGH]["median_ms"], report["big_prompt"][PLAIN]["median_ms"]
+        ),
+        "rss_growth": report["memory"]["growth_pct"],
+    }
+    checks: dict[str, Callable[[float], bool]] = {
+        "throughput_ratio": lambda v: v >= 0.35,
+        "added_p50_1c": lambda v: v <= 0.5,
+        "added_p99_1c": lambda v: v <= 2.0,
+        "added_p50_anthropic": lambda v: v <= 1.0,
+        "added_ttft": lambda v: v <= 1.0,
+        "added_1mb": lambda v: v <= 10.0,
+        "rss_growth": lambda v: v < 10.0,
+    }
+    units = {"throughput_ratio": "", "rss_growth": " %"}
+    out = []
+    for key, description, threshold in TARGETS:
+        value = values[key]
+        verdict = "PASS" if value is not None and checks[key](value) else "MISS"
+        measured = fmt(value) + units.get(key, " ms") if value is not None else "-"
+        out.append(
+            {
+                "key": key,
+                "target": description,
+                "threshold": threshold,
+                "measured": value,
+                "measured_text": measured,
+                "verdict": verdict,
+            }
+        )
+    return out
+
+
+def render_tables(report: dict[str, Any]) -> str:
+    """The side-by-side tables (Markdown), targets last."""
+    scenarios = report["scenarios"]
+    plain = scenarios[PLAIN]
+    parts = []
+
+    def added(name: str, run: str, pct: str) -> str:
+        if name == PLAIN:
+            return "—"
+        return fmt(minus(scenarios[name][run][pct], plain[run][pct]))
+
+    parts.append(
+        "Latency at 1 client (ms, 0.1 ms resolution; interleaved rounds; "
+        "added = scenario - plain-envoy)"
+    )
+    rows = []
+    for name, s in scenarios.items():
+        one = s["one_client"]
+        rows.append(
+            [name, fmt(one["rps"], 0)]
+            + [fmt(one[p]) for p in ("p50_ms", "p95_ms", "p99_ms")]
+            + [added(name, "one_client", p) for p in ("p50_ms", "p95_ms", "p99_ms")]
+            + [str(one["non_200"])]
+        )
+    parts.append(
+        markdown(
+            ["scenario", "req/s", "p50", "p95", "p99", "+p50", "+p95", "+p99", "non-200"], rows
+        )
+    )
+
+    parts.append(
+        "\nThroughput and latency at 8 clients (ms; interleaved rounds; "
+        "CPU = ms of CPU per request)"
+    )
+    rows = []
+    for name, s in scenarios.items():
+        eight = s["eight_clients"]
+        ratio = eight["rps"] / max(plain["eight_clients"]["rps"], 1e-9)
+        rows.append(
+            [name, fmt(eight["rps"], 0), fmt(ratio)]
+            + [fmt(eight[p]) for p in ("p50_ms", "p95_ms", "p99_ms")]
+            + [added(name, "eight_clients", p) for p in ("p50_ms", "p99_ms")]
+            + [
+                fmt(s["processor_cpu_ms_per_req"], 3),
+                fmt(s["envoy_cpu_ms_per_req"], 3),
+                fmt(s["fake_cpu_ms_per_req"], 3),
+                str(eight["non_200"]),
+            ]
+        )
+    parts.append(
+        markdown(
+            [
+                "scenario",
+                "req/s",
+                "vs plain",
+                "p50",
+                "p95",
+                "p99",
+                "+p50",
+                "+p99",
+                "processor CPU",
+                "Envoy CPU",
+                "fake CPU",
+                "non-200",
+            ],
+            rows,
+        )
+    )
+
+    streams = report["streaming"]
+    base = next(s for s in streams if s["name"] == PLAIN)
+    parts.append(
+        f"\nStreaming, {STREAM_EVENTS} content events, sequential (medians in ms; "
+        "added = vs plain-envoy OpenAI stream)"
+    )
+    parts.append(
+        markdown(
+            ["path", "runs", "TTFT", "TTLT", "+TTFT", "+TTLT", "events", "failures"],
+            [
+                [
+                    s["name"],
+                    str(s["runs"]),
+                    fmt(s["ttft_ms"]),
+                    fmt(s["ttlt_ms"]),
+                    *(
+                        ["—", "—"]
+                        if s["name"] in (PLAIN, ANTHROPIC_REFERENCE)
+                        else [
+                            fmt(minus(s["ttft_ms"], base["ttft_ms"])),
+                            fmt(minus(s["ttlt_ms"], base["ttlt_ms"])),
+                        ]
+                    ),
+                    str(s["events"]),
+                    str(s["failures"]),
+                ]
+                for s in streams
+            ],
+        )
+    )
+
+    big = report["big_prompt"]
+    parts.append("\n1 MB prompt, sequential (median ms)")
+    parts.append(
+        markdown(
+            ["path", "runs", "median", "added", "failures"],
+            [
+                [
+                    name,
+                    str(b["runs"]),
+                    fmt(b["median_ms"]),
+                    "—" if name == PLAIN else fmt(minus(b["median_ms"], big[PLAIN]["median_ms"])),
+                    str(b["failures"]),
+                ]
+                for name, b in big.items()
+            ],
+        )
+    )
+
+    mem = report["memory"]
+    parts.append(
+        f"\nProcessor memory over {mem['requests']} requests (gateway-passthrough, 8 clients)"
+    )
+    parts.append(
+        markdown(
+            ["RSS at start", "RSS before", "RSS after", "growth", "per 1k req", "req/s", "non-200"],
+            [
+                [
+                    f"{mem['rss_start_kib'] / 1024:.1f} MiB",
+                    f"{mem['rss_before_kib'] / 1024:.1f} MiB",
+                    f"{mem['rss_after_kib'] / 1024:.1f} MiB",
+                    f"{mem['growth_pct']:.2f} %",
+                    f"{mem['growth_kib_per_1k_requests']:.0f} KiB",
+                    fmt(mem["rps"], 0),
+                    str(mem["non_200"]),
+                ]
+            ],
+        )
+    )
+
+    parts.append("\nTargets (from the issue)")
+    parts.append(
+        markdown(
+            ["target", "threshold", "measured", "result"],
+            [
+                [t["target"], t["threshold"], t["measured_text"], t["verdict"]]
+                for t in report["targets"]
+            ],
+        )
+    )
+    return "\n".join(parts)
+
+
+def machine_info() -> dict[str, Any]:
+    """nproc, CPU model, kernel, Python, Envoy and hey versions."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    envoy = subprocess.run(
+        [str(find_envoy_binary()), "--version"], capture_output=True, text=True
+    ).stdout
+    version = re.search(r"version: \S+/([\d.]+)", envoy)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "envoy": version.group(1) if version else envoy.strip(),
+    }
+
+
+def write_results(report: dict[str, Any]) -> Path:
+    """`bench/results/<UTC timestamp>.json` and `latest.json`, each written atomically."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = json.dumps(report, indent=2, sort_keys=False) + "\n"
+    path = RESULTS_DIR / f"{stamp}.json"
+    for destination in (path, RESULTS_DIR / "latest.json"):
+        tmp = destination.with_suffix(".json.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(destination)
+    return path
+
+
+def log_lines(workdir: Path, limit: int = 20) -> dict[str, list[str]]:
+    """What the processor and the Envoys logged (at WARNING and above) during the run."""
+    found = {}
+    for name in ("processor.log", "gateway-envoy.log", "plain-envoy.log", "fake.log"):
+        path = workdir / name
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        if lines:
+            found[name] = lines[:limit]
+        if lines and not name.endswith("envoy.log"):  # Envoy warns once about connection limits
+            log(f"note: {name} has {len(lines)} line(s), e.g. {lines[0][:160]}")
+    return found

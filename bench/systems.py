@@ -1,0 +1,431 @@
+"""What the benchmark starts, and the scenarios (`Target`s) those processes serve.
+
+The gateway is one `extproc.dev.stack.GatewayStack` (the fake provider as its own process, the
+processor at log level WARNING, its Envoy) on ONE config holding every benchmarked model. Plain
+Envoy (listener -> router -> one static cluster, no ext_proc) and the floor (the same Envoy plus
+an ext_proc filter answered by `floor_processor.py`) are built here on the stack's primitives.
+Everything started is tracked by the caller's `ProcessGroup`. Measuring is not done here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from bench.progress import log
+from extproc.bootstrap import RUNTIME_FLAGS
+from extproc.decisions.auth import hash_key
+from extproc.dev.stack import (
+    FakeProcess,
+    GatewayStack,
+    ProcessGroup,
+    free_ports,
+    loopback_sections,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOOR_PROCESSOR = ROOT / "bench" / "floor_processor.py"
+
+CLIENT_KEY = "sk-bench-client"
+RBAC_KEY = "sk-bench-rbac-client"
+UPSTREAM_ENV = {"BENCH_OPENAI_KEY": "sk-bench-upstream", "BENCH_ANTHROPIC_KEY": "sk-ant-bench"}
+STREAM_EVENTS = 200
+# ~200 tokens of 4 characters: each of the 200 stream events carries 4 characters.
+REPLY = ("lorem ipsum dolor sit amet " * 30)[:800]
+
+MODEL_PASSTHROUGH = "bench-passthrough"
+MODEL_ANTHROPIC = "bench-anthropic"
+MODEL_ALL = "bench-all"
+MODEL_ALL_UPSTREAM = "bench-all-upstream"
+
+PLAIN = "plain-envoy"
+PASSTHROUGH = "gateway-passthrough"
+ANTHROPIC = "gateway-anthropic"
+ALL_FEATURES = "gateway-all-features"
+ANTHROPIC_REFERENCE = "plain-envoy, Anthropic wire (reference)"
+# Envoy + a do-nothing Python ext_proc server (bench/floor_processor.py): the floor.
+FLOOR = "floor: Envoy + empty Python ext_proc"
+
+
+# --- configurations --------------------------------------------------------------------------
+
+
+def gateway_config(fake: str, workdir: Path) -> dict[str, Any]:
+    """ONE gateway config serving every gateway scenario from the same fake."""
+    check = {"path": "/models", "interval_seconds": 1}
+    config = loopback_sections(workdir)
+    config["processor"]["shutdown_grace_seconds"] = 2
+    return {
+        **config,
+        "auth": {"enabled": True},
+        "providers": [
+            {
+                "name": "p-openai",
+                "type": "openai",
+                "base_url": f"{fake}/v1",
+                "api_key_env": "BENCH_OPENAI_KEY",
+            },
+            {
+                "name": "p-anthropic",
+                "type": "anthropic",
+                "base_url": f"{fake}/anthropic/v1",
+                "api_key_env": "BENCH_ANTHROPIC_KEY",
+            },
+            # All features: two health-checked providers, a cross-provider failover chain.
+            {
+                "name": "p-primary",
+                "type": "openai",
+                "base_url": f"{fake}/v1",
+                "api_key_env": "BENCH_OPENAI_KEY",
+                "health_check": check,
+            },
+            {
+                "name": "p-secondary",
+                "type": "anthropic",
+                "base_url": f"{fake}/anthropic/v1",
+                "api_key_env": "BENCH_ANTHROPIC_KEY",
+                "health_check": check,
+            },
+        ],
+        "models": [
+            # Client model == upstream model: the body is forwarded byte for byte.
+            {
+                "name": MODEL_PASSTHROUGH,
+                "targets": [{"provider": "p-openai", "model": MODEL_PASSTHROUGH}],
+            },
+            {
+                "name": MODEL_ANTHROPIC,
+                "targets": [{"provider": "p-anthropic", "model": "claude-bench"}],
+            },
+            # Model rewrite (body re-serialized), failover to another provider type.
+            {
+                "name": MODEL_ALL,
+                "targets": [
+                    {"provider": "p-primary", "model": MODEL_ALL_UPSTREAM},
+                    {"provider": "p-secondary", "model": "claude-bench"},
+                ],
+            },
+        ],
+        "tenants": [
+            {"name": "bench", "api_key_sha256": [hash_key(CLIENT_KEY)]},
+            {
+                "name": "bench-rbac",
+                "api_key_sha256": [hash_key(RBAC_KEY)],
+                "allowed_models": [MODEL_PASSTHROUGH, MODEL_ALL],
+            },
+        ],
+    }
+
+
+def plain_bootstrap(
+    listen_port: int,
+    admin_port: int,
+    fake_port: int,
+    ext_proc_socket: Path | None = None,
+    processing_mode: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A minimal Envoy: listener -> router -> one STATIC cluster (the fake).
+
+    With `ext_proc_socket`, an ext_proc filter before the router sends the gateway's
+    pass-through phases (request headers, buffered request body, response headers) to the
+    server on that unix socket: the floor scenario, with the same Envoy runtime flags as the
+    gateway's bootstrap (Envoy waits for the server's closing status instead of resetting).
+    `processing_mode` changes those phases (`bench/phases.py` sends fewer).
+    """
+
+    def address(port: int) -> dict[str, Any]:
+        return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+    hcm: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "plain",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "plain",
+            "virtual_hosts": [
+                {
+                    "name": "fake",
+                    "domains": ["*"],
+                    "routes": [
+                        {"match": {"prefix": "/"}, "route": {"cluster": "fake", "timeout": "120s"}}
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    clusters: list[dict[str, Any]] = [
+        {
+            "name": "fake",
+            "type": "STATIC",
+            "connect_timeout": "5s",
+            "load_assignment": {
+                "cluster_name": "fake",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(fake_port)}}]}],
+            },
+        }
+    ]
+    runtime: dict[str, Any] = {}
+    if ext_proc_socket is not None:
+        hcm["http_filters"].insert(0, _floor_ext_proc_filter(processing_mode or {}))
+        clusters.append(_floor_ext_proc_cluster(ext_proc_socket))
+        runtime = {
+            "layered_runtime": {"layers": [{"name": "gateway", "static_layer": RUNTIME_FLAGS}]}
+        }
+    return {
+        **runtime,
+        "admin": {"address": address(admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "plain",
+                    "address": address(listen_port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": clusters,
+        },
+    }
+
+
+def _floor_ext_proc_filter(processing_mode: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
+            "ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "floor_ext_proc"}, "timeout": "2s"},
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+                **processing_mode,
+            },
+            "message_timeout": "2s",
+        },
+    }
+
+
+def _floor_ext_proc_cluster(socket_path: Path) -> dict[str, Any]:
+    return {
+        "name": "floor_ext_proc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "floor_ext_proc",
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(socket_path)}}}}]}
+            ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+
+
+# --- the running system ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One scenario: where to send which request, and which processes serve it."""
+
+    name: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    envoy_pid: int
+    processor_pid: int | None
+
+
+@dataclass
+class System:
+    """The processes of one run and the scenarios they serve."""
+
+    fake_pid: int
+    processor_pid: int
+    targets: dict[str, Target]
+    anthropic_plain: Target  # plain Envoy straight to the fake's Messages API (reference)
+
+
+def chat_body(model: str, content: str = "hello", *, stream: bool = False) -> bytes:
+    """The benchmark's chat completion request."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+def anthropic_body(content: str = "hello", *, stream: bool = False) -> bytes:
+    """An Anthropic Messages request, for plain Envoy's reference stream."""
+    body: dict[str, Any] = {
+        "model": "claude-bench",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 16,
+    }
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A started Envoy: its listener and the processes serving it (for CPU readings)."""
+
+    url: str
+    envoy_pid: int
+    processor_pid: int | None
+
+    def target(self, name: str, path: str, body: bytes, headers: dict[str, str]) -> Target:
+        """A scenario on this Envoy."""
+        return Target(name, self.url + path, body, headers, self.envoy_pid, self.processor_pid)
+
+
+def bench_fake(workdir: Path) -> FakeProcess:
+    """The fake provider as its own process: zero latency, 200-event streams (not started)."""
+    args = ("--stream-chunk-count", str(STREAM_EVENTS), "--reply", REPLY)
+    return FakeProcess(workdir / "fake.log", *args)
+
+
+def start_gateway(children: ProcessGroup, workdir: Path) -> GatewayStack[FakeProcess]:
+    """The fake, the processor (log level WARNING) and its Envoy, on `gateway_config`."""
+    gateway = children.add(
+        GatewayStack(
+            workdir,
+            lambda fake_url: gateway_config(fake_url, workdir),
+            bench_fake(workdir),
+            processor_env=UPSTREAM_ENV,
+            processor_log_level="WARNING",
+            envoy_name="gateway-envoy",
+        )
+    )
+    return gateway.start()
+
+
+def start_plain_envoy(
+    children: ProcessGroup, workdir: Path, fake_port: int, name: str = "plain"
+) -> Endpoint:
+    """Envoy alone (`plain_bootstrap`) in front of the fake."""
+    port, admin_port = free_ports(2)
+    path = workdir / f"{name}-envoy.yaml"
+    path.write_text(yaml.safe_dump(plain_bootstrap(port, admin_port, fake_port)), encoding="utf-8")
+    envoy = children.start_envoy(path, workdir / f"{name}-envoy.log")
+    return Endpoint(f"http://127.0.0.1:{port}", envoy.pid, None)
+
+
+def start_floor(
+    children: ProcessGroup,
+    workdir: Path,
+    fake_port: int,
+    name: str = "floor",
+    processing_mode: Mapping[str, str] | None = None,
+    last_phase: str | None = None,
+) -> Endpoint:
+    """A do-nothing ext_proc server (`floor_processor.py`) and the plain Envoy calling it."""
+    socket_path = workdir / f"{name}.sock"
+    argv = [sys.executable, str(FLOOR_PROCESSOR), "--socket", str(socket_path)]
+    argv += ["--last-phase", last_phase] if last_phase else []
+    processor = children.spawn(argv, workdir / f"{name}-processor.log")
+    port, admin_port = free_ports(2)
+    bootstrap = plain_bootstrap(port, admin_port, fake_port, socket_path, processing_mode)
+    path = workdir / f"{name}-envoy.yaml"
+    path.write_text(yaml.safe_dump(bootstrap), encoding="utf-8")
+    envoy = children.start_envoy(path, workdir / f"{name}-envoy.log")
+    return Endpoint(f"http://127.0.0.1:{port}", envoy.pid, processor.pid)
+
+
+def start_system(children: ProcessGroup, workdir: Path) -> System:
+    """Gateway (fake, processor, Envoy), plain Envoy, floor; returns once every scenario
+    answers 200. Every process is tracked by `children`."""
+    gateway = start_gateway(children, workdir)
+    fake = gateway.fake
+    log(f"fake provider (pid {fake.pid}) on {fake.base_url}, {STREAM_EVENTS}-event streams")
+    assert gateway.processor is not None and gateway.envoy is not None
+    processor_pid = gateway.processor.pid
+    log(
+        f"processor (pid {processor_pid}) and gateway Envoy (pid {gateway.envoy.pid}) "
+        f"on {gateway.base_url}"
+    )
+    on_gateway = Endpoint(gateway.base_url, gateway.envoy.pid, processor_pid)
+
+    plain = start_plain_envoy(children, workdir, fake.port)
+    log(f"plain Envoy (pid {plain.envoy_pid}) on {plain.url}")
+    floor = start_floor(children, workdir, fake.port)
+    log(f"floor: empty Python ext_proc (pid {floor.processor_pid}) and its Envoy on {floor.url}")
+
+    auth = {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"}
+    chat = "/v1/chat/completions"
+    targets = {
+        PLAIN: plain.target(PLAIN, chat, chat_body(MODEL_PASSTHROUGH), auth),
+        FLOOR: floor.target(FLOOR, chat, chat_body(MODEL_PASSTHROUGH), auth),
+        PASSTHROUGH: on_gateway.target(PASSTHROUGH, chat, chat_body(MODEL_PASSTHROUGH), auth),
+        ANTHROPIC: on_gateway.target(ANTHROPIC, chat, chat_body(MODEL_ANTHROPIC), auth),
+        ALL_FEATURES: on_gateway.target(
+            ALL_FEATURES,
+            chat,
+            chat_body(MODEL_ALL),
+            # A tenant with an explicit model list (RBAC) and a per-request timeout header.
+            {**auth, "Authorization": f"Bearer {RBAC_KEY}", "x-gateway-timeout": "30"},
+        ),
+    }
+    anthropic_plain = plain.target(
+        ANTHROPIC_REFERENCE,
+        "/anthropic/v1/messages",
+        anthropic_body(),
+        {"x-api-key": "sk-ant-bench", "anthropic-version": "2023-06-01", **auth},
+    )
+    for target in [*targets.values(), anthropic_plain]:
+        wait_for_200(target)
+    return System(fake.pid, processor_pid, targets, anthropic_plain)
+
+
+def wait_for_200(target: Target, timeout: float = 30) -> None:
+    """Retry one request until it answers 200 (Envoy's first health checks take a moment)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.post(target.url, content=target.body, headers=target.headers)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"{target.name} does not answer 200 ({last})")
