@@ -34,7 +34,7 @@ from extproc.dev.fakes import (
     split_reply,
 )
 from extproc.dev.fakes.bedrock import current_credentials
-from extproc.providers.aws_sigv4 import sign_headers
+from extproc.providers.bedrock.sigv4 import sign_headers
 
 # Emoji with ZWJ + skin tone, RTL Hebrew/Arabic, zero-width space/joiner, combining accent, CJK.
 TRICKY_TEXT = "hi 👩🏽‍💻 שלום مرحبا zero\u200bwidth\u200d e\u0301 漢字 🇺🇦"
