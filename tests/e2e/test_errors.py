@@ -257,3 +257,54 @@ def test_secrets_never_appear_in_logs_or_metrics(stack: Stack, fake: FakeProvide
     for secret in [FULL_KEY, LIMITED_KEY, "sk-wrong-secret-key", *UPSTREAM_KEYS.values()]:
         assert secret not in metrics
         assert secret not in logs
+
+
+# -- the same bad field gets the same answer, whatever provider the model routes to -----------
+
+# An OpenAI, an Anthropic, a Gemini and a Bedrock model of the shared stack.
+EVERY_WIRE = ["chat-openai", "chat-anthropic", "chat-gemini", "chat-bedrock"]
+WEATHER = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+ASSISTANT_CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "[1]"}}
+    ],
+}
+BAD_FIELDS = [
+    ({"tools": "x"}, "invalid_request", "tools"),
+    ({"tools": [{"type": "function"}]}, "invalid_request", "tools[0].function"),
+    ({"tools": [WEATHER], "tool_choice": 5}, "invalid_request", "tool_choice"),
+    ({"tool_choice": "auto"}, "invalid_request", "tool_choice"),  # no tools to choose from
+    ({"stop": 5}, "invalid_request", "stop"),
+    ({"stop": [1]}, "invalid_request", "stop"),
+    (
+        {"messages": [*USER, ASSISTANT_CALL]},
+        "invalid_message",
+        "messages[1].tool_calls[0].function.arguments",
+    ),
+    (
+        {"messages": [*USER, {"role": "tool", "tool_call_id": "nope", "content": "x"}]},
+        "invalid_message",
+        "messages[1].tool_call_id",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "param"), BAD_FIELDS, ids=[c[2] + ":" + c[1] for c in BAD_FIELDS]
+)
+def test_a_bad_field_gets_one_answer_on_every_wire_api(
+    stack: Stack, fake: FakeProviderServer, fields: dict[str, Any], code: str, param: str
+) -> None:
+    answers = set()
+    for model in EVERY_WIRE:
+        body = {"model": model, "messages": USER, **fields}
+        with pytest.raises(openai.BadRequestError) as info:
+            stack.client().chat.completions.create(**body)
+        error = info.value.body
+        assert isinstance(error, dict)
+        assert info.value.response.headers["x-gateway-error"] == code  # the gateway answered
+        answers.add((info.value.status_code, error["type"], error["code"], error["param"]))
+    assert answers == {(400, "invalid_request_error", code, param)}
+    assert fake.requests == []  # refused before any provider was called

@@ -123,3 +123,59 @@ def test_successful_responses_still_pass_through_untouched(
     response = chat(stack)
     assert response.status_code == 200
     assert response.json()["id"] == "chatcmpl-fake-1"  # the provider's own body, not re-written
+
+
+# -- 2xx answers the client cannot use -------------------------------------------------------
+
+HTML_PAGE = b"<html><body><h1>Service temporarily unavailable</h1></body></html>"
+OPENAI_WIRE = ["chat-openai", "chat-azure", "chat-vllm", "chat-ollama", "chat-together"]
+
+
+@pytest.mark.parametrize("model", OPENAI_WIRE)
+def test_a_200_html_page_is_a_502_not_a_200(
+    stack: Stack, fake: FakeProviderServer, model: str
+) -> None:
+    # A proxy in front of the provider answers 200 with an HTML page: without the check the
+    # openai SDK returns a `str` for a chat completion.
+    fake.set_behaviour(
+        status=200, error_body=HTML_PAGE, error_headers={"content-type": "text/html"}
+    )
+    with pytest.raises(openai.APIStatusError) as info:
+        stack.client().chat.completions.create(model=model, messages=USER)
+    assert info.value.status_code == 502
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "malformed_provider_response"
+    assert "text/html" in error["message"] and "application/json" in error["message"]
+    assert b"Service temporarily" not in info.value.response.content
+
+
+def test_a_stream_answered_with_json_is_a_502(stack: Stack, fake: FakeProviderServer) -> None:
+    # Asked for an event stream, the provider sent one JSON object: not what the client reads.
+    body = orjson.dumps({"id": "x", "object": "chat.completion", "choices": []})
+    fake.set_behaviour(status=200, error_body=body)
+    with pytest.raises(openai.APIStatusError) as info:
+        list(
+            stack.client().chat.completions.create(model="chat-openai", messages=USER, stream=True)
+        )
+    assert info.value.status_code == 502
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["code"] == "malformed_provider_response"
+
+
+def test_an_unusable_200_counts_against_the_target(stack: Stack, fake: FakeProviderServer) -> None:
+    fake.set_behaviour(
+        status=200, error_body=HTML_PAGE, error_headers={"content-type": "text/html"}
+    )
+    chat(stack)
+    breakers = httpx.get(f"{stack.admin_url}/breakers", timeout=10).json()
+    assert breakers["p-openai/gpt-up"]["consecutive_failures"] == 1
+
+
+@pytest.mark.parametrize("model", ["chat-openai", "chat-anthropic", "chat-gemini", "chat-bedrock"])
+def test_a_provider_error_without_a_body_gets_an_openai_error_body(
+    stack: Stack, fake: FakeProviderServer, model: str
+) -> None:
+    # The provider's headers end its response (no body): ours is sent in the headers answer.
+    fake.set_behaviour(status=503, error_body=b"")
+    error = error_of(chat(stack, model), 503, "provider_overloaded")
+    assert "empty error body" in error["message"]

@@ -597,3 +597,32 @@ def post_chat(stack: Stack, kind: Kind) -> httpx.Response:
         headers={"authorization": f"Bearer {FULL_KEY}"},
         timeout=30,
     )
+
+
+# The model of an answer is the model that produced it, as its provider names it: for every
+# provider type, whole and streamed (the fakes name the model they were asked for).
+ANSWERING_MODELS = [
+    ("chat-openai", "gpt-up"),
+    ("chat-azure", "my-deploy"),
+    ("chat-vllm", "llama-up"),
+    ("chat-anthropic", ANTHROPIC.upstream),
+    ("chat-gemini", GOOGLE.upstream),
+    ("chat-bedrock", BEDROCK.upstream),  # Converse names none: the target's model id
+]
+
+
+@pytest.mark.parametrize(("model", "answered_by"), ANSWERING_MODELS)
+def test_the_answer_names_the_model_that_produced_it(
+    stack: Stack, fake: FakeProviderServer, model: str, answered_by: str
+) -> None:
+    client = stack.client()
+    messages = [{"role": "user", "content": "who answers?"}]
+    reply = client.chat.completions.create(model=model, messages=messages)
+    assert reply.model == answered_by
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=messages, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks and {chunk.model for chunk in chunks} == {answered_by}
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
