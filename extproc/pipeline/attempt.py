@@ -31,6 +31,9 @@ from extproc.pipeline.actions import Continue, Respond
 from extproc.providers.base import ProviderAdapter, ResponseMode, Translated, Usage
 from extproc.providers.errors import malformed_response, retry_after_from
 
+# Envoy's answer when a provider drops the connection while the body is being buffered (the
+# client has seen nothing yet): a local reply 502 `provider_error`.
+CUT_SHORT_STATUS = 502
 # Every header through which some provider type authenticates or is versioned.
 CREDENTIAL_HEADERS = (
     "authorization",
@@ -67,6 +70,9 @@ class BodyPlan(Enum):
     STREAM = auto()  # a 2xx stream, translated chunk by chunk (STREAMED)
     MAP_ERROR = auto()  # a provider error, rewritten as the gateway's (BUFFERED)
     REJECT = auto()  # a 2xx the client could not use, replaced by a 502 (BUFFERED)
+
+
+_BUFFERED_PLANS = frozenset({BodyPlan.TRANSLATE, BodyPlan.MAP_ERROR, BodyPlan.REJECT})
 
 
 class Attempt:
@@ -293,11 +299,26 @@ class Attempt:
         self.gateway.metrics.attempt(self.target.route.name, self.target.provider.name, outcome)
 
     def finish(self) -> None:
-        """The attempt's stream ended; without an answer, settle it where it ran."""
-        if self.adapter is None or self.outcome is not None:
+        """The attempt's stream ended; settle what is still open.
+
+        Without an answer: where it ran decides (`_unanswered`). With the headers of an
+        answer whose body was being buffered but never came whole, the provider dropped the
+        connection (or, rarely, the client left or the request timed out meanwhile): Envoy
+        answered the client itself, a 502 for a drop; it counts as a failure of the target.
+        A stream cut short is not counted against the target: a client that stops reading
+        ends it the same way.
+        """
+        if self.adapter is None:
             return
-        self.outcome = self._unanswered()
-        self._count()
+        if self.outcome is None:
+            self.outcome = self._unanswered()
+            self._count()
+        elif self.final_status is None and self.plan in _BUFFERED_PLANS:
+            if self.outcome in (Outcome.SUCCESS, Outcome.CLIENT_ERROR):  # not yet a failure
+                self.target.breaker.record_failure(
+                    time.monotonic(), False, "body cut short", admitted_at=self.admitted_at
+                )
+            self.final_status = CUT_SHORT_STATUS
 
 
 class InlineAttempt(Attempt):

@@ -254,13 +254,13 @@ class RequestPipeline:
         return Respond.error(error)
 
     def finish(self) -> None:
-        """The stream ended: an inline attempt without an answer counts as failed, and a
-        request whose translated body never came is still counted, with the provider's status."""
+        """The stream ended: an inline attempt settles what is open, and a request whose
+        answer never completed is still counted (see `Attempt.finish`)."""
         attempt = self.attempt
         if attempt is not None:
             attempt.finish()
-            if not self.finished and attempt.status:
-                self.record(attempt.status)
+            if not self.finished and attempt.final_status is not None:
+                self.record(attempt.final_status)
 
 
 def _method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from extproc.config.loading import load_config
@@ -417,16 +419,21 @@ def test_clients_that_give_up_do_not_open_a_single_target_breaker(pair: Pair) ->
     # `chat-openai`'s attempt runs in the downstream filter, whose stream is the client's:
     # provider resets and timeouts reach it as Envoy's marked replies, so a stream that ends
     # without any response means the client left. Impatient clients must not open the breaker.
-    pair.primary.set_behaviour(latency_s=3.0)
+    pair.primary.set_behaviour(latency_s=30.0)  # never answers while the client waits
     body = {"model": "chat-openai", "messages": [{"role": "user", "content": "hi"}]}
-    for _ in range(7):  # more than breaker_consecutive_failures (5)
-        with pytest.raises(httpx.TimeoutException):
-            httpx.post(
-                f"{pair.stack.base_url}/v1/chat/completions",
-                json=body,
-                headers={"authorization": f"Bearer {FULL_KEY}"},
-                timeout=0.3,
+    payload = orjson.dumps(body)
+    listener = pair.stack.config["listener"]
+    for sent in range(1, 8):  # more than breaker_consecutive_failures (5)
+        # The client leaves once its request reached the provider (event, not a timer).
+        with socket.create_connection((listener["address"], listener["port"])) as client:
+            client.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n"
+                + f"authorization: Bearer {FULL_KEY}\r\n".encode()
+                + b"content-type: application/json\r\n"
+                + f"content-length: {len(payload)}\r\n\r\n".encode()
+                + payload
             )
+            pair.primary.wait_for_requests(sent, timeout=30)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         gone = pair.metric("gateway_upstream_attempts_total", outcome="client_gone")

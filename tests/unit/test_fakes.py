@@ -929,3 +929,19 @@ def test_clients_see_the_drops_as_transport_errors(fake: FakeProviderServer) -> 
     ):
         received.extend(response.iter_raw())
     assert b"".join(received).count(b"\n\n") == 2
+
+
+def test_a_gated_body_drop_waits_for_the_gate(fake: FakeProviderServer) -> None:
+    # The client sees the headers and the first bytes, and only then (the gate) the reset.
+    gate = threading.Event()
+    fake.set_behaviour(body_drop_after_bytes=10, stream_gate=gate)
+    url = fake.base_url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=chat_body(), timeout=10) as response:
+        assert response.status_code == 200
+        pieces = response.iter_raw()
+        first = next(pieces)
+        assert first and len(first) <= 10
+        gate.set()
+        with pytest.raises(httpx.TransportError):
+            for _ in pieces:
+                pass

@@ -405,8 +405,26 @@ def test_inline_request_whose_error_body_never_came_is_still_counted() -> None:
     action = pipe.on_response_headers({":status": "401", "content-type": "application/json"}, False)
     assert isinstance(action, Continue) and action.mode_override is not None  # body awaited
     assert requests_counted(gw, model="gpt", provider="oa", status="401") == 0
-    pipe.finish()  # the stream ended before the body phase
-    assert requests_counted(gw, model="gpt", provider="oa", status="401") == 1
+    pipe.finish()  # the stream ended before the body phase: Envoy answered the drop, 502
+    assert requests_counted(gw, model="gpt", provider="oa", status="502") == 1
+    assert requests_counted(gw, model="gpt", provider="oa", status="401") == 0
+
+
+@pytest.mark.parametrize(("model", "stream"), [("claude", False), ("claude", True)])
+def test_an_answer_cut_short_counts_against_the_target_only_when_buffered(
+    model: str, stream: bool
+) -> None:
+    gw = gateway()
+    pipe = routed_to(gw, model, stream=stream)
+    kind = "text/event-stream" if stream else "application/json"
+    pipe.on_response_headers({":status": "200", "content-type": kind}, False)
+    breaker = gw.models[model].targets[0].breaker
+    pipe.on_response_body(b"event: message_start\ndata: {", False)  # then the drop
+    pipe.finish()
+    # Buffered: Envoy answered the client 502 itself. Streamed: the client had the headers;
+    # a client that stops reading ends the stream just the same, so the target is not blamed.
+    assert breaker.snapshot(0.0)["consecutive_failures"] == (0 if stream else 1)
+    assert requests_counted(gw, model=model, provider="ant", status="200" if stream else "502") == 1
 
 
 def attempts_counted(gw: Gateway, outcome: str) -> float:

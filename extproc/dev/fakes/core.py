@@ -76,7 +76,8 @@ class Behaviour:
     # frames, paced by `chunk_interval_s`, then resets the TCP connection: no zero-length
     # chunk, no clean close. Any other answer (JSON, refusal, injected error) sends its
     # status and headers with the full Content-Length, then `body_drop_after_bytes` bytes of
-    # its body, then the reset. A count at or past the end leaves the answer whole.
+    # its body, then (once `stream_gate` is set, if one is given) the reset. A count at or
+    # past the end leaves the answer whole.
     stream_drop_after: int | None = None
     body_drop_after_bytes: int | None = None
 
@@ -375,6 +376,9 @@ async def deliver(
     head.content_length = len(body)
     await head.prepare(request)
     await head.write(body[:limit])
+    gate = arrival.behaviour.stream_gate
+    if gate is not None and not await _wait_gate(gate, request, request.app[CLOSING]):
+        return head
     await reset_connection(request)
     return head  # aiohttp's own end of the response then fails quietly on the closed transport
 
