@@ -5,7 +5,10 @@ System and developer messages become `system`; tool messages become `toolResult`
 user turn; consecutive turns of one role merge. `tool_choice: "none"` has no Converse
 equivalent: the tools are dropped, unless the conversation already holds tool blocks (Converse
 then requires `toolConfig`), in which case they stay and no `toolChoice` is sent. The OpenAI
-shape of every field was checked by validation; only what Converse cannot do is refused here.
+shape of every field was checked by validation; only what Converse cannot do is refused here
+(400 `unsupported_parameter`): n other than 1, user parts other than text and base64 images
+(png, jpeg, gif, webp: Converse needs the bytes, not a link), non-text parts elsewhere, legacy
+`function_call` and `function` messages, non-function tools.
 """
 
 from __future__ import annotations

@@ -2,7 +2,14 @@
 embeddings → `embedContent` / `batchEmbedContents`.
 
 The OpenAI shape of every field was checked by validation; only what Gemini cannot do is
-refused here (400 `unsupported_parameter`).
+refused here (400 `unsupported_parameter`): logprobs / top_logprobs, logit_bias, audio output,
+predicted outputs, legacy `functions`, web_search_options, output modalities other than text,
+non-function tools, n > 1 with stream, input_audio other than wav/mp3, file parts other than
+base64 data URLs, non-text parts in system and assistant messages, token-array embedding inputs.
+Mapped: system/developer → systemInstruction; assistant → model turns (tool calls → functionCall
+with their thought signature); tool results → functionResponse; sampling, stop, seed, n,
+max tokens → generationConfig; json_object / json_schema → responseMimeType /
+responseJsonSchema; tools / tool_choice → functionDeclarations / toolConfig.
 """
 
 from __future__ import annotations
