@@ -39,32 +39,41 @@ attempt go out untranslated and without provider credentials (the upstream filte
 
 from __future__ import annotations
 
+import warnings
 from typing import Any as JsonAny
 from typing import cast
 
 import yaml
 from betterproto2 import Casing
+from pydantic.warnings import PydanticDeprecationWarning
 
-from extproc.bootstrap.clusters import (
-    cluster_protocol,
-    extproc_cluster,
-    fail_open_clusters,
-    model_cluster,
-)
-from extproc.bootstrap.common import socket_address
-from extproc.bootstrap.listener import listener
-from extproc.bootstrap.models import (
-    Admin,
-    Bootstrap,
-    BootstrapStaticResources,
-    LayeredRuntime,
-    Node,
-    RuntimeLayer,
-    RuntimeLayerAdminLayer,
-    Struct,
-)
 from extproc.config.schema import GatewayConfig
 from extproc.config.topology import model_route_ids
+
+# envoy_data_plane's generated models use a pydantic idiom deprecated since pydantic 2.12; the
+# warning fires once, as the classes are created on import, and is theirs to fix. Every module of
+# this package imports them; importing any of them runs this first, so all load silenced here.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=PydanticDeprecationWarning)
+    from envoy_data_plane.envoy.config.bootstrap.v3 import (
+        Admin,
+        Bootstrap,
+        BootstrapStaticResources,
+        LayeredRuntime,
+        RuntimeLayer,
+        RuntimeLayerAdminLayer,
+    )
+    from envoy_data_plane.envoy.config.core.v3 import Node
+    from envoy_data_plane.google.protobuf import Struct
+
+    from extproc.bootstrap.clusters import (
+        cluster_protocol,
+        extproc_cluster,
+        fail_open_clusters,
+        model_cluster,
+    )
+    from extproc.bootstrap.common import socket_address
+    from extproc.bootstrap.listener import listener
 
 NODE_ID = "llm-gateway"
 GENERATED_HEADER = (

@@ -9,46 +9,54 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
-from extproc.bootstrap.common import FAIL_OPEN_CLUSTER, is_ip, protocol_options, socket_address
-from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, upstream_ext_proc_filter
-from extproc.bootstrap.models import (
-    Address,
-    Any,
-    CertificateValidationContext,
+from envoy_data_plane.envoy.config.cluster.v3 import (
     CircuitBreakers,
     CircuitBreakersThresholds,
     Cluster,
     ClusterCommonLbConfig,
     ClusterDiscoveryType,
     ClusterDnsLookupFamily,
-    ClusterLoadAssignment,
     ClusterTransportSocketMatch,
-    CommonTlsContext,
+    OutlierDetection,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
     DataSource,
-    Endpoint,
-    EndpointHealthCheckConfig,
     HealthCheck,
     HealthCheckHttpHealthCheck,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
-    HttpFilter,
-    HttpProtocolOptions,
-    HttpProtocolOptionsExplicitHttpConfig,
-    LbEndpoint,
-    LocalityLbEndpoints,
     Metadata,
-    OutlierDetection,
-    Percent,
     Pipe,
     RoutingPriority,
-    StringMatcher,
-    Struct,
+    TransportSocket,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    EndpointHealthCheckConfig,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.extensions.filters.http.upstream_codec.v3 import UpstreamCodec
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
     SubjectAltNameMatcher,
     SubjectAltNameMatcherSanType,
-    TransportSocket,
-    UpstreamCodec,
     UpstreamTlsContext,
 )
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.envoy.type.v3 import Percent
+from envoy_data_plane.google.protobuf import Any, Struct
+
+from extproc.bootstrap.common import FAIL_OPEN_CLUSTER, is_ip, protocol_options, socket_address
+from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, upstream_ext_proc_filter
 from extproc.config.schema import (
     GatewayConfig,
     HttpProtocol,

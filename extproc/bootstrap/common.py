@@ -5,15 +5,15 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from extproc.bootstrap.models import (
+from envoy_data_plane.envoy.config.core.v3 import (
     Address,
-    Any,
     HeaderValue,
     HeaderValueOption,
     HeaderValueOptionHeaderAppendAction,
-    HttpProtocolOptions,
     SocketAddress,
 )
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import HttpProtocolOptions
+from envoy_data_plane.google.protobuf import Any
 
 # The listener, its stats prefix and its virtual host.
 LISTENER_NAME = "gateway"

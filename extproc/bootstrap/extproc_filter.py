@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from extproc.bootstrap.models import (
+from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutationRules
+from envoy_data_plane.envoy.config.core.v3 import GrpcService, GrpcServiceEnvoyGrpc
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ExternalProcessor,
-    GrpcService,
-    GrpcServiceEnvoyGrpc,
     HeaderForwardingRules,
-    HeaderMutationRules,
-    ListStringMatcher,
     ProcessingMode,
     ProcessingModeBodySendMode,
     ProcessingModeHeaderSendMode,
-    StringMatcher,
 )
+from envoy_data_plane.envoy.type.matcher.v3 import ListStringMatcher, StringMatcher
+
 from extproc.config.schema import (
     ProcessorConfig,
     ResilienceConfig,

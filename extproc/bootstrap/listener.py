@@ -8,21 +8,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from extproc.bootstrap.common import LISTENER_NAME, socket_address
-from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, ext_proc_filter
-from extproc.bootstrap.local_replies import local_reply_config
-from extproc.bootstrap.models import (
-    Any,
-    Filter,
-    FilterChain,
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
+    MetadataOptions,
+    MetadataOptionsMetadataNamespaces,
+)
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
     HttpFilter,
-    Listener,
-    MetadataOptions,
-    MetadataOptionsMetadataNamespaces,
-    Router,
 )
+from envoy_data_plane.google.protobuf import Any
+
+from extproc.bootstrap.common import LISTENER_NAME, socket_address
+from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, ext_proc_filter
+from extproc.bootstrap.local_replies import local_reply_config
 from extproc.bootstrap.routes import route_config
 from extproc.config.schema import (
     GatewayConfig,

@@ -6,23 +6,28 @@ every rewritten reply gets the marker too.
 
 from __future__ import annotations
 
-from extproc.bootstrap.common import header_option, openai_error_json
-from extproc.bootstrap.models import (
+from envoy_data_plane.envoy.config.accesslog.v3 import (
     AccessLogFilter,
     AndFilter,
-    Any,
     ComparisonFilter,
     ComparisonFilterOp,
-    DataSource,
-    ExpressionFilter,
     ExtensionFilter,
-    LocalReplyConfig,
     ResponseFlagFilter,
-    ResponseMapper,
-    RuntimeUInt32,
     StatusCodeFilter,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    DataSource,
+    RuntimeUInt32,
     SubstitutionFormatString,
 )
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    LocalReplyConfig,
+    ResponseMapper,
+)
+from envoy_data_plane.google.protobuf import Any
+
+from extproc.bootstrap.common import header_option, openai_error_json
 from extproc.contract import GATEWAY_ERROR_HEADER, NOT_SENT_REPLIES
 from extproc.errors import ERROR_TYPES
 

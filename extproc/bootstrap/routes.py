@@ -8,20 +8,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from extproc.bootstrap.common import (
-    FAIL_OPEN_CLUSTER,
-    LISTENER_NAME,
-    header_option,
-    openai_error_json,
-)
-from extproc.bootstrap.models import (
-    Any,
-    DataSource,
+from envoy_data_plane.envoy.config.core.v3 import DataSource
+from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
-    MetadataMatcher,
-    MetadataMatcherPathSegment,
-    PreviousHostsPredicate,
-    PreviousPrioritiesConfig,
     RetryPolicy,
     RetryPolicyRateLimitedRetryBackOff,
     RetryPolicyResetHeader,
@@ -33,9 +22,25 @@ from extproc.bootstrap.models import (
     RouteAction,
     RouteConfiguration,
     RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
+from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import (
+    PreviousPrioritiesConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import (
+    MetadataMatcher,
+    MetadataMatcherPathSegment,
     StringMatcher,
     ValueMatcher,
-    VirtualHost,
+)
+from envoy_data_plane.google.protobuf import Any
+
+from extproc.bootstrap.common import (
+    FAIL_OPEN_CLUSTER,
+    LISTENER_NAME,
+    header_option,
+    openai_error_json,
 )
 from extproc.config.schema import (
     GatewayConfig,

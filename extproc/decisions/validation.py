@@ -344,21 +344,12 @@ def _check_tool(tool: Any, where: str) -> Tool:
             "invalid_request", f"{where}.function must be an object", f"{where}.function"
         )
     name = _function_name(function.get("name"), f"{where}.function.name", "invalid_request")
-    description = function.get("description")
-    if description is not None and not isinstance(description, str):
-        raise bad_request(
-            "invalid_request",
-            f"{where}.function.description must be a string",
-            f"{where}.function.description",
-        )
-    parameters = function.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise bad_request(
-            "invalid_request",
-            f"{where}.function.parameters must be a JSON schema object",
-            f"{where}.function.parameters",
-        )
-    return Tool("function", name, description, parameters)
+    for field, kind, what in (("description", str, "a string"), ("parameters", dict, "an object")):
+        value = function.get(field)
+        if value is not None and not isinstance(value, kind):
+            param = f"{where}.function.{field}"
+            raise bad_request("invalid_request", f"{param} must be {what}", param)
+    return Tool("function", name, function.get("description"), function.get("parameters"))
 
 
 def _function_name(name: Any, where: str, code: str) -> str:
@@ -447,12 +438,19 @@ def _check_tool_calls(calls: Any, where: str) -> tuple[ToolCall, ...]:
         name = _function_name(
             function.get("name"), f"{call_where}.function.name", "invalid_message"
         )
-        checked.append(ToolCall(call_id, name, _arguments(function.get("arguments"), call_where)))
+        checked.append(
+            ToolCall(
+                call_id,
+                name,
+                decode_arguments(function.get("arguments"), f"{call_where}.function.arguments"),
+            )
+        )
     return tuple(checked)
 
 
-def _arguments(raw: Any, where: str) -> dict[str, Any]:
-    """A tool call's `function.arguments`: a JSON object encoded as a string (blank: {})."""
+def decode_arguments(raw: Any, param: str) -> dict[str, Any]:
+    """A function call's arguments: a JSON object encoded as a string (blank or absent: {});
+    anything else is a 400 `invalid_message` naming `param`."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}
     value: Any = None
@@ -463,9 +461,7 @@ def _arguments(raw: Any, where: str) -> dict[str, Any]:
             value = None
     if not isinstance(value, dict):
         raise bad_request(
-            "invalid_message",
-            f"{where}.function.arguments must be a JSON object encoded as a string",
-            f"{where}.function.arguments",
+            "invalid_message", f"{param} must be a JSON object encoded as a string", param
         )
     return value
 

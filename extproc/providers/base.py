@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from pydantic import SecretStr
 
@@ -80,6 +80,14 @@ class Translated:
     model: str | None = None
 
 
+class ChunkTranslator(Protocol):
+    """What turns a provider's stream into the client's, chunk by chunk (`stream.py`)."""
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> Translated:
+        """The bytes to send for `chunk` (and the end, if it is), with what the answer said."""
+        ...
+
+
 class ProviderAdapter:
     """Base adapter. Subclasses implement `request`; translating ones override the responses.
 
@@ -93,6 +101,12 @@ class ProviderAdapter:
     # The media type of a successful answer, whole and streamed.
     answer_content_type: ClassVar[str] = JSON_CONTENT_TYPE
     stream_content_type: ClassVar[str] = "text/event-stream"
+    # The header that carries the provider's key, and what comes before the key in it (None:
+    # no key header; AWS signs every request instead).
+    key_header: ClassVar[str | None] = "authorization"
+    key_prefix: ClassVar[str] = "Bearer "
+    # This request's stream translator (set by `request` when the answer will be streamed).
+    translator: ChunkTranslator | None = None
 
     @classmethod
     def unsupported(cls, endpoint: Endpoint, provider: ProviderConfig) -> GatewayError | None:
@@ -111,10 +125,10 @@ class ProviderAdapter:
         cls, provider: ProviderConfig, credential: Credential | None
     ) -> dict[str, str]:
         """The headers that carry the provider's key on every request (the active health
-        checks send them too); empty without a key. Bearer auth unless a wire API differs."""
-        if not isinstance(credential, SecretStr):
+        checks send them too); empty without a key."""
+        if cls.key_header is None or not isinstance(credential, SecretStr):
             return {}
-        return {"authorization": "Bearer " + credential.get_secret_value()}
+        return {cls.key_header: cls.key_prefix + credential.get_secret_value()}
 
     def __init__(
         self,
@@ -165,7 +179,9 @@ class ProviderAdapter:
     def stream_chunk(self, chunk: bytes, end_of_stream: bool) -> Translated:
         """The next chunk of a 2xx stream (STREAMED): its translation. Never raises: malformed
         provider output ends the stream with an error event and `[DONE]`."""
-        raise NotImplementedError
+        if self.translator is None:
+            raise RuntimeError("stream_chunk() on a request that did not ask for a stream")
+        return self.translator.feed(chunk, end_of_stream)
 
     def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
         """Map a provider error response (status >= 300) to the client-facing error."""

@@ -1,4 +1,4 @@
-"""Helpers the adapters share: API keys, turn merging, JSON bytes, the unsupported-feature 400.
+"""Helpers the adapters share: turn merging, JSON bytes, the unsupported-feature 400.
 
 No wire API of its own: each adapter calls these to build its provider's request.
 """
@@ -8,18 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import SecretStr
 
-from extproc.config.credentials import Credential
 from extproc.config.schema import ProviderConfig
 from extproc.errors import GatewayError, bad_request
-
-
-def api_key(credential: Credential | None) -> str:
-    """The API key of a key-based provider (config validation guarantees its presence)."""
-    if not isinstance(credential, SecretStr):
-        raise TypeError("this provider type needs an API key credential")
-    return credential.get_secret_value()
 
 
 def unsupported(provider: ProviderConfig, feature: str, param: str | None = None) -> GatewayError:

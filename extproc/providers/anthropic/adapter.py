@@ -19,7 +19,7 @@ from extproc.providers.base import (
     TranslatingAdapter,
     UpstreamRequest,
 )
-from extproc.providers.helpers import api_key, serialize
+from extproc.providers.helpers import serialize
 from extproc.providers.openai_format import ChatStreamWriter
 
 DEFAULT_VERSION = "2023-06-01"
@@ -30,25 +30,16 @@ class AnthropicAdapter(TranslatingAdapter):
 
     unsupported_endpoints = frozenset({Endpoint.EMBEDDINGS})
 
-    def __init__(
-        self,
-        provider: ProviderConfig,
-        credential: Credential | None,
-        upstream_model: str,
-        default_max_tokens: int,
-    ) -> None:
-        super().__init__(provider, credential, upstream_model, default_max_tokens)
-        self._translator: AnthropicStreamTranslator | None = None
+    key_header = "x-api-key"
+    key_prefix = ""
 
     @classmethod
     def credential_headers(
         cls, provider: ProviderConfig, credential: Credential | None
     ) -> dict[str, str]:
         """`x-api-key` (with a key) and the `anthropic-version` every request needs."""
-        headers = {"anthropic-version": provider.anthropic_version or DEFAULT_VERSION}
-        if credential is not None:
-            headers["x-api-key"] = api_key(credential)
-        return headers
+        version = {"anthropic-version": provider.anthropic_version or DEFAULT_VERSION}
+        return {**version, **super().credential_headers(provider, credential)}
 
     def request(self, request: ValidatedRequest) -> UpstreamRequest:
         """Translate a validated chat request into a Messages API request."""
@@ -57,7 +48,7 @@ class AnthropicAdapter(TranslatingAdapter):
         )
         self.stream = request.stream
         if request.stream:
-            self._translator = AnthropicStreamTranslator(
+            self.translator = AnthropicStreamTranslator(
                 self.provider.name, ChatStreamWriter(self.upstream_model, request.include_usage)
             )
         return UpstreamRequest(
@@ -74,12 +65,6 @@ class AnthropicAdapter(TranslatingAdapter):
     def response_body(self, body: bytes) -> Translated:
         """The whole Messages response as a `chat.completion` (502 if malformed)."""
         return translate_message(body, self.provider.name, self.upstream_model)
-
-    def stream_chunk(self, chunk: bytes, end_of_stream: bool) -> Translated:
-        """The next piece of the SSE stream as OpenAI chunks."""
-        if self._translator is None:
-            raise RuntimeError("stream_chunk() on a request that did not ask for a stream")
-        return self._translator.feed(chunk, end_of_stream)
 
     def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
         """Map an Anthropic error response (`{"type": "error", "error": {...}}`)."""

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import quote
 
-from extproc.config.credentials import AwsCredentials, Credential
-from extproc.config.schema import ProviderConfig
+from extproc.config.credentials import AwsCredentials
 from extproc.decisions.openai_request import Endpoint, ValidatedRequest
 from extproc.errors import GatewayError
 from extproc.providers.base import (
@@ -37,22 +36,7 @@ class BedrockAdapter(TranslatingAdapter):
     unsupported_endpoints = frozenset({Endpoint.EMBEDDINGS})
     stream_content_type = EVENTSTREAM_CONTENT_TYPE
 
-    def __init__(
-        self,
-        provider: ProviderConfig,
-        credential: Credential | None,
-        upstream_model: str,
-        default_max_tokens: int,
-    ) -> None:
-        super().__init__(provider, credential, upstream_model, default_max_tokens)
-        self._translator: BedrockStreamTranslator | None = None
-
-    @classmethod
-    def credential_headers(
-        cls, provider: ProviderConfig, credential: Credential | None
-    ) -> dict[str, str]:
-        """None: every request is signed instead (health checks go unsigned)."""
-        return {}
+    key_header = None  # every request is signed instead (health checks go unsigned)
 
     def request(self, request: ValidatedRequest) -> UpstreamRequest:
         """Translate to a Converse body, then sign it for this provider and moment."""
@@ -62,7 +46,7 @@ class BedrockAdapter(TranslatingAdapter):
         payload = serialize(converse_request(request, self.provider))
         self.stream = request.stream
         if request.stream:
-            self._translator = BedrockStreamTranslator(
+            self.translator = BedrockStreamTranslator(
                 self.provider.name, ChatStreamWriter(self.upstream_model, request.include_usage)
             )
         operation = "converse-stream" if request.stream else "converse"
@@ -87,12 +71,6 @@ class BedrockAdapter(TranslatingAdapter):
     def response_body(self, body: bytes) -> Translated:
         """A whole Converse response as a `chat.completion` (502 if malformed)."""
         return translate_converse(body, self.provider.name, self.upstream_model)
-
-    def stream_chunk(self, chunk: bytes, end_of_stream: bool) -> Translated:
-        """The next piece of the ConverseStream as OpenAI chunks."""
-        if self._translator is None:
-            raise RuntimeError("stream_chunk() on a request that did not ask for a stream")
-        return self._translator.feed(chunk, end_of_stream)
 
     def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
         """Map an AWS error (`x-amzn-errortype` header, `{"message"}` body)."""

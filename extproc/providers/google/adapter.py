@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from extproc.config.credentials import Credential
-from extproc.config.schema import ProviderConfig
 from extproc.decisions.openai_request import Endpoint, ValidatedRequest
 from extproc.errors import GatewayError
 from extproc.providers.base import (
@@ -20,30 +18,17 @@ from extproc.providers.google.errors import response_error
 from extproc.providers.google.request import chat_request, embeddings_request, model_path
 from extproc.providers.google.response import EmbeddingsCall, translate_answer
 from extproc.providers.google.stream import GeminiStreamTranslator
-from extproc.providers.helpers import api_key, serialize
+from extproc.providers.helpers import serialize
 from extproc.providers.openai_format import ChatStreamWriter
 
 
 class GoogleGeminiAdapter(TranslatingAdapter):
     """Adapter for the Gemini API: chat (whole and streamed) and embeddings."""
 
-    def __init__(
-        self,
-        provider: ProviderConfig,
-        credential: Credential | None,
-        upstream_model: str,
-        default_max_tokens: int,
-    ) -> None:
-        super().__init__(provider, credential, upstream_model, default_max_tokens)
-        self._embeddings: EmbeddingsCall | None = None
-        self._translator: GeminiStreamTranslator | None = None
-
-    @classmethod
-    def credential_headers(
-        cls, provider: ProviderConfig, credential: Credential | None
-    ) -> dict[str, str]:
-        """Gemini's `x-goog-api-key` header."""
-        return {"x-goog-api-key": api_key(credential)} if credential is not None else {}
+    key_header = "x-goog-api-key"
+    key_prefix = ""
+    # The translated embeddings call, for the answer (None for chat).
+    _embeddings: EmbeddingsCall | None = None
 
     def request(self, request: ValidatedRequest) -> UpstreamRequest:
         """Build the Gemini call: translated body, `models/{m}:method` path, API key header."""
@@ -52,7 +37,7 @@ class GoogleGeminiAdapter(TranslatingAdapter):
             method = ":streamGenerateContent?alt=sse" if request.stream else ":generateContent"
             self.stream = request.stream
             if request.stream:
-                self._translator = GeminiStreamTranslator(
+                self.translator = GeminiStreamTranslator(
                     self.provider.name,
                     ChatStreamWriter(self.upstream_model, request.include_usage),
                 )
@@ -75,12 +60,6 @@ class GoogleGeminiAdapter(TranslatingAdapter):
     def response_body(self, body: bytes) -> Translated:
         """The whole answer (chat or embeddings) in OpenAI's shape (502 if malformed)."""
         return translate_answer(body, self.provider.name, self.upstream_model, self._embeddings)
-
-    def stream_chunk(self, chunk: bytes, end_of_stream: bool) -> Translated:
-        """The next piece of the `alt=sse` stream as OpenAI chunks."""
-        if self._translator is None:
-            raise RuntimeError("stream_chunk() on a request that did not ask for a stream")
-        return self._translator.feed(chunk, end_of_stream)
 
     def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
         """Map a Google error body (`{"error": {code, message, status, details}}`)."""

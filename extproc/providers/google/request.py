@@ -22,6 +22,7 @@ import orjson
 
 from extproc.config.schema import ProviderConfig
 from extproc.decisions.openai_request import ToolCall, ToolChoice, ToolChoiceMode, ValidatedRequest
+from extproc.decisions.validation import decode_arguments
 from extproc.errors import bad_request
 from extproc.providers.google.response import EmbeddingsCall
 from extproc.providers.helpers import append_turn, unsupported
@@ -229,26 +230,9 @@ def _assistant_parts(
         name = legacy.get("name") if isinstance(legacy, dict) else None
         if not isinstance(name, str) or not name:
             raise bad_request("invalid_message", f"{where}.name is required", where)
-        args = _legacy_arguments(legacy.get("arguments"), where)
+        args = decode_arguments(legacy.get("arguments"), f"{where}.arguments")
         parts.append({"functionCall": {"name": name, "args": args}})
     return parts
-
-
-def _legacy_arguments(raw: Any, where: str) -> dict[str, Any]:
-    """The arguments of a legacy `function_call` (a JSON object as a string; blank: {})."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return {}
-    value: Any = raw
-    if isinstance(raw, str):
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            value = None
-    if not isinstance(value, dict):
-        raise bad_request(
-            "invalid_message", f"{where}.arguments must be a JSON object", f"{where}.arguments"
-        )
-    return value
 
 
 def _tool_result(message: dict[str, Any], where: str, call_names: dict[str, str]) -> dict[str, Any]:

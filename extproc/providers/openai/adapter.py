@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from extproc.config.credentials import Credential
-from extproc.config.schema import ProviderConfig
 from extproc.decisions.openai_request import Endpoint, ValidatedRequest
 from extproc.errors import GatewayError
 from extproc.providers.base import ProviderAdapter, Translated, UpstreamRequest
-from extproc.providers.helpers import api_key, rewrite_model, serialize
+from extproc.providers.helpers import rewrite_model, serialize
 from extproc.providers.openai.errors import map_openai_error
 from extproc.providers.openai.response import OpenAIStreamReader, read_answer
 from extproc.providers.tool_ids import strip_thought_signatures
@@ -23,22 +21,18 @@ ENDPOINT_SUFFIX = {Endpoint.CHAT: "/chat/completions", Endpoint.EMBEDDINGS: "/em
 
 
 class OpenAIAdapter(ProviderAdapter):
-    """Adapter for OpenAI-compatible providers; `base_url` ends where `/chat/...` starts."""
+    """Adapter for OpenAI-compatible providers; `base_url` ends where `/chat/...` starts.
 
-    def __init__(
-        self,
-        provider: ProviderConfig,
-        credential: Credential | None,
-        upstream_model: str,
-        default_max_tokens: int,
-    ) -> None:
-        super().__init__(provider, credential, upstream_model, default_max_tokens)
-        self._reader: OpenAIStreamReader | None = None
+    Streams pass through untouched; when the processor reads one, its `translator` (an
+    `OpenAIStreamReader`) reports usage and model and closes a stream cut before `[DONE]`.
+    """
 
     def request(self, request: ValidatedRequest) -> UpstreamRequest:
         """Rewrite path, model and credentials; re-serialize the body only if it changed."""
         body = request.body
         self.stream = request.stream
+        if request.stream:
+            self.translator = OpenAIStreamReader(self.provider.name)
         changed = rewrite_model(body, self.upstream_model) or request.body_changed
         # Only Gemini takes carried thought signatures back; OpenAI refuses ids over 40 chars.
         if request.tool_calls:
@@ -66,14 +60,6 @@ class OpenAIAdapter(ProviderAdapter):
         usage, model = read_answer(body, self.provider.name)
         return Translated(body, usage, model)
 
-    def stream_chunk(self, chunk: bytes, end_of_stream: bool) -> Translated:
-        """The stream unchanged, with its usage and model; a stream cut before `[DONE]` gets a
-        final error event and `[DONE]`."""
-        reader = self._reader
-        if reader is None:
-            reader = self._reader = OpenAIStreamReader(self.provider.name)
-        return reader.feed(chunk, end_of_stream)
-
     def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
         """Map an OpenAI-style error (`{"error": {message, type, code, param}}`)."""
         return map_openai_error(status, headers, body, self.provider.name)
@@ -96,9 +82,5 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         out.remove_headers.append("authorization")
         out.set_headers.update(self.credential_headers(self.provider, self.credential))
 
-    @classmethod
-    def credential_headers(
-        cls, provider: ProviderConfig, credential: Credential | None
-    ) -> dict[str, str]:
-        """Azure's `api-key` header."""
-        return {"api-key": api_key(credential)} if credential is not None else {}
+    key_header = "api-key"
+    key_prefix = ""
