@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -154,7 +153,7 @@ def validate(endpoint: Endpoint, body: dict[str, Any], model: str) -> ValidatedR
     if "timeout" not in body:
         return request
     timeout = check_timeout(body.pop("timeout"), "the timeout field")
-    return replace(request, timeout=timeout, body_changed=True)
+    return request._replace(timeout=timeout, body_changed=True)
 
 
 def validate_chat(body: dict[str, Any], model: str) -> ValidatedRequest:

@@ -28,6 +28,7 @@ from extproc.contract import (
     ROUTE_METADATA_KEY,
     TARGET_METADATA_KEY,
     UPSTREAM_TARGET_ATTRIBUTE,
+    UPSTREAM_TIMEOUT_HEADER,
 )
 from extproc.pipeline.attempt import CREDENTIAL_HEADERS
 from extproc.pipeline.request import TIMEOUT_HEADER
@@ -299,7 +300,7 @@ READ_BY_PROCESSOR = [
     "x-amzn-errortype",
     "accept-encoding",
     "x-envoy-max-retries",
-    "x-envoy-upstream-rq-timeout-ms",
+    UPSTREAM_TIMEOUT_HEADER,
     TIMEOUT_HEADER,
     GATEWAY_ERROR_HEADER,
     PROVIDER_HEADER,
