@@ -169,20 +169,21 @@ class Attempt:
             self._record(status, headers)
             self.final_status = status
             return Continue(set_headers=tag)
+        mode = adapter.response_mode(status, headers)
         self.rejection = adapter.unusable_answer(status, headers)
+        translated = 200 <= status < 300 and mode is not ResponseMode.PASSTHROUGH
+        if self.rejection is None and translated and end_of_stream:  # nothing to translate
+            self.rejection = malformed_response(adapter.provider.name, "an empty answer")
         if self.rejection is not None:
             self._record_failure(self.rejection.code)
             return self._buffer_error(BodyPlan.REJECT, headers, end_of_stream, tag)
         self._record(status, headers)
-        mode = adapter.response_mode(status, headers)
         if mode is ResponseMode.PASSTHROUGH:
             self.final_status = status
             return Continue(set_headers=tag)
         if not 200 <= status < 300:
             return self._buffer_error(BodyPlan.MAP_ERROR, headers, end_of_stream, tag)
         changes = adapter.response_headers(status, headers)
-        if end_of_stream:
-            raise malformed_response(adapter.provider.name, "an empty response body")
         if mode is ResponseMode.STREAMED:
             self.plan = BodyPlan.STREAM
             self.final_status = status  # errors after this are events in the stream

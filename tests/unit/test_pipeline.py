@@ -574,3 +574,16 @@ def test_an_error_without_a_body_still_gets_ours() -> None:
     assert action.body is not None  # sent in the headers answer (CONTINUE_AND_REPLACE)
     assert action.set_headers["content-length"] == str(len(action.body))
     assert orjson.loads(action.body)["error"]["code"] == "provider_overloaded"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_2xx_to_translate_without_a_body_is_a_502(stream: bool) -> None:
+    gw = gateway()
+    pipe = routed_to(gw, "claude", stream=stream)
+    kind = "text/event-stream" if stream else "application/json"
+    action = pipe.on_response_headers({":status": "200", "content-type": kind}, True)
+    assert action.set_headers[":status"] == "502"
+    assert action.body is not None
+    assert orjson.loads(action.body)["error"]["code"] == "malformed_provider_response"
+    assert gw.models["claude"].targets[0].breaker.snapshot(0.0)["consecutive_failures"] == 1
+    assert requests_counted(gw, model="claude", provider="ant", status="502") == 1
