@@ -72,6 +72,14 @@ class BodyPlan(Enum):
     REJECT = auto()  # a 2xx the client could not use, replaced by a 502 (BUFFERED)
 
 
+def response_status(headers: dict[str, str]) -> int:
+    """The response's `:status` (0 when missing or not a number)."""
+    try:
+        return int(headers.get(":status", "0"))
+    except ValueError:
+        return 0
+
+
 _BUFFERED_PLANS = frozenset({BodyPlan.TRANSLATE, BodyPlan.MAP_ERROR, BodyPlan.REJECT})
 
 
@@ -147,11 +155,7 @@ class Attempt:
 
     def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
         """Record the outcome; choose how the body is handled."""
-        try:
-            status = int(headers.get(":status", "0"))
-        except ValueError:
-            status = 0
-        self.status = status
+        status = self.status = response_status(headers)
         tag = {PROVIDER_HEADER: self.target.provider.name}
         envoy_reply = self._envoy_reply(headers)
         if envoy_reply is not None:
@@ -224,7 +228,7 @@ class Attempt:
         try:
             translated = self._keep(adapter.response_body(body))
         except GatewayError as error:
-            self._count_failure_late(error)
+            self._fail_late(error.code)
             return Continue(
                 set_headers=self._status_headers(error, error.body()), body=error.body()
             )
@@ -276,19 +280,21 @@ class Attempt:
             self.outcome = Outcome.SUCCESS if status < 400 else Outcome.CLIENT_ERROR
         self._count()
 
-    def _record_failure(self, reason: str) -> None:
+    def _breaker_failure(self, reason: str, probe: bool) -> None:
         self.target.breaker.record_failure(
-            time.monotonic(), self.probe, reason, admitted_at=self.admitted_at
+            time.monotonic(), probe, reason, admitted_at=self.admitted_at
         )
+
+    def _record_failure(self, reason: str) -> None:
+        self._breaker_failure(reason, self.probe)
         self.outcome = Outcome.FAILURE
         self._count()
 
-    def _count_failure_late(self, error: GatewayError) -> None:
-        """A 2xx whose body turned out to be garbage counts as a failure too."""
-        if self.outcome is Outcome.SUCCESS:
-            self.target.breaker.record_failure(
-                time.monotonic(), False, error.code, admitted_at=self.admitted_at
-            )
+    def _fail_late(self, reason: str) -> None:
+        """An answer whose headers were counted a success (or a client error) whose body then
+        failed (garbage, or cut short) counts as a failure too."""
+        if self.outcome in (Outcome.SUCCESS, Outcome.CLIENT_ERROR):
+            self._breaker_failure(reason, False)
 
     def _release_probe(self) -> None:
         if self.probe:
@@ -315,10 +321,7 @@ class Attempt:
             self.outcome = self._unanswered()
             self._count()
         elif self.final_status is None and self.plan in _BUFFERED_PLANS:
-            if self.outcome in (Outcome.SUCCESS, Outcome.CLIENT_ERROR):  # not yet a failure
-                self.target.breaker.record_failure(
-                    time.monotonic(), False, "body cut short", admitted_at=self.admitted_at
-                )
+            self._fail_late("body cut short")
             self.final_status = CUT_SHORT_STATUS
 
 
@@ -350,9 +353,7 @@ class UpstreamAttempt(Attempt):
 
     def _unanswered(self) -> Outcome:
         # The provider reset the try, or the client left: this filter cannot tell them apart.
-        self.target.breaker.record_failure(
-            time.monotonic(), self.probe, "no response", admitted_at=self.admitted_at
-        )
+        self._breaker_failure("no response", self.probe)
         return Outcome.NO_RESPONSE
 
     def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:

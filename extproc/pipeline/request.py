@@ -31,7 +31,7 @@ from extproc.decisions.validation import (
 from extproc.errors import GatewayError, bad_request
 from extproc.gateway import Gateway, ModelRoute
 from extproc.pipeline.actions import Action, Continue, Respond
-from extproc.pipeline.attempt import InlineAttempt, Outcome
+from extproc.pipeline.attempt import InlineAttempt, Outcome, response_status
 from extproc.providers.helpers import serialize
 
 TIMEOUT_HEADER = "x-gateway-timeout"
@@ -221,12 +221,8 @@ class RequestPipeline:
             if attempt.final_status is not None:
                 self.record(attempt.final_status)
             return action
-        try:
-            status = int(headers.get(":status", "0"))
-        except ValueError:
-            status = 0
         self.provider = headers.get(PROVIDER_HEADER, "")
-        self.record(status)
+        self.record(response_status(headers))
         return Continue()
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
@@ -259,7 +255,7 @@ class RequestPipeline:
         attempt = self.attempt
         if attempt is not None:
             attempt.finish()
-            if not self.finished and attempt.final_status is not None:
+            if attempt.final_status is not None:  # counted once: `record` knows
                 self.record(attempt.final_status)
 
 

@@ -105,7 +105,7 @@ class ProviderAdapter:
     # no key header; AWS signs every request instead).
     key_header: ClassVar[str | None] = "authorization"
     key_prefix: ClassVar[str] = "Bearer "
-    # This request's stream translator (set by `request` when the answer will be streamed).
+    # This request's stream translator, started by the first `stream_chunk`.
     translator: ChunkTranslator | None = None
 
     @classmethod
@@ -142,6 +142,12 @@ class ProviderAdapter:
         self.upstream_model = upstream_model  # the provider's name for the model
         self.default_max_tokens = default_max_tokens  # for APIs that require max_tokens
         self.stream = False
+        self.include_usage = False
+
+    def remember(self, request: ValidatedRequest) -> None:
+        """Keep what handling the answer needs of the request (called by `request`)."""
+        self.stream = request.stream
+        self.include_usage = request.include_usage
 
     def request(self, request: ValidatedRequest) -> UpstreamRequest:
         """Translate a validated request for this provider (its `body` may be rewritten)."""
@@ -179,9 +185,16 @@ class ProviderAdapter:
     def stream_chunk(self, chunk: bytes, end_of_stream: bool) -> Translated:
         """The next chunk of a 2xx stream (STREAMED): its translation. Never raises: malformed
         provider output ends the stream with an error event and `[DONE]`."""
-        if self.translator is None:
-            raise RuntimeError("stream_chunk() on a request that did not ask for a stream")
-        return self.translator.feed(chunk, end_of_stream)
+        translator = self.translator
+        if translator is None:
+            if not self.stream:
+                raise RuntimeError("stream_chunk() on a request that did not ask for a stream")
+            translator = self.translator = self.start_stream()
+        return translator.feed(chunk, end_of_stream)
+
+    def start_stream(self) -> ChunkTranslator:
+        """A translator for this request's stream (made only when its body is read)."""
+        raise NotImplementedError
 
     def response_error(self, status: int, headers: dict[str, str], body: bytes) -> GatewayError:
         """Map a provider error response (status >= 300) to the client-facing error."""

@@ -179,3 +179,13 @@ def test_a_provider_error_without_a_body_gets_an_openai_error_body(
     fake.set_behaviour(status=503, error_body=b"")
     error = error_of(chat(stack, model), 503, "provider_overloaded")
     assert "empty error body" in error["message"]
+
+
+@pytest.mark.parametrize("model", ["chat-anthropic", "chat-gemini", "chat-bedrock"])
+def test_an_empty_200_to_translate_is_a_502(
+    stack: Stack, fake: FakeProviderServer, model: str
+) -> None:
+    # Nothing to translate: the 502 goes in the headers answer, and the target is blamed.
+    fake.set_behaviour(status=200, error_body=b"")
+    error = error_of(chat(stack, model), 502, "malformed_provider_response")
+    assert "an empty answer" in error["message"]

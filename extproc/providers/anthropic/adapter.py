@@ -46,11 +46,7 @@ class AnthropicAdapter(TranslatingAdapter):
         body = translate_request(
             request, self.provider, self.upstream_model, self.default_max_tokens
         )
-        self.stream = request.stream
-        if request.stream:
-            self.translator = AnthropicStreamTranslator(
-                self.provider.name, ChatStreamWriter(self.upstream_model, request.include_usage)
-            )
+        self.remember(request)
         return UpstreamRequest(
             path=self.provider.base_path + "/messages",
             set_headers={
@@ -61,6 +57,11 @@ class AnthropicAdapter(TranslatingAdapter):
             remove_headers=["authorization", "anthropic-beta", "accept-encoding"],
             body=serialize(body),
         )
+
+    def start_stream(self) -> AnthropicStreamTranslator:
+        """The Messages SSE stream translator."""
+        writer = ChatStreamWriter(self.upstream_model, self.include_usage)
+        return AnthropicStreamTranslator(self.provider.name, writer)
 
     def response_body(self, body: bytes) -> Translated:
         """The whole Messages response as a `chat.completion` (502 if malformed)."""

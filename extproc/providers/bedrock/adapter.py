@@ -44,11 +44,7 @@ class BedrockAdapter(TranslatingAdapter):
         if not isinstance(credentials, AwsCredentials):
             raise TypeError("bedrock providers need AwsCredentials")
         payload = serialize(converse_request(request, self.provider))
-        self.stream = request.stream
-        if request.stream:
-            self.translator = BedrockStreamTranslator(
-                self.provider.name, ChatStreamWriter(self.upstream_model, request.include_usage)
-            )
+        self.remember(request)
         operation = "converse-stream" if request.stream else "converse"
         path = f"{self.provider.base_path}/model/{quote(self.upstream_model, safe='')}/{operation}"
         authority = self.provider.authority
@@ -67,6 +63,11 @@ class BedrockAdapter(TranslatingAdapter):
         if "x-amz-security-token" not in headers:
             remove.append("x-amz-security-token")
         return UpstreamRequest(path=path, set_headers=headers, remove_headers=remove, body=payload)
+
+    def start_stream(self) -> BedrockStreamTranslator:
+        """The ConverseStream (binary event stream) translator."""
+        writer = ChatStreamWriter(self.upstream_model, self.include_usage)
+        return BedrockStreamTranslator(self.provider.name, writer)
 
     def response_body(self, body: bytes) -> Translated:
         """A whole Converse response as a `chat.completion` (502 if malformed)."""

@@ -35,16 +35,11 @@ class GoogleGeminiAdapter(TranslatingAdapter):
         if request.endpoint is Endpoint.CHAT:
             translated = chat_request(request, self.provider)
             method = ":streamGenerateContent?alt=sse" if request.stream else ":generateContent"
-            self.stream = request.stream
-            if request.stream:
-                self.translator = GeminiStreamTranslator(
-                    self.provider.name,
-                    ChatStreamWriter(self.upstream_model, request.include_usage),
-                )
         else:
             self._embeddings = embeddings_request(request, self.upstream_model, self.provider)
             translated = self._embeddings.body
             method = ":" + self._embeddings.method
+        self.remember(request)
         path = f"{self.provider.base_path}/{model_path(self.upstream_model)}{method}"
         return UpstreamRequest(
             path=path,
@@ -56,6 +51,11 @@ class GoogleGeminiAdapter(TranslatingAdapter):
             remove_headers=["authorization", "accept-encoding"],
             body=serialize(translated),
         )
+
+    def start_stream(self) -> GeminiStreamTranslator:
+        """The `alt=sse` stream translator."""
+        writer = ChatStreamWriter(self.upstream_model, self.include_usage)
+        return GeminiStreamTranslator(self.provider.name, writer)
 
     def response_body(self, body: bytes) -> Translated:
         """The whole answer (chat or embeddings) in OpenAI's shape (502 if malformed)."""

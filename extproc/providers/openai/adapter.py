@@ -23,16 +23,14 @@ ENDPOINT_SUFFIX = {Endpoint.CHAT: "/chat/completions", Endpoint.EMBEDDINGS: "/em
 class OpenAIAdapter(ProviderAdapter):
     """Adapter for OpenAI-compatible providers; `base_url` ends where `/chat/...` starts.
 
-    Streams pass through untouched; when the processor reads one, its `translator` (an
-    `OpenAIStreamReader`) reports usage and model and closes a stream cut before `[DONE]`.
+    Streams pass through untouched; when the processor reads one, an `OpenAIStreamReader`
+    reports usage and model and closes a stream cut before `[DONE]`.
     """
 
     def request(self, request: ValidatedRequest) -> UpstreamRequest:
         """Rewrite path, model and credentials; re-serialize the body only if it changed."""
         body = request.body
-        self.stream = request.stream
-        if request.stream:
-            self.translator = OpenAIStreamReader(self.provider.name)
+        self.remember(request)
         changed = rewrite_model(body, self.upstream_model) or request.body_changed
         # Only Gemini takes carried thought signatures back; OpenAI refuses ids over 40 chars.
         if request.tool_calls:
@@ -54,6 +52,10 @@ class OpenAIAdapter(ProviderAdapter):
             out.set_headers.update(headers)
         else:
             out.remove_headers.append("authorization")
+
+    def start_stream(self) -> OpenAIStreamReader:
+        """A reader of the pass-through stream (bytes unchanged)."""
+        return OpenAIStreamReader(self.provider.name)
 
     def response_body(self, body: bytes) -> Translated:
         """The answer unchanged, with the usage and model it reports (502 if unparsable)."""
