@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from pydantic import SecretStr
 
@@ -21,6 +21,10 @@ from extproc.config.schema import ProviderConfig
 from extproc.decisions.openai_request import Endpoint, ValidatedRequest
 from extproc.errors import GatewayError
 from extproc.providers.errors import malformed_response
+from extproc.providers.openai_format import ChatStreamWriter
+
+if TYPE_CHECKING:  # stream.py builds on this module
+    from extproc.providers.stream import StreamTranslator
 
 JSON_CONTENT_TYPE = "application/json"
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -207,6 +211,15 @@ class TranslatingAdapter(ProviderAdapter):
     Successful streams are translated chunk by chunk (STREAMED, SSE out, no content-length);
     everything else, errors included, is translated whole.
     """
+
+    # The translator class of this wire API's streams (`stream.StreamTranslator` subclasses).
+    stream_translator: ClassVar[type[StreamTranslator]]
+
+    def start_stream(self) -> StreamTranslator:
+        """This request's stream translator, writing OpenAI chunks named after the target's
+        model until the provider names the one that answers."""
+        writer = ChatStreamWriter(self.upstream_model, self.include_usage)
+        return self.stream_translator(self.provider.name, writer)
 
     def response_mode(self, status: int, headers: dict[str, str]) -> ResponseMode:
         """STREAMED for a successful stream, BUFFERED for everything else."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc.errors import GatewayError
-from extproc.providers.base import Usage
 from extproc.streaming.sse import DONE, sse_data
+
+if TYPE_CHECKING:  # base.py builds its stream writers with this module
+    from extproc.providers.base import Usage
 
 
 def completion_id() -> str:

@@ -171,21 +171,21 @@ def test_an_unusable_200_counts_against_the_target(stack: Stack, fake: FakeProvi
     assert breakers["p-openai/gpt-up"]["consecutive_failures"] == 1
 
 
-@pytest.mark.parametrize("model", ["chat-openai", "chat-anthropic", "chat-gemini", "chat-bedrock"])
-def test_a_provider_error_without_a_body_gets_an_openai_error_body(
-    stack: Stack, fake: FakeProviderServer, model: str
-) -> None:
-    # The provider's headers end its response (no body): ours is sent in the headers answer.
-    fake.set_behaviour(status=503, error_body=b"")
-    error = error_of(chat(stack, model), 503, "provider_overloaded")
-    assert "empty error body" in error["message"]
+# A response that ends at its headers (no body): ours is sent in the headers answer. A provider
+# error gets the gateway's error; a 2xx that needed translating has nothing to translate.
+BODYLESS = [
+    (503, model, 503, "provider_overloaded", "empty error body")
+    for model in ("chat-openai", "chat-anthropic", "chat-gemini", "chat-bedrock")
+] + [
+    (200, model, 502, "malformed_provider_response", "an empty answer")
+    for model in ("chat-anthropic", "chat-gemini", "chat-bedrock")
+]
 
 
-@pytest.mark.parametrize("model", ["chat-anthropic", "chat-gemini", "chat-bedrock"])
-def test_an_empty_200_to_translate_is_a_502(
-    stack: Stack, fake: FakeProviderServer, model: str
+@pytest.mark.parametrize(("sent", "model", "status", "code", "text"), BODYLESS)
+def test_an_answer_without_a_body_gets_an_openai_error_body(
+    stack: Stack, fake: FakeProviderServer, sent: int, model: str, status: int, code: str, text: str
 ) -> None:
-    # Nothing to translate: the 502 goes in the headers answer, and the target is blamed.
-    fake.set_behaviour(status=200, error_body=b"")
-    error = error_of(chat(stack, model), 502, "malformed_provider_response")
-    assert "an empty answer" in error["message"]
+    fake.set_behaviour(status=sent, error_body=b"")
+    error = error_of(chat(stack, model), status, code)
+    assert text in error["message"]

@@ -20,13 +20,14 @@ from extproc.providers.base import (
     UpstreamRequest,
 )
 from extproc.providers.helpers import serialize
-from extproc.providers.openai_format import ChatStreamWriter
 
 DEFAULT_VERSION = "2023-06-01"
 
 
 class AnthropicAdapter(TranslatingAdapter):
     """Adapter for the Anthropic Messages API (chat only)."""
+
+    stream_translator = AnthropicStreamTranslator
 
     unsupported_endpoints = frozenset({Endpoint.EMBEDDINGS})
 
@@ -57,11 +58,6 @@ class AnthropicAdapter(TranslatingAdapter):
             remove_headers=["authorization", "anthropic-beta", "accept-encoding"],
             body=serialize(body),
         )
-
-    def start_stream(self) -> AnthropicStreamTranslator:
-        """The Messages SSE stream translator."""
-        writer = ChatStreamWriter(self.upstream_model, self.include_usage)
-        return AnthropicStreamTranslator(self.provider.name, writer)
 
     def response_body(self, body: bytes) -> Translated:
         """The whole Messages response as a `chat.completion` (502 if malformed)."""

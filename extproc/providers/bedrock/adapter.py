@@ -24,7 +24,6 @@ from extproc.providers.bedrock.response import translate_converse
 from extproc.providers.bedrock.sigv4 import sign_headers
 from extproc.providers.bedrock.stream import BedrockStreamTranslator
 from extproc.providers.helpers import serialize
-from extproc.providers.openai_format import ChatStreamWriter
 
 SERVICE: Final = "bedrock"
 EVENTSTREAM_CONTENT_TYPE: Final = "application/vnd.amazon.eventstream"
@@ -32,6 +31,8 @@ EVENTSTREAM_CONTENT_TYPE: Final = "application/vnd.amazon.eventstream"
 
 class BedrockAdapter(TranslatingAdapter):
     """Adapter for the Bedrock Runtime Converse API (chat only)."""
+
+    stream_translator = BedrockStreamTranslator
 
     unsupported_endpoints = frozenset({Endpoint.EMBEDDINGS})
     stream_content_type = EVENTSTREAM_CONTENT_TYPE
@@ -63,11 +64,6 @@ class BedrockAdapter(TranslatingAdapter):
         if "x-amz-security-token" not in headers:
             remove.append("x-amz-security-token")
         return UpstreamRequest(path=path, set_headers=headers, remove_headers=remove, body=payload)
-
-    def start_stream(self) -> BedrockStreamTranslator:
-        """The ConverseStream (binary event stream) translator."""
-        writer = ChatStreamWriter(self.upstream_model, self.include_usage)
-        return BedrockStreamTranslator(self.provider.name, writer)
 
     def response_body(self, body: bytes) -> Translated:
         """A whole Converse response as a `chat.completion` (502 if malformed)."""

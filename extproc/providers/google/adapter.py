@@ -19,11 +19,12 @@ from extproc.providers.google.request import chat_request, embeddings_request, m
 from extproc.providers.google.response import EmbeddingsCall, translate_answer
 from extproc.providers.google.stream import GeminiStreamTranslator
 from extproc.providers.helpers import serialize
-from extproc.providers.openai_format import ChatStreamWriter
 
 
 class GoogleGeminiAdapter(TranslatingAdapter):
     """Adapter for the Gemini API: chat (whole and streamed) and embeddings."""
+
+    stream_translator = GeminiStreamTranslator
 
     key_header = "x-goog-api-key"
     key_prefix = ""
@@ -51,11 +52,6 @@ class GoogleGeminiAdapter(TranslatingAdapter):
             remove_headers=["authorization", "accept-encoding"],
             body=serialize(translated),
         )
-
-    def start_stream(self) -> GeminiStreamTranslator:
-        """The `alt=sse` stream translator."""
-        writer = ChatStreamWriter(self.upstream_model, self.include_usage)
-        return GeminiStreamTranslator(self.provider.name, writer)
 
     def response_body(self, body: bytes) -> Translated:
         """The whole answer (chat or embeddings) in OpenAI's shape (502 if malformed)."""
