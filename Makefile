@@ -12,7 +12,7 @@ CONFIG ?= examples/gateway.yaml
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
 	@echo "make test         install, then ruff + mypy + the whole pytest suite"
-	@echo "make render-envoy regenerate envoy/envoy.yaml from $(CONFIG)"
+	@echo "make render-envoy regenerate envoy/envoy.yaml and envoy/xds/ from $(CONFIG)"
 	@echo "make bench        plain Envoy vs the gateway, side by side (QUICK=1 for a short run)"
 
 $(BIN)/python:
@@ -61,7 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(filter 1,$(QUICK)),--quick)
 
 render-envoy: $(STAMP)
-	$(BIN)/extproc render-envoy --config $(CONFIG) --output envoy/envoy.yaml
+	$(BIN)/extproc render-envoy --config $(CONFIG) --output envoy/envoy.yaml --xds-dir envoy/xds
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache *.egg-info

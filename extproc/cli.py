@@ -43,7 +43,7 @@ def _cmd_config_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_render_envoy(args: argparse.Namespace) -> int:
-    from extproc.bootstrap import render_yaml
+    from extproc.bootstrap import render_static_yaml, render_yaml, write_xds_files, xds_files
 
     try:
         loaded = load_config(args.config, resolve_credentials=False)
@@ -51,12 +51,22 @@ def _cmd_render_envoy(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)
         return 2
-    text = render_yaml(loaded.config)
+    config = loaded.config
+    text = render_static_yaml(config) if args.static else render_yaml(config)
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}", file=sys.stderr)
+    if args.xds_dir is not None:
+        files = xds_files([config])
+        try:
+            write_xds_files(Path(args.xds_dir), files)
+        except OSError as exc:
+            print(f"cannot write {args.xds_dir}: {exc.strerror}", file=sys.stderr)
+            return 1
+        names = ", ".join(f.name for f in files)
+        print(f"wrote {names} into {args.xds_dir}", file=sys.stderr)
     return 0
 
 
@@ -127,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render-envoy", help="write the Envoy bootstrap for a config")
     p.add_argument("--config", required=True)
     p.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
+    p.add_argument(
+        "--xds-dir",
+        default=None,
+        help="also write the listener, routes and clusters files (LDS, RDS, CDS) into this "
+        "directory; the bootstrap reads them from the config's reload.xds_directory",
+    )
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="write everything into one static bootstrap instead (no hot reload; for "
+        "`envoy --mode validate`, which does not read the dynamic files)",
+    )
     p.set_defaults(func=_cmd_render_envoy)
 
     p = sub.add_parser("hash-key", help="print the SHA-256 of an API key for the config")

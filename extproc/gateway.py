@@ -1,7 +1,9 @@
 """The gateway: one loaded config turned into the lookup tables the hot path reads.
 
-Built once at start-up: models by name, their targets (with ids, adapters, credentials and
-breakers), the authenticator, limits, metrics. No pydantic per request.
+Built at start-up and again on each reload: models by name, their targets (with ids, adapters,
+credentials and breakers), the authenticator, limits, metrics. No pydantic per request. A
+gateway never changes once built; a reload builds a new one (`LiveGateways` holds the one in
+force and the older ones still finishing their requests).
 """
 
 from __future__ import annotations
@@ -100,22 +102,40 @@ def breaker_settings(resilience: ResilienceConfig) -> BreakerSettings:
 
 
 class Gateway:
-    """Everything a request pipeline needs, prepared from one loaded config."""
+    """Everything a request pipeline needs, prepared from one loaded config.
 
-    def __init__(self, loaded: LoadedConfig, metrics: Metrics | None = None) -> None:
+    `previous` (the gateway a reload replaces) hands over what outlives a config: the breakers
+    of targets that still exist (same provider and upstream model) and the health of providers
+    that are still checked; `metrics` (one registry) is shared.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        metrics: Metrics | None = None,
+        previous: Gateway | None = None,
+    ) -> None:
         config: GatewayConfig = loaded.config
+        self.loaded = loaded
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.metrics: Metrics = metrics or (previous.metrics if previous else Metrics())
+        # ext_proc streams open on this gateway (the servicer counts them): a reload keeps the
+        # old gateway's routes and clusters in Envoy until this reaches 0.
+        self.in_flight = 0
         self.auth = Authenticator(config)
         self.max_body_bytes = config.limits.max_body_bytes
         self.max_json_depth = config.limits.max_json_depth
         self.default_timeout = config.limits.default_timeout_seconds
         self.per_try_timeout = config.resilience.per_try_timeout_seconds
-        self.breakers = BreakerBoard(
-            breaker_settings(config.resilience), on_transition=self.metrics.breaker_transition
+        self.breakers: BreakerBoard = BreakerBoard(
+            breaker_settings(config.resilience),
+            on_transition=self.metrics.breaker_transition,
+            previous=previous.breakers if previous else None,
         )
         providers = {p.name: p for p in config.providers}
-        self.provider_health = {name: ProviderHealth(name) for name in providers}
+        self.provider_health = {
+            p.name: _carried_health(p, previous) or ProviderHealth(p.name) for p in config.providers
+        }
         route_ids = model_route_ids(config)
         self.models: dict[str, ModelRoute] = {}
         self.targets: dict[str, Target] = {}
@@ -123,6 +143,9 @@ class Gateway:
             route = self._model_route(model, route_ids[model.name], providers, loaded.credentials)
             self.models[model.name] = route
             self.targets.update((t.id, t) for t in route.targets)
+        # Every breaker is taken over by now; keeping the link would keep every older gateway
+        # alive through a chain of boards.
+        self.breakers.forget_previous()
         self.created = 0
 
     def _model_route(
@@ -170,3 +193,51 @@ class Gateway:
         if all(cap is not None for cap in caps):
             route.timeout_cap = max(cap for cap in caps if cap is not None)
         return route
+
+
+def _carried_health(provider: ProviderConfig, previous: Gateway | None) -> ProviderHealth | None:
+    """The previous gateway's health of `provider` when it is still checked (else start over)."""
+    if previous is None or provider.health_check is None:
+        return None
+    return previous.provider_health.get(provider.name)
+
+
+class LiveGateways:
+    """The gateway in force and the older ones a reload replaced that still have streams open.
+
+    New streams use `current`; a stream keeps the gateway it started with. An upstream attempt
+    names its target by id, which only the gateway that routed its request may know, so
+    `target` looks in every live gateway, newest first, and last in `pending`: the gateway a
+    reload is about to put in force, whose new clusters Envoy health-checks while they warm.
+    """
+
+    __slots__ = ("current", "pending", "retiring")
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.current = gateway
+        self.retiring: list[Gateway] = []  # newest first
+        self.pending: Gateway | None = None
+
+    def all(self) -> list[Gateway]:
+        """Every live gateway, the current one first, then the older ones newest first."""
+        return [self.current, *self.retiring]
+
+    def target(self, target_id: str) -> tuple[Gateway, Target] | None:
+        """The target with this id and the gateway it belongs to (the newest that knows it)."""
+        for gateway in (self.current, *self.retiring, *((self.pending,) if self.pending else ())):
+            found = gateway.targets.get(target_id)
+            if found is not None:
+                return gateway, found
+        return None
+
+    def swap(self, gateway: Gateway) -> Gateway:
+        """Put `gateway` in force; the one it replaces retires (returned)."""
+        old = self.current
+        self.current = gateway
+        self.retiring.insert(0, old)
+        return old
+
+    def retire(self, gateway: Gateway) -> None:
+        """Forget a retiring gateway (its streams have ended, or its grace is over)."""
+        if gateway in self.retiring:
+            self.retiring.remove(gateway)

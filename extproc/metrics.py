@@ -15,6 +15,9 @@ from extproc.decisions.breaker import State, Transition
 
 _STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
+# The results of a config reload (`gateway_config_reloads_total{result}`).
+RELOAD_RESULTS = ("success", "rejected", "failed")
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -88,6 +91,27 @@ class Metrics:
             "gateway_provider_healthy",
             "Active health check result per provider with health_check configured (1 healthy).",
             ["provider"],
+            registry=self.registry,
+        )
+
+        # Config reloads (extproc.server.reload): every result is exported from the start.
+        self.config_reloads = Counter(
+            "gateway_config_reloads_total",
+            "Config reloads by result: success; rejected (invalid file, or a change that needs a "
+            "restart); failed (valid, but Envoy did not apply it in time).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result)
+        self.config_last_reload_success = Gauge(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time the config in force was loaded (at start, or by the last good reload).",
+            registry=self.registry,
+        )
+        self.config_last_reload_successful = Gauge(
+            "gateway_config_last_reload_successful",
+            "1 if the last reload (or the start) applied its config, 0 if refused or failed.",
             registry=self.registry,
         )
 

@@ -65,7 +65,12 @@ from extproc.config.schema import (
     ProviderConfig,
     ResilienceConfig,
 )
-from extproc.config.topology import inline_translation, target_id, target_priority
+from extproc.config.topology import (
+    inline_translation,
+    model_stat_name,
+    target_id,
+    target_priority,
+)
 from extproc.contract import (
     EXTPROC_CLUSTER,
     HEALTH_CHECK_PATH,
@@ -89,6 +94,20 @@ _REACHED_ON_LOOPBACK = frozenset({"0.0.0.0", "::", "localhost"})
 _LOOPBACK = "127.0.0.1"
 
 
+def model_clusters(
+    config: GatewayConfig, route_ids: dict[str, str], buffer_limit: int
+) -> list[Cluster]:
+    """One cluster per model (named by its route id), then the fail-open cluster if any."""
+    providers = {p.name: p for p in config.providers}
+    return [
+        *(
+            model_cluster(config, model, route_ids[model.name], providers, buffer_limit)
+            for model in config.models
+        ),
+        *fail_open_clusters(config, route_ids, providers, buffer_limit),
+    ]
+
+
 def fail_open_clusters(
     config: GatewayConfig,
     route_ids: dict[str, str],
@@ -103,6 +122,7 @@ def fail_open_clusters(
     model = next(m for m in config.models if m.name == name)
     cluster = model_cluster(config, model, route_ids[name], providers, buffer_limit)
     cluster.name = FAIL_OPEN_CLUSTER
+    cluster.alt_stat_name = FAIL_OPEN_CLUSTER
     cluster.load_assignment.cluster_name = FAIL_OPEN_CLUSTER
     cluster.health_checks = []
     options = _model_http_options(
@@ -159,6 +179,8 @@ def model_cluster(
     inline = inline_translation(len(targets))
     return Cluster(
         name=route_id,
+        # The route id changes when the model's config does; its stats keep the model's name.
+        alt_stat_name=model_stat_name(model.name),
         type=ClusterDiscoveryType.STRICT_DNS if any_dns else ClusterDiscoveryType.STATIC,
         dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
         connect_timeout=timedelta(seconds=max(p.connect_timeout_seconds for p in targets)),

@@ -1,7 +1,8 @@
 """The listener applications call: HTTP connection manager, ext_proc filter, router.
 
 Owns the listener and its filter chain; the filter settings are in `extproc_filter.py`, the
-routes in `routes.py`, the error rewriting in `local_replies.py`.
+routes in `routes.py` (from RDS, or inline in the static form), the error rewriting in
+`local_replies.py`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     MetadataOptions,
     MetadataOptionsMetadataNamespaces,
@@ -18,13 +20,15 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
     HttpFilter,
+    Rds,
 )
 from envoy_data_plane.google.protobuf import Any
 
 from extproc.bootstrap.common import LISTENER_NAME, socket_address
 from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, ext_proc_filter
 from extproc.bootstrap.local_replies import local_reply_config
-from extproc.bootstrap.routes import route_config
+from extproc.bootstrap.routes import ROUTE_CONFIG_NAME
+from extproc.bootstrap.sources import RDS_FILE, file_source
 from extproc.config.schema import (
     GatewayConfig,
 )
@@ -35,8 +39,15 @@ ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 
 
-def listener(config: GatewayConfig, route_ids: dict[str, str], buffer_limit: int) -> Listener:
-    """The listener applications call, with its connection manager and filter chain."""
+def listener(
+    config: GatewayConfig, buffer_limit: int, inline_routes: RouteConfiguration | None = None
+) -> Listener:
+    """The listener applications call, with its connection manager and filter chain.
+
+    Its routes come from RDS (the file `RDS_FILE` in `reload.xds_directory`), so a change of
+    routes leaves the listener and its connections alone; `inline_routes` embeds them instead
+    (the static form, for `envoy --mode validate`).
+    """
     downstream_ext_proc = ext_proc_filter(config.processor, config.resilience)
     downstream_ext_proc.metadata_options = MetadataOptions(
         receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[METADATA_NAMESPACE])
@@ -47,7 +58,13 @@ def listener(config: GatewayConfig, route_ids: dict[str, str], buffer_limit: int
         stream_idle_timeout=STREAM_IDLE_TIMEOUT,
         # Streamed completions may run for minutes; per-route timeouts bound each request.
         request_timeout=timedelta(0),
-        route_config=route_config(config, route_ids),
+        route_config=inline_routes,
+        rds=None
+        if inline_routes is not None
+        else Rds(
+            route_config_name=ROUTE_CONFIG_NAME,
+            config_source=file_source(config.reload.xds_directory, RDS_FILE),
+        ),
         http_filters=[
             HttpFilter(name=EXTPROC_FILTER, typed_config=Any.pack(downstream_ext_proc)),
             HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),

@@ -6,6 +6,7 @@ that moves a failed attempt to the next target.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from envoy_data_plane.envoy.config.core.v3 import DataSource
@@ -58,17 +59,24 @@ PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 
-def route_config(config: GatewayConfig, route_ids: dict[str, str]) -> RouteConfiguration:
-    """One route per model, the fail-open route if configured, and the fallback 503."""
-    routes = [
+def model_routes(config: GatewayConfig, route_ids: dict[str, str]) -> list[Route]:
+    """One route per model, in config order, each selected by its route id in the metadata."""
+    return [
         _model_route(
             route_ids[model.name], config.limits.default_timeout_seconds, config.resilience
         )
         for model in config.models
     ]
-    fail_open = config.resilience.fail_open_model
-    if config.resilience.processor_failure_open and fail_open is not None:
-        routes.append(_fail_open_route(route_ids[fail_open], config))
+
+
+def route_config(
+    config: GatewayConfig, route_ids: dict[str, str], retired: Sequence[Route] = ()
+) -> RouteConfiguration:
+    """One route per model, then `retired` routes (models of older configs still draining after
+    a reload), the fail-open route if configured, and the fallback 503."""
+    routes = [*model_routes(config, route_ids), *retired]
+    if config.resilience.processor_failure_open and config.resilience.fail_open_model:
+        routes.append(_fail_open_route(config))
     routes.append(_fallback_route())
     return RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
@@ -131,7 +139,7 @@ def _retry_policy(resilience: ResilienceConfig) -> RetryPolicy:
     )
 
 
-def _fail_open_route(route_id: str, config: GatewayConfig) -> Route:
+def _fail_open_route(config: GatewayConfig) -> Route:
     # Reached only when the processor failed open (no metadata was set): the request goes
     # unprocessed to the fail-open model's targets, with the normal retry policy.
     return Route(

@@ -216,10 +216,15 @@ class AuthConfig(_Strict):
     anonymous_tenant: Annotated[str, Field(pattern=NAME_PATTERN)] = "anonymous"
 
 
+# The largest `limits.max_body_bytes` allowed (the processor's gRPC message limit is set from it
+# at start, so a reload may raise the body limit up to here).
+MAX_BODY_BYTES_LIMIT = 64 * 1024 * 1024
+
+
 class LimitsConfig(_Strict):
     """Request bounds enforced before anything reaches a provider."""
 
-    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 10 * 1024 * 1024
+    max_body_bytes: Annotated[int, Field(ge=1024, le=MAX_BODY_BYTES_LIMIT)] = 10 * 1024 * 1024
     max_json_depth: Annotated[int, Field(ge=4, le=512)] = 64
     default_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
 
@@ -315,6 +320,24 @@ class ProcessorConfig(_Strict):
         return self
 
 
+class ReloadConfig(_Strict):
+    """Hot reload: where Envoy's dynamic config lives and how the processor follows the file."""
+
+    # Envoy reads its listener, routes and clusters from files here (LDS, RDS, CDS), watching the
+    # directory; `render-envoy --xds-dir` writes the first ones and the processor rewrites them on
+    # every start and reload. Both Envoy and the processor must see the same directory.
+    xds_directory: Path = Path("/tmp/llm-gateway/xds")
+    # Poll the config file this often and reload it when its content changed (0: no polling;
+    # SIGHUP and `POST /reload` on the admin port still reload).
+    watch_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    # How long a reload waits for Envoy to apply the new files before giving up (the old config
+    # keeps serving, the files are put back).
+    envoy_apply_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # After a reload, the old config's routes and clusters stay in Envoy until the requests it
+    # began have finished, or at most this long.
+    drain_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration file."""
 
@@ -327,6 +350,7 @@ class GatewayConfig(_Strict):
     providers: Annotated[list[ProviderConfig], Field(min_length=1)]
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     tenants: list[TenantConfig] = Field(default_factory=list)
+    reload: ReloadConfig = ReloadConfig()
 
 
 def reference_problems(config: GatewayConfig) -> list[str]:

@@ -312,6 +312,15 @@ class Breaker:
             self._move(State.CLOSED, now, "reset by operator")
         return changed
 
+    def reconfigure(self, settings: BreakerSettings) -> None:
+        """Apply new settings (a config reload), keeping the state; a window of another length
+        starts empty."""
+        if settings == self.settings:
+            return
+        if settings.window_seconds != self.settings.window_seconds:
+            self._window = _Window(settings.window_seconds)
+        self.settings = settings
+
     def _end_probe(self) -> None:
         if self._probes > 0:
             self._probes -= 1
@@ -330,26 +339,46 @@ class Breaker:
 
 
 class BreakerBoard:
-    """The breakers of all targets, created on first use; targets come from config, not clients."""
+    """The breakers of all targets, created on first use; targets come from config, not clients.
 
-    __slots__ = ("_breakers", "_on_transition", "settings")
+    A board built on reload takes over the `previous` board's breaker of each target it is asked
+    for (state and history kept, new settings applied): both boards then share that breaker, so
+    requests still finishing on the old config count where the new one looks.
+    """
+
+    __slots__ = ("_breakers", "_on_transition", "_previous", "settings")
 
     def __init__(
         self,
         settings: BreakerSettings,
         on_transition: Callable[[Transition], None] | None = None,
+        previous: BreakerBoard | None = None,
     ) -> None:
         self.settings = settings
         self._on_transition = on_transition
+        self._previous = previous
         self._breakers: dict[str, Breaker] = {}
 
     def get(self, target: str) -> Breaker:
-        """The breaker of `target`, created closed on first use."""
+        """The breaker of `target`: the previous board's if it had one, else created closed."""
         breaker = self._breakers.get(target)
         if breaker is None:
-            breaker = Breaker(target, self.settings, self._on_transition)
+            carried = self._previous._breakers.get(target) if self._previous else None
+            if carried is not None:
+                carried.reconfigure(self.settings)
+                breaker = carried
+            else:
+                breaker = Breaker(target, self.settings, self._on_transition)
             self._breakers[target] = breaker
         return breaker
+
+    def targets(self) -> frozenset[str]:
+        """The targets this board holds a breaker for."""
+        return frozenset(self._breakers)
+
+    def forget_previous(self) -> None:
+        """Drop the link to the previous board (once every target was asked for)."""
+        self._previous = None
 
     def reset(self, now: float) -> int:
         """Close every breaker (operator override); returns how many changed."""

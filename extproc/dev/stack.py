@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import select
@@ -28,7 +29,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 import yaml
 
-from extproc.bootstrap import render_yaml
+from extproc.bootstrap import render_yaml, write_xds_files, xds_files
 from extproc.config.loading import load_config
 from extproc.config.schema import GatewayConfig
 from extproc.dev.fakes import format_base_url
@@ -63,8 +64,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def loopback_sections(workdir: Path) -> dict[str, Any]:
-    """A gateway config's `listener`, `envoy_admin` and `processor` sections: free loopback
-    ports (taken together) and the processor on a unix socket in `workdir`."""
+    """A gateway config's `listener`, `envoy_admin`, `processor` and `reload` sections: free
+    loopback ports (taken together), the processor on a unix socket in `workdir` and Envoy's
+    dynamic config files in `workdir/xds`."""
     listener_port, envoy_admin_port, admin_port = free_ports(3)
     return {
         "listener": {"address": "127.0.0.1", "port": listener_port},
@@ -74,6 +76,7 @@ def loopback_sections(workdir: Path) -> dict[str, Any]:
             "admin_address": "127.0.0.1",
             "admin_port": admin_port,
         },
+        "reload": {"xds_directory": str(workdir / "xds")},
     }
 
 
@@ -345,11 +348,16 @@ class GatewayStack(Generic[F]):
     """A fake provider, the processor and the real Envoy on one gateway config.
 
     `config` is a config file, or a function from the fake's base URL to the config's data
-    (written to `workdir/gateway.yaml`). `start()` starts the fake, renders the Envoy bootstrap,
-    starts the processor and Envoy and waits until each is ready; if anything fails it stops
-    what it started. `stop()` stops Envoy, the processor and the fake. As a context manager it
-    starts (unless started) and always stops. Logs go to files in `workdir` (`processor_log`
-    None: the processor writes to this terminal).
+    (written to `workdir/gateway.yaml`). `start()` starts the fake, renders the Envoy bootstrap
+    and its first xDS files (listener, routes, clusters, which the processor rewrites on a
+    reload), starts the processor and Envoy and waits until each is ready; if anything fails it
+    stops what it started. `stop()` stops Envoy, the processor and the fake. As a context
+    manager it starts (unless started) and always stops. Logs go to files in `workdir`
+    (`processor_log` None: the processor writes to this terminal).
+
+    Reloads (generated configs only): `rewrite_config(data)` replaces the config file,
+    `reload(data)` also asks the processor to reload it now and returns its answer,
+    `wait_for_reload(after)` waits for a reload triggered otherwise (file watch, SIGHUP).
     """
 
     def __init__(
@@ -376,6 +384,7 @@ class GatewayStack(Generic[F]):
         self._processor_log_level = processor_log_level
         self._ready_timeout = ready_timeout
         self._gateway_config: GatewayConfig | None = None
+        self._pending_config: dict[str, Any] | None = None
         self.processor: subprocess.Popen[bytes] | None = None
         self.envoy: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []
@@ -429,6 +438,55 @@ class GatewayStack(Generic[F]):
             self.config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
         self._gateway_config = load_config(self.config_path, resolve_credentials=False).config
         self.bootstrap_path.write_text(render_yaml(self._gateway_config), encoding="utf-8")
+        config = self._gateway_config
+        write_xds_files(config.reload.xds_directory, xds_files([config]))
+
+    def rewrite_config(self, data: dict[str, Any]) -> None:
+        """Replace the config file with `data` by an atomic rename (nothing reloads yet)."""
+        if isinstance(self._config_source, Path):
+            raise RuntimeError("the stack runs on a config file it does not own")
+        staging = self.config_path.with_name(f".{self.config_path.name}.tmp")
+        staging.write_text(yaml.safe_dump(data), encoding="utf-8")
+        os.replace(staging, self.config_path)
+        self._pending_config = data
+
+    def reload(self, data: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
+        """Rewrite the config (when `data` is given) and `POST /reload`: the processor's answer
+        (`result`: success, rejected or failed; `problems`; ...)."""
+        if data is not None:
+            self.rewrite_config(data)
+        request = urllib.request.Request(f"{self.admin_url}/reload", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                answer: dict[str, Any] = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            answer = json.loads(exc.read())
+        self._follow(answer)
+        return answer
+
+    def last_reload(self) -> dict[str, Any]:
+        """`GET /reload`: the last reload's result (`reload`: how many so far)."""
+        with urllib.request.urlopen(f"{self.admin_url}/reload", timeout=10) as resp:
+            answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+    def wait_for_reload(self, after: int, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the processor has finished reload number `after + 1`; its result."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = self.last_reload()
+            if answer.get("result") is not None and answer["reload"] > after:
+                self._follow(answer)
+                return answer
+            time.sleep(0.05)
+        raise TimeoutError(f"no reload after number {after} within {timeout}s")
+
+    def _follow(self, answer: dict[str, Any]) -> None:
+        """After a successful reload the stack describes the config now in force."""
+        if answer.get("result") == "success" and self._pending_config is not None:
+            self.config = self._pending_config
+            self._gateway_config = load_config(self.config_path, resolve_credentials=False).config
+            self._pending_config = None
 
     def start_processor(self) -> None:
         """Start the processor (again, after it was stopped) and wait until it is ready."""

@@ -1,4 +1,4 @@
-"""The processor's admin HTTP server: liveness, readiness and Prometheus metrics.
+"""The processor's admin HTTP server: liveness, readiness, Prometheus metrics, breakers, reload.
 
 Runs on its own port (never the Envoy listener) inside the processor's event loop.
 """
@@ -6,14 +6,21 @@ Runs on its own port (never the Envoy listener) inside the processor's event loo
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from extproc.decisions.breaker import Admission
-from extproc.gateway import Gateway
+from extproc.gateway import Gateway, LiveGateways
 from extproc.metrics import Metrics
+
+if TYPE_CHECKING:
+    from extproc.server.reload import Reloader
+
+# HTTP status of a `POST /reload` answer, by result.
+RELOAD_STATUS = {"success": 200, "rejected": 422, "failed": 503}
 
 
 class AdminState:
@@ -25,9 +32,14 @@ class AdminState:
 
 
 def make_admin_app(
-    state: AdminState, metrics: Metrics, gateway: Gateway | None = None
+    state: AdminState,
+    metrics: Metrics,
+    gateways: Gateway | LiveGateways | None = None,
+    reloader: Reloader | None = None,
 ) -> web.Application:
-    """The aiohttp app: `/healthz`, `/readyz`, `/metrics`, `/breakers`, `/breaker/health`."""
+    """The aiohttp app: `/healthz`, `/readyz`, `/metrics`, `/breakers`, `/breaker/health`,
+    `/reload` (GET: the last reload's result; POST: reload now)."""
+    live = LiveGateways(gateways) if isinstance(gateways, Gateway) else gateways
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -43,18 +55,21 @@ def make_admin_app(
         return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def breaker_health(request: web.Request) -> web.Response:
-        # Envoy's active health check of a target: Host is the target id.
-        target = gateway.targets.get(request.host.rsplit(":", 1)[0]) if gateway else None
-        if target is None:
+        # Envoy's active health check of a target: Host is the target id. During a reload the
+        # new config's clusters are checked before it is in force, and the old config's until
+        # its requests have finished: every live gateway answers for its targets.
+        found = live.target(request.host.rsplit(":", 1)[0]) if live else None
+        if found is None:
             return web.Response(status=404, text="unknown target")
-        admission = target.admission(time.monotonic())
+        admission = found[1].admission(time.monotonic())
         if admission in (Admission.ALLOW, Admission.PROBE):
             return web.Response(text=admission.value)
         return web.Response(status=503, text=admission.value)
 
     async def breakers(_: web.Request) -> web.Response:
         snapshot: dict[str, object] = {}
-        if gateway is not None:
+        if live is not None:
+            gateway = live.current
             snapshot.update(gateway.breakers.snapshot(time.monotonic()))
             snapshot["providers"] = {
                 name: {"healthy": h.healthy, "last_error": h.last_error}
@@ -63,10 +78,28 @@ def make_admin_app(
         return web.json_response(snapshot, dumps=_dumps)
 
     async def reset_breakers(_: web.Request) -> web.Response:
-        changed = gateway.breakers.reset(time.monotonic()) if gateway else 0
+        changed = live.current.breakers.reset(time.monotonic()) if live else 0
         return web.json_response({"reset": changed})
 
+    async def last_reload(_: web.Request) -> web.Response:
+        if reloader is None:
+            return web.json_response({"error": "reload is not available"}, status=404)
+        body: dict[str, object] = reloader.last.to_json() if reloader.last else {"result": None}
+        body["config"] = str(reloader.path)
+        body["retiring_configs"] = len(reloader.gateways.retiring)
+        return web.json_response(body, dumps=_dumps)
+
+    async def reload_now(_: web.Request) -> web.Response:
+        if reloader is None:
+            return web.json_response({"error": "reload is not available"}, status=404)
+        result = await reloader.reload("api")
+        return web.json_response(
+            result.to_json(), status=RELOAD_STATUS[result.result], dumps=_dumps
+        )
+
     app = web.Application()
+    app.router.add_get("/reload", last_reload)
+    app.router.add_post("/reload", reload_now)
     app.router.add_get("/breaker/health", breaker_health)
     app.router.add_post("/breakers/reset", reset_breakers)
     app.router.add_get("/breakers", breakers)
@@ -81,10 +114,15 @@ def _dumps(value: object) -> str:
 
 
 async def start_admin(
-    state: AdminState, metrics: Metrics, host: str, port: int, gateway: Gateway | None = None
+    state: AdminState,
+    metrics: Metrics,
+    host: str,
+    port: int,
+    gateways: Gateway | LiveGateways | None = None,
+    reloader: Reloader | None = None,
 ) -> web.AppRunner:
     """Start the admin server; returns the runner to clean up on shutdown."""
-    runner = web.AppRunner(make_admin_app(state, metrics, gateway), access_log=None)
+    runner = web.AppRunner(make_admin_app(state, metrics, gateways, reloader), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -15,6 +15,7 @@ import aiohttp
 from extproc.config.credentials import Credential
 from extproc.config.schema import ProviderConfig
 from extproc.decisions.provider_health import ProviderHealth
+from extproc.gateway import Gateway
 from extproc.providers import adapter_for
 
 log = logging.getLogger("extproc.provider_health")
@@ -61,3 +62,47 @@ async def _probe(
             return False, f"HTTP {response.status}"
     except (aiohttp.ClientError, TimeoutError) as exc:
         return False, type(exc).__name__
+
+
+class ProviderChecks:
+    """The background checks of the gateway in force: one task per checked provider.
+
+    `restart` (at start and after each reload) stops the old tasks and starts one per provider
+    of the new gateway that has a `health_check`; the gateway carries over the health of
+    providers still checked, so an unhealthy provider stays unhealthy across a reload.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reported: set[str] = set()
+
+    def restart(self, gateway: Gateway) -> None:
+        """Check `gateway`'s providers (cancelling the previous gateway's checks)."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        gauge = gateway.metrics.provider_healthy
+        checked = set()
+        for provider in gateway.config.providers:
+            if provider.health_check is None:
+                continue
+            health = gateway.provider_health[provider.name]
+            gauge.labels(provider.name).set(1 if health.healthy else 0)
+            checked.add(provider.name)
+
+            def changed(h: ProviderHealth, name: str = provider.name) -> None:
+                gauge.labels(name).set(1 if h.healthy else 0)
+
+            credential = gateway.loaded.credentials.get(provider.name)
+            check = run_checks(provider, credential, health, changed)
+            self._tasks.append(asyncio.create_task(check))
+        for name in self._reported - checked:
+            gauge.remove(name)
+        self._reported = checked
+
+    async def stop(self) -> None:
+        """Cancel every check and wait until they have stopped."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []

@@ -1,7 +1,8 @@
 """The processor's lifecycle: bind and start the gRPC and admin servers, drain on SIGTERM.
 
 On SIGTERM/SIGINT the admin server reports not-ready, the gRPC server refuses
-new streams and in-flight ones get `shutdown_grace_seconds` to finish.
+new streams and in-flight ones get `shutdown_grace_seconds` to finish. SIGHUP (like a change
+of the config file, or `POST /reload`) reloads the config (`reload.py`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.config.loading import LoadedConfig
-from extproc.decisions.provider_health import ProviderHealth
-from extproc.gateway import Gateway
+from extproc.config.schema import MAX_BODY_BYTES_LIMIT
+from extproc.gateway import Gateway, LiveGateways
 from extproc.server.admin import AdminState, start_admin
-from extproc.server.health_checks import run_checks
+from extproc.server.health_checks import ProviderChecks
+from extproc.server.reload import Reloader
 from extproc.server.servicer import ExternalProcessor
 
 log = logging.getLogger("extproc.serve")
@@ -36,9 +38,9 @@ def _unix_target(path: Path) -> str:
 class ProcessorServer:
     """Owns the grpc.aio server: bind, serve, drain on shutdown."""
 
-    def __init__(self, gateway: Gateway, max_message_bytes: int) -> None:
-        self.gateway = gateway
+    def __init__(self, gateway: Gateway | LiveGateways, max_message_bytes: int) -> None:
         self.servicer = ExternalProcessor(gateway)
+        self.gateway = self.servicer.gateway
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -78,40 +80,43 @@ def install_signal_handlers(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
-def start_provider_checks(loaded: LoadedConfig, gateway: Gateway) -> list[asyncio.Task[None]]:
-    """One background task per provider with an active health check."""
-    tasks = []
-    gauge = gateway.metrics.provider_healthy
-    for provider in loaded.config.providers:
-        if provider.health_check is None:
-            continue
-        health = gateway.provider_health[provider.name]
-        gauge.labels(provider.name).set(1)
-
-        def changed(h: ProviderHealth, name: str = provider.name) -> None:
-            gauge.labels(name).set(1 if gateway.provider_health[name].healthy else 0)
-
-        tasks.append(
-            asyncio.create_task(
-                run_checks(provider, loaded.credentials.get(provider.name), health, changed)
-            )
-        )
-    return tasks
+def _write_envoy_files(reloader: Reloader) -> None:
+    """Envoy's listener, routes and clusters for the config the processor starts with (Envoy
+    may run on an older version of the file)."""
+    try:
+        written = reloader.write_envoy_files()
+    except OSError as exc:
+        log.error("cannot write Envoy's config files: %s (Envoy keeps what it has)", exc)
+        return
+    if written:
+        log.info("wrote Envoy's %s", ", ".join(written))
 
 
 async def serve(loaded: LoadedConfig) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run until SIGTERM/SIGINT, then shut down gracefully; reload on SIGHUP."""
     config = loaded.config
     gateway = Gateway(loaded)
+    gateways = LiveGateways(gateway)
     processor = config.processor
-    server = ProcessorServer(gateway, config.limits.max_body_bytes + MESSAGE_OVERHEAD_BYTES)
+    # The largest body any config may allow, so a reload can raise `limits.max_body_bytes`.
+    server = ProcessorServer(gateways, MAX_BODY_BYTES_LIMIT + MESSAGE_OVERHEAD_BYTES)
     server.bind(processor.unix_socket, processor.tcp_address)
+    checks = ProviderChecks()
+    reloader = Reloader(Path(loaded.source), gateways, checks)
+    _write_envoy_files(reloader)
     state = AdminState()
     admin = await start_admin(
-        state, gateway.metrics, processor.admin_address, processor.admin_port, gateway
+        state,
+        gateway.metrics,
+        processor.admin_address,
+        processor.admin_port,
+        gateways,
+        reloader,
     )
     await server.start()
-    checks = start_provider_checks(loaded, gateway)
+    checks.restart(gateway)
+    watch = asyncio.create_task(reloader.watch())
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload_soon, "signal")
     # Everything loaded so far (config, adapters, botocore, aiohttp: ~70k objects) lives as
     # long as the process: keep it out of the cyclic GC, whose full passes over it cost
     # ~18 ms each under load.
@@ -130,15 +135,17 @@ async def serve(loaded: LoadedConfig) -> None:
     )
     await stop.wait()
     state.draining = True
+    watch.cancel()
+    grace = gateways.current.config.processor.shutdown_grace_seconds
     log.info(
         "shutting down: draining %d in-flight streams (grace %.0fs)",
         server.servicer.active,
-        processor.shutdown_grace_seconds,
+        grace,
     )
-    await server.stop(processor.shutdown_grace_seconds)
-    for task in checks:
-        task.cancel()
-    await asyncio.gather(*checks, return_exceptions=True)
+    await server.stop(grace)
+    await asyncio.gather(watch, return_exceptions=True)
+    await reloader.stop()
+    await checks.stop()
     await admin.cleanup()
     if processor.unix_socket is not None and processor.unix_socket.exists():
         processor.unix_socket.unlink()

@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.errors import GatewayError, internal_error
-from extproc.gateway import Gateway
+from extproc.gateway import Gateway, LiveGateways
 from extproc.pipeline import Pipeline
 from extproc.pipeline.actions import Action, Continue, Respond
 from extproc.pipeline.attempt import UpstreamAttempt
@@ -28,12 +28,21 @@ log = logging.getLogger("extproc.server")
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """Envoy ext_proc servicer: one `RequestPipeline` per stream."""
+    """Envoy ext_proc servicer: one `RequestPipeline` per stream.
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    A stream runs on the gateway in force when it began (`LiveGateways.current`), even if a
+    reload puts another one in force meanwhile.
+    """
+
+    def __init__(self, gateways: Gateway | LiveGateways) -> None:
+        self.gateways = gateways if isinstance(gateways, LiveGateways) else LiveGateways(gateways)
         self.active = 0
-        gateway.metrics.count_streams(lambda: self.active)
+        self.gateway.metrics.count_streams(lambda: self.active)
+
+    @property
+    def gateway(self) -> Gateway:
+        """The gateway in force (new streams use it)."""
+        return self.gateways.current
 
     async def Process(  # noqa: N802 - gRPC method name
         self,
@@ -46,6 +55,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         decides itself when the call ends (after the last answer, see `_last_message`).
         """
         pipeline: Pipeline | None = None
+        gateway: Gateway | None = None
         self.active += 1
         try:
             while True:
@@ -54,7 +64,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     return
                 phase = request.WhichOneof("request")
                 if pipeline is None:
-                    pipeline, failed = self._pipeline_for(request)
+                    pipeline, gateway, failed = self._pipeline_for(request)
+                    gateway.in_flight += 1
                     if failed is not None:
                         await context.write(to_response(phase or "", failed))
                         return
@@ -72,22 +83,29 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             raise
         finally:
             self.active -= 1
+            if gateway is not None:
+                gateway.in_flight -= 1
             if pipeline is not None:
                 pipeline.finish()
 
-    def _pipeline_for(self, request: pb.ProcessingRequest) -> tuple[Pipeline, Action | None]:
+    def _pipeline_for(
+        self, request: pb.ProcessingRequest
+    ) -> tuple[Pipeline, Gateway, Action | None]:
         """Downstream filter streams get a RequestPipeline; upstream (per attempt) ones an
-        UpstreamAttempt, recognised by the endpoint metadata attribute Envoy sends them."""
+        UpstreamAttempt, recognised by the endpoint metadata attribute Envoy sends them, on
+        the gateway that knows the target (the one that routed the request)."""
+        gateway = self.gateways.current
         target = attempt_target(request)
         if target is None:
-            return RequestPipeline(self.gateway), None
-        resolved = self.gateway.targets.get(target)
+            return RequestPipeline(gateway), gateway, None
+        resolved = self.gateways.target(target)
         if resolved is not None:
-            return UpstreamAttempt(self.gateway, resolved), None
+            owner, found = resolved
+            return UpstreamAttempt(owner, found), owner, None
         log.error("unknown target id %r in endpoint metadata", target[:100])
-        self.gateway.metrics.processor_failures.inc()
-        pipeline = RequestPipeline(self.gateway)
-        return pipeline, pipeline.fail(internal_error())
+        gateway.metrics.processor_failures.inc()
+        pipeline = RequestPipeline(gateway)
+        return pipeline, gateway, pipeline.fail(internal_error())
 
     def _handle(
         self, pipeline: Pipeline, phase: str | None, request: pb.ProcessingRequest

@@ -1,4 +1,9 @@
-"""Unit tests of the rendered Envoy bootstrap: its structure, and the real binary accepting it."""
+"""Unit tests of the rendered Envoy config: its structure, and the real binary accepting it.
+
+They read the static form (`render_static_bootstrap`: listener, routes and clusters in one
+bootstrap), which `envoy --mode validate` can check; `test_envoy_xds.py` proves the dynamic form
+Envoy runs on carries the same resources.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,12 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from extproc.bootstrap import BUFFER_HEADROOM_BYTES, cluster_protocol, render_bootstrap, render_yaml
+from extproc.bootstrap import (
+    BUFFER_HEADROOM_BYTES,
+    cluster_protocol,
+    render_static_bootstrap,
+    render_static_yaml,
+)
 from extproc.bootstrap.clusters import CA_BUNDLE
 from extproc.bootstrap.local_replies import EXT_PROC_ERROR_DETAILS_PREFIX
 from extproc.config.loading import parse_config
@@ -213,7 +223,7 @@ def test_node_admin_and_listener_addresses_follow_config() -> None:
         listener={"address": "0.0.0.0", "port": 18080},
         envoy_admin={"address": "127.0.0.2", "port": 19901},
     )
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     assert bootstrap["node"] == {"id": "llm-gateway", "cluster": "llm-gateway"}
     assert socket(bootstrap["admin"]["address"]) == ("127.0.0.2", 19901)
     gateway = listener(bootstrap)
@@ -222,7 +232,7 @@ def test_node_admin_and_listener_addresses_follow_config() -> None:
 
 
 def test_http_connection_manager_settings() -> None:
-    manager = hcm(render_bootstrap(make_config()))
+    manager = hcm(render_static_bootstrap(make_config()))
     assert manager["stat_prefix"] == "gateway"
     assert manager.get("codec_type", "AUTO") == "AUTO"
     assert seconds(manager["stream_idle_timeout"]) == 300
@@ -233,13 +243,13 @@ def test_http_connection_manager_settings() -> None:
     ]
 
 
-def test_render_yaml_is_the_bootstrap_with_a_do_not_edit_header() -> None:
+def test_render_static_yaml_is_the_bootstrap_with_a_do_not_edit_header() -> None:
     config = full_config()
-    text = render_yaml(config)
+    text = render_static_yaml(config)
     first_line = text.splitlines()[0]
     assert first_line.startswith("#")
     assert "extproc render-envoy" in first_line and "do not edit" in first_line
-    assert yaml.safe_load(text) == render_bootstrap(config)
+    assert yaml.safe_load(text) == render_static_bootstrap(config)
 
 
 # --- buffer limits -----------------------------------------------------------------------------
@@ -248,7 +258,7 @@ def test_render_yaml_is_the_bootstrap_with_a_do_not_edit_header() -> None:
 @pytest.mark.parametrize("max_body", [1024, 3 * 1024 * 1024 + 7])
 def test_buffer_limits_leave_room_for_a_body_at_the_limit(max_body: int) -> None:
     config = full_config(limits={"max_body_bytes": max_body})
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     expected = max_body + BUFFER_HEADROOM_BYTES
     assert BUFFER_HEADROOM_BYTES == 1024 * 1024
     assert listener(bootstrap)["per_connection_buffer_limit_bytes"] == expected
@@ -267,7 +277,7 @@ def multi_target(config: GatewayConfig) -> list[ModelConfig]:
 
 def both_ext_procs(config: GatewayConfig) -> list[Json]:
     """The downstream filter, then the upstream filter of every multi-target model cluster."""
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     models = multi_target(config)
     assert models
     return [
@@ -362,13 +372,13 @@ def test_failure_mode_follows_processor_failure_open(fail_open: bool) -> None:
     config = full_config(resilience=resilience)
     for filter_config in both_ext_procs(config):
         assert filter_config.get("failure_mode_allow", False) is fail_open
-    names = [route["name"] for route in routes(render_bootstrap(config))]
+    names = [route["name"] for route in routes(render_static_bootstrap(config))]
     assert ("processor_failed_open" in names) is fail_open
     if fail_open:
-        fail_open_route = routes(render_bootstrap(config))[-2]
+        fail_open_route = routes(render_static_bootstrap(config))[-2]
         assert fail_open_route["name"] == "processor_failed_open"
         assert fail_open_route["route"]["cluster"] == "fail_open"
-        all_clusters = render_bootstrap(config)["static_resources"]["clusters"]
+        all_clusters = render_static_bootstrap(config)["static_resources"]["clusters"]
         (cluster,) = [c for c in all_clusters if c["name"] == "fail_open"]
         assert "health_checks" not in cluster  # both would need the processor, which is down
         assert "http_filters" not in str(cluster)
@@ -381,7 +391,7 @@ def test_failure_mode_follows_processor_failure_open(fail_open: bool) -> None:
 def test_one_metadata_selected_route_per_model_in_config_order() -> None:
     config = full_config(limits={"default_timeout_seconds": 33.5})
     route_ids = model_route_ids(config)
-    model_routes = routes(render_bootstrap(config))[:-1]
+    model_routes = routes(render_static_bootstrap(config))[:-1]
     assert len(model_routes) == len(config.models)
     for model, route in zip(config.models, model_routes, strict=True):
         rid = route_ids[model.name]
@@ -416,7 +426,7 @@ def test_one_metadata_selected_route_per_model_in_config_order() -> None:
 def test_retry_policy_follows_resilience_config(resilience: Json) -> None:
     config = full_config(resilience=resilience)
     settings = config.resilience
-    for route in routes(render_bootstrap(config))[:-1]:
+    for route in routes(render_static_bootstrap(config))[:-1]:
         policy = route["route"]["retry_policy"]
         assert policy["retry_on"].split(",") == [
             "5xx",
@@ -450,7 +460,7 @@ def test_retry_policy_follows_resilience_config(resilience: Json) -> None:
 
 
 def test_fallback_route_is_last_and_answers_503_in_openai_shape() -> None:
-    all_routes = routes(render_bootstrap(full_config()))
+    all_routes = routes(render_static_bootstrap(full_config()))
     fallback = all_routes[-1]
     assert fallback["match"] == {"prefix": "/"}
     assert "route" not in fallback
@@ -488,14 +498,14 @@ def status_of(access_log_filter: Json) -> int | None:
 
 
 def test_marked_replies_pass_through_first_untouched() -> None:
-    first = mappers(render_bootstrap(make_config()))[0]
+    first = mappers(render_static_bootstrap(make_config()))[0]
     assert set(first) == {"filter"}  # matches, and sets no status, body or headers
     expression = cel_expression(first["filter"])
     assert f"'{GATEWAY_ERROR_HEADER}'" in expression and "response.headers" in expression
 
 
 def test_ext_proc_failures_become_processor_errors_before_status_mappers() -> None:
-    all_mappers = mappers(render_bootstrap(make_config()))
+    all_mappers = mappers(render_static_bootstrap(make_config()))
     timeout, failure = all_mappers[1], all_mappers[2]
     statuses, expressions = [], []
     for f in timeout["filter"]["and_filter"]["filters"]:
@@ -525,7 +535,7 @@ def test_ext_proc_failures_become_processor_errors_before_status_mappers() -> No
 def test_replies_that_sent_nothing_carry_codes_the_attempt_knows(flag: str, code: str) -> None:
     (mapper,) = [
         m
-        for m in mappers(render_bootstrap(make_config()))
+        for m in mappers(render_static_bootstrap(make_config()))
         if m["filter"].get("response_flag_filter", {}).get("flags") == [flag]
     ]
     assert "status_code" not in mapper  # Envoy's 503 stays
@@ -537,7 +547,7 @@ def test_replies_that_sent_nothing_carry_codes_the_attempt_knows(flag: str, code
 
 
 def test_every_rewritten_local_reply_is_marked_with_its_code() -> None:
-    for mapper in mappers(render_bootstrap(make_config()))[1:]:
+    for mapper in mappers(render_static_bootstrap(make_config()))[1:]:
         body = mapper["body_format_override"]["text_format_source"]["inline_string"]
         (header,) = mapper["headers_to_add"]
         assert header["header"] == {"key": GATEWAY_ERROR_HEADER, "value": error_of(body)["code"]}
@@ -559,7 +569,9 @@ def test_envoy_local_replies_are_rewritten_to_openai_errors(
     status: int, code: str, error_type: str
 ) -> None:
     matching = [
-        m for m in mappers(render_bootstrap(make_config())) if status_of(m["filter"]) == status
+        m
+        for m in mappers(render_static_bootstrap(make_config()))
+        if status_of(m["filter"]) == status
     ]
     assert len(matching) == 1
     mapper = matching[0]
@@ -573,7 +585,7 @@ def test_envoy_local_replies_are_rewritten_to_openai_errors(
 
 
 def test_no_global_body_format_so_unmatched_replies_keep_their_body() -> None:
-    assert "body_format" not in hcm(render_bootstrap(make_config()))["local_reply_config"]
+    assert "body_format" not in hcm(render_static_bootstrap(make_config()))["local_reply_config"]
 
 
 # --- clusters ----------------------------------------------------------------------------------
@@ -581,7 +593,7 @@ def test_no_global_body_format_so_unmatched_replies_keep_their_body() -> None:
 
 def test_extproc_cluster_uses_the_unix_socket_over_http2() -> None:
     config = make_config(processor={"unix_socket": "/run/gw/x.sock", "tcp_address": "10.0.0.1:9"})
-    extproc = cluster(render_bootstrap(config), "extproc")
+    extproc = cluster(render_static_bootstrap(config), "extproc")
     assert endpoint_address(extproc) == {"pipe": {"path": "/run/gw/x.sock"}}
     assert extproc.get("type", "STATIC") == "STATIC"
     assert seconds(extproc["connect_timeout"]) == 1
@@ -598,14 +610,14 @@ def test_extproc_cluster_uses_the_unix_socket_over_http2() -> None:
 )
 def test_extproc_cluster_over_tcp(tcp_address: str, host: str, port: int, kind: str) -> None:
     config = make_config(processor={"unix_socket": None, "tcp_address": tcp_address})
-    extproc = cluster(render_bootstrap(config), "extproc")
+    extproc = cluster(render_static_bootstrap(config), "extproc")
     assert endpoint_address(extproc) == {"socket_address": {"address": host, "port_value": port}}
     assert extproc.get("type", "STATIC") == kind
 
 
 def test_one_cluster_per_model_and_none_per_provider() -> None:
     config = full_config()
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     names = [c["name"] for c in bootstrap["static_resources"]["clusters"]]
     assert names == ["extproc", *(model_route_ids(config)[m.name] for m in config.models)]
     assert not any(name.startswith("provider_") for name in names)
@@ -613,7 +625,7 @@ def test_one_cluster_per_model_and_none_per_provider() -> None:
 
 def test_model_cluster_connect_timeout_is_the_longest_of_its_providers() -> None:
     config = full_config()
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     for model in config.models:
         c = model_cluster(bootstrap, config, model)
         expected = max(p.connect_timeout_seconds for p in providers_of(config, model))
@@ -639,14 +651,14 @@ def test_model_cluster_connect_timeout_is_the_longest_of_its_providers() -> None
 def test_model_cluster_uses_dns_when_any_target_host_is_a_name(names: list[str], kind: str) -> None:
     model = {"name": "m", "targets": [{"provider": name, "model": "x"} for name in names]}
     config = make_config(PROVIDERS, [model])
-    c = model_cluster(render_bootstrap(config), config, config.models[0])
+    c = model_cluster(render_static_bootstrap(config), config, config.models[0])
     assert c.get("type", "STATIC") == kind
     assert c["dns_lookup_family"] == "V4_PREFERRED"
 
 
 def test_no_panic_routing_and_health_changes_apply_at_once() -> None:
     config = full_config()
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     for model in config.models:
         common = model_cluster(bootstrap, config, model)["common_lb_config"]
         assert common["healthy_panic_threshold"].get("value", 0) == 0
@@ -661,7 +673,7 @@ def lb_endpoints_by_priority(c: Json) -> list[list[Json]]:
 
 def test_targets_grouped_into_contiguous_priorities_in_configured_order() -> None:
     config = full_config()
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     route_ids = model_route_ids(config)
     for model in config.models:
         rid = route_ids[model.name]
@@ -685,14 +697,16 @@ def test_targets_grouped_into_contiguous_priorities_in_configured_order() -> Non
 def test_weighted_targets_share_one_priority() -> None:
     config = full_config()
     weighted = config.models[1]
-    groups = lb_endpoints_by_priority(model_cluster(render_bootstrap(config), config, weighted))
+    groups = lb_endpoints_by_priority(
+        model_cluster(render_static_bootstrap(config), config, weighted)
+    )
     # priorities 9, 5, 5 -> level 0 holds targets 1 and 2 (weights 3 and 1), level 1 target 0
     assert [[e["load_balancing_weight"] for e in group] for group in groups] == [[3, 1], [1]]
 
 
 def test_each_endpoint_is_its_provider_with_target_metadata_and_breaker_health_check() -> None:
     config = full_config(processor={"admin_address": "127.0.0.7", "admin_port": 9191})
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     route_ids = model_route_ids(config)
     for model in config.models:
         rid = route_ids[model.name]
@@ -732,7 +746,7 @@ def test_health_checks_reach_a_wildcard_bound_admin_server_on_loopback(
     admin_address: str, reached_at: str
 ) -> None:
     config = full_config(processor={"admin_address": admin_address, "admin_port": 9393})
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     for model in config.models:
         for group in lb_endpoints_by_priority(model_cluster(bootstrap, config, model)):
             for e in group:
@@ -742,7 +756,7 @@ def test_health_checks_reach_a_wildcard_bound_admin_server_on_loopback(
 @pytest.mark.parametrize("interval_ms", [50, 500, 2500])
 def test_breaker_health_check_asks_the_processor_in_plaintext(interval_ms: int) -> None:
     config = full_config(resilience={"health_check_interval_ms": interval_ms})
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     for model in config.models:
         c = model_cluster(bootstrap, config, model)
         (check,) = c["health_checks"]
@@ -767,7 +781,7 @@ def tls_context(socket_config: Json) -> Json:
 
 def test_tls_per_https_provider_through_transport_socket_matches() -> None:
     config = full_config()
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     checked = 0
     for model in config.models:
         c = model_cluster(bootstrap, config, model)
@@ -798,7 +812,7 @@ def test_tls_per_https_provider_through_transport_socket_matches() -> None:
 
 def test_a_plain_http_only_model_has_no_tls() -> None:
     config = make_config()
-    c = model_cluster(render_bootstrap(config), config, config.models[0])
+    c = model_cluster(render_static_bootstrap(config), config, config.models[0])
     assert "transport_socket_matches" not in c and "transport_socket" not in c
 
 
@@ -832,7 +846,7 @@ def test_cluster_protocol_is_http2_only_when_every_provider_asks(
     ]
     model = {"name": "m", "targets": [{"provider": p["name"], "model": "x"} for p in providers]}
     config = make_config(providers, [model])
-    c = model_cluster(render_bootstrap(config), config, config.models[0])
+    c = model_cluster(render_static_bootstrap(config), config, config.models[0])
     options = protocol_options(c)
     assert options["@type"].endswith("HttpProtocolOptions")
     assert options["explicit_http_config"] == expected
@@ -846,7 +860,7 @@ def test_cluster_protocol_is_http2_only_when_every_provider_asks(
 
 def test_upstream_filters_are_ext_proc_then_upstream_codec_for_multi_target_models() -> None:
     config = full_config()
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     for model in multi_target(config):
         filters = protocol_options(model_cluster(bootstrap, config, model))["http_filters"]
         assert [f["name"] for f in filters] == [
@@ -861,7 +875,7 @@ def test_upstream_filters_are_ext_proc_then_upstream_codec_for_multi_target_mode
 def test_single_target_models_have_no_upstream_filter() -> None:
     # Their requests are translated once, by the downstream filter (RequestPipeline inline).
     config = full_config()
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     single = [m for m in config.models if len(m.targets) == 1]
     assert single
     for model in single:
@@ -877,7 +891,7 @@ def test_single_target_models_have_no_upstream_filter() -> None:
 def test_outlier_detection_follows_the_breaker_settings(resilience: Json) -> None:
     config = full_config(resilience=resilience)
     settings = config.resilience
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     for model in config.models:
         if len(model.targets) == 1:
             # One target: the processor's breaker alone (see bootstrap.clusters._outlier_detection).
@@ -901,7 +915,7 @@ def test_circuit_breakers_follow_the_capacity_settings(
     config = full_config(
         resilience={"max_pending_requests": max_pending, "max_requests": max_requests}
     )
-    bootstrap = render_bootstrap(config)
+    bootstrap = render_static_bootstrap(config)
     for model in config.models:
         (thresholds,) = model_cluster(bootstrap, config, model)["circuit_breakers"]["thresholds"]
         assert thresholds.get("priority", "DEFAULT") == "DEFAULT"
@@ -925,7 +939,7 @@ def envoy_binary() -> Path:
 
 def validate(config: GatewayConfig, tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
-    path.write_text(render_yaml(config), encoding="utf-8")
+    path.write_text(render_static_yaml(config), encoding="utf-8")
     result = subprocess.run(
         [str(envoy_binary()), "--mode", "validate", "-c", str(path), "-l", "warn"],
         capture_output=True,
@@ -983,7 +997,7 @@ def test_envoy_accepts_the_example_config(tmp_path: Path) -> None:
 
 def test_per_try_idle_timeout_is_rendered_only_when_set() -> None:
     def policy(config: GatewayConfig) -> dict[str, Any]:
-        route = routes(render_bootstrap(config))[0]
+        route = routes(render_static_bootstrap(config))[0]
         result: dict[str, Any] = route["route"]["retry_policy"]
         return result
 

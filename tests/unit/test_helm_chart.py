@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from extproc.bootstrap import render_bootstrap, render_yaml
+from extproc.bootstrap import render_bootstrap, render_static_bootstrap, render_static_yaml
 from extproc.config.loading import parse_config
 from extproc.config.schema import GatewayConfig
 from extproc.dev.stack import find_envoy_binary
@@ -35,6 +35,7 @@ NAMESPACE = "llm"
 CONFIG_FILE = "/etc/llm-gateway/gateway.yaml"
 SOCKET_DIR = "/var/run/llm-gateway"
 SOCKET = f"{SOCKET_DIR}/extproc.sock"
+XDS_DIR = "/var/run/llm-gateway-xds"
 
 
 def chart_values() -> Json:
@@ -57,19 +58,24 @@ def test_values_gateway_config_is_valid() -> None:
     assert config.processor.admin_address == "0.0.0.0"
     assert config.envoy_admin.address == "127.0.0.1"
     assert config.auth.enabled
+    assert str(config.reload.xds_directory) == XDS_DIR
 
 
-def test_values_gateway_config_renders_an_envoy_bootstrap_envoy_accepts(tmp_path: Path) -> None:
+def test_values_gateway_config_renders_an_envoy_config_envoy_accepts(tmp_path: Path) -> None:
     config = values_config()
     bootstrap = render_bootstrap(config)
-    listener = bootstrap["static_resources"]["listeners"][0]
-    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8080}
-    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
-    endpoint = clusters["extproc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    (extproc,) = bootstrap["static_resources"]["clusters"]
+    endpoint = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     assert endpoint["endpoint"]["address"]["pipe"]["path"] == SOCKET
+    for source in ("lds_config", "cds_config"):
+        watched = bootstrap["dynamic_resources"][source]["path_config_source"]
+        assert watched["watched_directory"] == {"path": XDS_DIR}
+    static = render_static_bootstrap(config)
+    listener = static["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 8080}
 
     path = tmp_path / "envoy.yaml"
-    path.write_text(render_yaml(config), encoding="utf-8")
+    path.write_text(render_static_yaml(config), encoding="utf-8")
     result = subprocess.run(
         [str(find_envoy_binary()), "--mode", "validate", "-c", str(path), "-l", "warn"],
         capture_output=True,
@@ -182,7 +188,7 @@ def mounts(container: Json) -> dict[str, str]:
     return {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
 
 
-def test_one_pod_two_containers_sharing_config_and_socket(rendered: dict[str, Json]) -> None:
+def test_one_pod_two_containers_sharing_config_socket_and_xds(rendered: dict[str, Json]) -> None:
     spec = pod_spec(rendered)
     assert rendered["Deployment"]["spec"]["replicas"] == chart_values()["replicaCount"]
     found = containers(rendered)
@@ -191,11 +197,13 @@ def test_one_pod_two_containers_sharing_config_and_socket(rendered: dict[str, Js
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["config"]["configMap"]["name"] == rendered["ConfigMap"]["metadata"]["name"]
     assert "emptyDir" in volumes["socket"]
+    assert "emptyDir" in volumes["xds"]
     tmp_volumes = set()
     for container in found.values():
         paths = mounts(container)
         assert paths["/etc/llm-gateway"] == "config"
         assert paths[SOCKET_DIR] == "socket"
+        assert paths[XDS_DIR] == "xds"
         assert "emptyDir" in volumes[paths["/tmp"]]
         tmp_volumes.add(paths["/tmp"])
     assert len(tmp_volumes) == 2
@@ -220,7 +228,7 @@ def test_envoy_container_renders_its_bootstrap_from_the_same_config(
     assert envoy["command"][:2] == ["sh", "-c"]
     script = " ".join(envoy["command"][2].split())
     assert script.startswith(
-        f"extproc render-envoy --config {CONFIG_FILE} -o /tmp/envoy.yaml "
+        f"extproc render-envoy --config {CONFIG_FILE} -o /tmp/envoy.yaml --xds-dir {XDS_DIR} "
         "&& exec envoy -c /tmp/envoy.yaml --disable-hot-restart "
     )
     assert envoy["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
@@ -299,7 +307,7 @@ def test_overridden_values_keep_their_types_through_the_configmap(
     assert [t.model for t in config.models[1].targets] == ["meta-llama/Llama-3.1-8B", "012"]
     assert config.models[0].targets[0].model == "1e3"
     assert pod_spec(docs)["terminationGracePeriodSeconds"] == 60
-    render_yaml(config)
+    render_bootstrap(config)
 
 
 @pytest.mark.parametrize(
@@ -311,6 +319,7 @@ def test_overridden_values_keep_their_types_through_the_configmap(
             "gateway.processor.admin_address must be 0.0.0.0",
         ),
         ("gateway.processor.unix_socket=/tmp/x.sock", "must be inside /var/run/llm-gateway"),
+        ("gateway.reload.xds_directory=/tmp/xds", "gateway.reload.xds_directory must be"),
         ("terminationGracePeriodSeconds=20", "terminationGracePeriodSeconds (20) must be"),
     ],
 )
@@ -320,3 +329,13 @@ def test_chart_refuses_settings_the_pod_cannot_work_with(
     result = helm.run("template", RELEASE, str(CHART), "--set", setting)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_pods_roll_on_a_config_change_unless_they_reload_it_in_place(helm: Helm) -> None:
+    def annotations(*extra: str) -> Json:
+        deployment = by_kind(template(helm, *extra))["Deployment"]
+        found: Json = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+        return found
+
+    assert "checksum/config" in annotations()
+    assert "checksum/config" not in annotations("--set", "rollOnConfigChange=false")

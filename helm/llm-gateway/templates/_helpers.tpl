@@ -42,6 +42,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "llm-gateway.configFile" -}}/etc/llm-gateway/gateway.yaml{{- end }}
 {{/* The emptyDir shared by both containers for the processor's unix socket. */}}
 {{- define "llm-gateway.socketDir" -}}/var/run/llm-gateway{{- end }}
+{{/* The emptyDir shared by both containers for Envoy's listener, routes and clusters files:
+the processor rewrites them on a reload, Envoy watches them. */}}
+{{- define "llm-gateway.xdsDir" -}}/var/run/llm-gateway-xds{{- end }}
 
 {{/* Ports and grace period read from the gateway config, with the config's own defaults. */}}
 {{- define "llm-gateway.listenerPort" -}}
@@ -93,5 +96,9 @@ Chart-specific checks of the gateway config (the processor validates the rest at
 {{- if hasKey $processor "unix_socket" }}{{ $socket = $processor.unix_socket }}{{ end }}
 {{- if and $socket (not (hasPrefix (printf "%s/" (include "llm-gateway.socketDir" .)) (toString $socket))) }}
 {{- fail (printf "gateway.processor.unix_socket must be inside %s (the volume both containers share)" (include "llm-gateway.socketDir" .)) }}
+{{- end }}
+{{- $reload := $gateway.reload | default dict }}
+{{- if ne (toString ($reload.xds_directory | default "/tmp/llm-gateway/xds")) (include "llm-gateway.xdsDir" .) }}
+{{- fail (printf "gateway.reload.xds_directory must be %s (the volume both containers share)" (include "llm-gateway.xdsDir" .)) }}
 {{- end }}
 {{- end }}

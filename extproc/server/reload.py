@@ -1,0 +1,265 @@
+"""Hot reload of the whole gateway: the processor's tables and Envoy's listener, routes, clusters.
+
+A reload (the config file changed, SIGHUP, or `POST /reload`) runs, one at a time:
+
+1. load and validate the file exactly as `extproc check-config` does (`load_config`, credentials
+   resolved), and refuse changes that need a restart (`config.changes.restart_problems`);
+2. build the new `Gateway` (breakers and provider health carried over);
+3. write Envoy's files with the routes and clusters of the new config AND of every config still
+   live (`bootstrap.xds_files`), and wait until Envoy has applied them, new clusters warmed;
+4. put the new gateway in force: new ext_proc streams use it, streams already open keep theirs;
+5. in the background, once an old gateway has no stream left (or after `reload.drain_seconds`),
+   drop it and write the files without its routes and clusters.
+
+Anything refused or failing leaves the running config serving (failed: the files are put back),
+counts `gateway_config_reloads_total{result}` and logs one WARNING line naming every problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from extproc.bootstrap import write_xds_files, xds_files
+from extproc.config.changes import change_summary, restart_problems
+from extproc.config.loading import ConfigError, LoadedConfig, load_config
+from extproc.config.schema import GatewayConfig
+from extproc.gateway import Gateway, LiveGateways
+from extproc.server.envoy_admin import EnvoyAdmin
+from extproc.server.health_checks import ProviderChecks
+
+log = logging.getLogger("extproc.reload")
+
+_DRAIN_POLL_SECONDS = 0.1
+_LOOPBACK = "127.0.0.1"
+_WILDCARDS = frozenset({"0.0.0.0", "::"})
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """How one reload ended: `success`, `rejected` (the file, or a restart-only change) or
+    `failed` (valid, but not applied)."""
+
+    result: str
+    trigger: str
+    problems: tuple[str, ...] = ()
+    changes: str = ""
+    at: float = field(default_factory=time.time)
+    reload: int = 0  # 1 for the first reload of this process, 2 for the next, ...
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as the admin endpoint shows it."""
+        return {
+            "result": self.result,
+            "trigger": self.trigger,
+            "problems": list(self.problems),
+            "changes": self.changes,
+            "at": self.at,
+            "reload": self.reload,
+        }
+
+
+def envoy_admin_url(config: GatewayConfig) -> str:
+    """Where the processor reaches Envoy's admin interface (a wildcard bind means loopback)."""
+    admin = config.envoy_admin
+    host = _LOOPBACK if admin.address in _WILDCARDS else admin.address
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{admin.port}"
+
+
+def file_digest(path: Path) -> str | None:
+    """SHA-256 of the file's content (None when it cannot be read)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class Reloader:
+    """Reloads the config file into `gateways` and Envoy's files; one reload at a time."""
+
+    def __init__(
+        self, path: Path, gateways: LiveGateways, checks: ProviderChecks | None = None
+    ) -> None:
+        self.path = path
+        self.gateways = gateways
+        self.checks = checks or ProviderChecks()
+        self.last: ReloadResult | None = None
+        self.reloads = 0
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._digest = file_digest(path)
+        self._mtime = _mtime(path)
+        metrics = gateways.current.metrics
+        metrics.config_last_reload_success.set(time.time())
+        metrics.config_last_reload_successful.set(1)
+
+    # -- start and stop --------------------------------------------------------------------
+
+    def write_envoy_files(self) -> list[str]:
+        """Write Envoy's files for the live configs (at start: the one in force)."""
+        configs = [g.config for g in self.gateways.all()]
+        return write_xds_files(configs[0].reload.xds_directory, xds_files(configs))
+
+    async def stop(self) -> None:
+        """Stop the background drains (at shutdown; Envoy's files stay as they are)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- triggers --------------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Poll the file every `reload.watch_interval_seconds` (of the config in force) and
+        reload when its content changed; runs until cancelled."""
+        while True:
+            interval = self.gateways.current.config.reload.watch_interval_seconds
+            await asyncio.sleep(interval if interval > 0 else 1.0)
+            if interval <= 0:
+                continue
+            mtime = _mtime(self.path)
+            if mtime == self._mtime:
+                continue
+            self._mtime = mtime
+            if file_digest(self.path) != self._digest:
+                await self.reload("file")
+
+    def reload_soon(self, trigger: str) -> None:
+        """Start a reload from a signal handler (it runs after any reload in progress)."""
+        task = asyncio.get_running_loop().create_task(self.reload(trigger))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Reload the file now (after any reload in progress); never raises."""
+        async with self._lock:
+            self.reloads += 1
+            try:
+                result = await self._reload(trigger)
+            except Exception as exc:  # a bug, not a bad file: keep serving, say so
+                log.exception("config reload (%s) failed unexpectedly", trigger)
+                result = ReloadResult("failed", trigger, (f"internal error: {exc!r}",))
+            result = ReloadResult(
+                result.result, trigger, result.problems, result.changes, reload=self.reloads
+            )
+            self._record(result)
+            return result
+
+    # -- one reload --------------------------------------------------------------------------
+
+    async def _reload(self, trigger: str) -> ReloadResult:
+        self._mtime = _mtime(self.path)
+        self._digest = file_digest(self.path)
+        try:
+            loaded = await asyncio.to_thread(load_config, self.path)
+        except ConfigError as exc:
+            return ReloadResult("rejected", trigger, tuple(exc.problems))
+        running = self.gateways.current
+        problems = restart_problems(running.config, loaded.config)
+        if problems:
+            return ReloadResult("rejected", trigger, tuple(problems))
+        changes = change_summary(running.config, loaded.config)
+        gateway = Gateway(loaded, previous=running)
+        self.gateways.pending = gateway  # answers the health checks of its new clusters
+        try:
+            failure = await self._apply_to_envoy([gateway, *self.gateways.all()], loaded)
+        finally:
+            self.gateways.pending = None  # no await before the swap below
+        if failure is not None:
+            await self._restore_envoy_files()
+            return ReloadResult("failed", trigger, (failure,), changes)
+        old = self.gateways.swap(gateway)
+        self.checks.restart(gateway)
+        self._drain_later(old, loaded.config.reload.drain_seconds)
+        return ReloadResult("success", trigger, (), changes)
+
+    async def _apply_to_envoy(self, live: list[Gateway], loaded: LoadedConfig) -> str | None:
+        """Write the files for `live` (the new gateway first) and wait until Envoy applied
+        them; None on success, else why not. Nothing to wait for when no file changed."""
+        config = loaded.config
+        configs = [g.config for g in live]
+        files = await asyncio.to_thread(xds_files, configs)
+        envoy = EnvoyAdmin(envoy_admin_url(config))
+        before: dict[str, int] | None
+        try:
+            before = (await envoy.xds_state()).rejected
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            before = None  # Envoy unreachable: wait_applied says so in time
+        try:
+            written = write_xds_files(config.reload.xds_directory, files)
+        except OSError as exc:
+            return f"cannot write Envoy's files in {config.reload.xds_directory}: {exc}"
+        if not written:
+            return None
+        versions = {f.name: f.version for f in files}
+        return await envoy.wait_applied(versions, before, config.reload.envoy_apply_timeout_seconds)
+
+    async def _restore_envoy_files(self) -> None:
+        """Put back the files of the configs still live (after a failed reload)."""
+        try:
+            await asyncio.to_thread(self.write_envoy_files)
+        except OSError as exc:
+            log.error("cannot put Envoy's files back: %s", exc)
+
+    def _drain_later(self, old: Gateway, grace: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._drain(old, grace))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, old: Gateway, grace: float) -> None:
+        """Once `old` has no stream left (or after `grace`), drop its routes and clusters."""
+        deadline = time.monotonic() + grace
+        while old.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        async with self._lock:
+            if old.in_flight > 0:
+                log.warning(
+                    "config reload: %d stream(s) of the previous config still open after "
+                    "%.0fs; removing its routes and clusters anyway",
+                    old.in_flight,
+                    grace,
+                )
+            self.gateways.retire(old)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.write_envoy_files)
+            self._forget_retired_labels(old)
+
+    def _forget_retired_labels(self, old: Gateway) -> None:
+        """Remove breaker gauges of targets no live gateway has any more."""
+        live = set().union(*(g.breakers.targets() for g in self.gateways.all()))
+        gauge = old.metrics.breaker_state
+        for target in old.breakers.targets() - live:
+            with contextlib.suppress(KeyError):
+                gauge.remove(target)
+
+    def _record(self, result: ReloadResult) -> None:
+        metrics = self.gateways.current.metrics
+        metrics.config_reloads.labels(result.result).inc()
+        metrics.config_last_reload_successful.set(1 if result.result == "success" else 0)
+        if result.result == "success":
+            metrics.config_last_reload_success.set(result.at)
+            log.info("config reloaded from %s (%s): %s", self.path, result.trigger, result.changes)
+            return
+        log.warning(
+            "config reload %s (%s), the running config keeps serving: %s: %d problem(s): %s",
+            result.result,
+            result.trigger,
+            self.path,
+            len(result.problems),
+            "; ".join(result.problems),
+        )
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
