@@ -3,11 +3,15 @@ the one way messages become YAML text."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import sys
 from typing import Any as JsonAny
-from typing import cast
+from typing import cast, get_type_hints
 
+import betterproto2
+import pydantic_core
 import yaml
 from betterproto2 import Casing, Message
 from envoy_data_plane.envoy.config.core.v3 import (
@@ -88,6 +92,55 @@ def to_json_dict(message: Message) -> dict[str, JsonAny]:
     return data
 
 
+# libyaml's emitter when PyYAML has it (same text for our data, `test_envoy_xds.py` checks).
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def to_yaml(data: dict[str, JsonAny]) -> str:
     """A rendered dict as YAML text, headed by the do-not-edit comment."""
-    return GENERATED_HEADER + yaml.safe_dump(data, sort_keys=False, width=_YAML_WIDTH)
+    body = yaml.dump(data, Dumper=_DUMPER, sort_keys=False, width=_YAML_WIDTH)
+    return GENERATED_HEADER + body
+
+
+# betterproto2's own `_validate` and `_type_hints`, replaced by `_speed_up_betterproto` (kept so
+# a test can prove the output is the same with them).
+BETTERPROTO_ORIGINALS: dict[str, object] = {}
+
+
+def _speed_up_betterproto() -> None:
+    """Make betterproto2 (0.9) serialise envoy-data-plane's messages ~15x faster, same output.
+
+    Its pydantic messages re-validate on every `to_dict`/`bytes`/`parse` by building a new
+    `SchemaValidator` each time, and look up their type hints anew on every call: rendering the
+    config of 15 models took 5 s, too slow for the processor to re-render on each reload.
+    Validators and type hints depend only on the class, so both are cached per class; the
+    validation itself still runs. Applied once, on import of the renderer.
+    """
+    message = betterproto2.Message
+    if getattr(message, "_gateway_cached", False):
+        return
+    BETTERPROTO_ORIGINALS.update(
+        _validate=message.__dict__["_validate"], _type_hints=message.__dict__["_type_hints"]
+    )
+    validators: dict[type, pydantic_core.SchemaValidator] = {}
+
+    def validate(self: Message) -> None:
+        cls = type(self)
+        validator = validators.get(cls)
+        if validator is None:
+            schema = cls.__pydantic_core_schema__  # type: ignore[attr-defined]
+            validator = validators[cls] = pydantic_core.SchemaValidator(schema)
+        fields = self.__dict__.copy()
+        del fields["_unknown_fields"]
+        validator.validate_python(fields)
+
+    @functools.cache
+    def type_hints(cls: type[Message]) -> dict[str, type]:
+        return get_type_hints(cls, sys.modules[cls.__module__].__dict__, {})
+
+    message._validate = validate  # type: ignore[method-assign]
+    message._type_hints = classmethod(type_hints)  # type: ignore[method-assign,assignment,arg-type]
+    message._gateway_cached = True  # type: ignore[attr-defined]
+
+
+_speed_up_betterproto()

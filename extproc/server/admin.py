@@ -93,6 +93,7 @@ def make_admin_app(
         if reloader is None:
             return web.json_response({"error": "reload is not available"}, status=404)
         result = await reloader.reload("api")
+        assert result is not None  # only a reload `only_if_changed` can skip
         return web.json_response(
             result.to_json(), status=RELOAD_STATUS[result.result], dumps=_dumps
         )

@@ -125,12 +125,8 @@ class Reloader:
             await asyncio.sleep(interval if interval > 0 else 1.0)
             if interval <= 0:
                 continue
-            mtime = _mtime(self.path)
-            if mtime == self._mtime:
-                continue
-            self._mtime = mtime
-            if file_digest(self.path) != self._digest:
-                await self.reload("file")
+            if _mtime(self.path) != self._mtime:
+                await self.reload("file", only_if_changed=True)
 
     def reload_soon(self, trigger: str) -> None:
         """Start a reload from a signal handler (it runs after any reload in progress)."""
@@ -138,9 +134,17 @@ class Reloader:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def reload(self, trigger: str) -> ReloadResult:
-        """Reload the file now (after any reload in progress); never raises."""
+    async def reload(self, trigger: str, only_if_changed: bool = False) -> ReloadResult | None:
+        """Reload the file now (after any reload in progress); never raises.
+
+        `only_if_changed`: do nothing (None) when the file's content is the one the last
+        reload (or the start) read, e.g. a file touched or rewritten with the same content.
+        """
         async with self._lock:
+            if only_if_changed:
+                self._mtime = _mtime(self.path)
+                if file_digest(self.path) == self._digest:
+                    return None
             self.reloads += 1
             try:
                 result = await self._reload(trigger)
@@ -151,6 +155,7 @@ class Reloader:
                 result.result, trigger, result.problems, result.changes, reload=self.reloads
             )
             self._record(result)
+            self.last = result
             return result
 
     # -- one reload --------------------------------------------------------------------------
