@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,9 +107,14 @@ def write_xds_files(directory: Path, files: Sequence[XdsFile]) -> list[str]:
                 continue
         except (OSError, UnicodeDecodeError):
             pass
-        staging = directory / f".{file.name}.{os.getpid()}.tmp"
-        staging.write_text(file.text, encoding="utf-8")
-        os.replace(staging, path)
+        # A unique staging name: `render-envoy` in Envoy's container and the processor may
+        # write the same directory at the same time (same content).
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=directory, prefix=f".{file.name}.", delete=False
+        ) as staging:
+            staging.write(file.text)
+        os.chmod(staging.name, 0o644)  # Envoy may run as another user; nothing here is secret
+        os.replace(staging.name, path)
         written.append(file.name)
     return written
 

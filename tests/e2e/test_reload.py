@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.config.topology import model_route_ids
 from extproc.decisions.auth import hash_key
+from extproc.dev.stack import stop_process
 from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack, make_stack
 
 pytestmark = pytest.mark.e2e
@@ -363,6 +364,30 @@ def test_a_change_that_needs_a_restart_is_refused_whole(stack: Stack, base: Json
         chat(stack, "chat-added")
 
 
+def test_a_reload_envoy_does_not_apply_fails_and_the_old_config_keeps_serving(
+    stack: Stack, base: Json
+) -> None:
+    config = with_added_provider_and_models(stack, base)
+    config["reload"]["envoy_apply_timeout_seconds"] = 1
+    cds = stack.gateway_config.reload.xds_directory / "cds.yaml"
+    before = cds.read_text(encoding="utf-8")
+    failed = metric(stack, "gateway_config_reloads_total", result="failed")
+    stop_process(stack.envoy)
+    try:
+        answer = stack.reload(config)
+    finally:
+        stack.start_envoy()
+    assert answer["result"] == "failed"
+    (problem,) = answer["problems"]
+    assert problem.startswith("Envoy did not apply the new config within 1s")
+    assert metric(stack, "gateway_config_reloads_total", result="failed") == failed + 1
+    # Envoy's files are the running config's again, and that config serves.
+    assert cds.read_text(encoding="utf-8") == before
+    assert chat(stack, "chat-openai") == "echo: hi"
+    with pytest.raises(openai.NotFoundError):
+        chat(stack, "chat-added")
+
+
 # --- keys ------------------------------------------------------------------------------------
 
 
@@ -502,3 +527,44 @@ def test_a_model_moved_to_another_provider_sends_each_request_whole_to_one_of_th
             )
             seen["new"] += 1
     assert seen["old"] > 0 and seen["new"] > 0
+
+
+# --- the listener ----------------------------------------------------------------------------
+
+
+def test_a_listener_change_applies_under_traffic_with_no_failed_request(
+    stack: Stack, base: Json
+) -> None:
+    """A changed body limit changes Envoy's listener (its buffer limit): LDS replaces it and
+    drains the old one's connections while the traffic's keep-alive connections carry on."""
+    big = "x" * 40_000
+    assert chat_text(stack, big) == f"echo: {big}"
+    base["limits"]["max_body_bytes"] = 20_000
+    stack.fake.set_behaviour(latency_s=0.02)
+    with Traffic(stack, ["chat-openai", "chat-vllm"]) as traffic:
+        answer = stack.reload(base)
+        assert answer["result"] == "success", answer
+        assert answer["changes"] == "sections changed: limits"
+        traffic.wait_for(40)
+    assert failures(traffic.outcomes, frozenset()) == []
+    with pytest.raises(openai.APIStatusError) as refused:
+        chat_text(stack, big)
+    assert refused.value.status_code == 413
+    # Envoy itself runs the new listener (the processor alone would also answer 413).
+    assert active_listener(stack)["per_connection_buffer_limit_bytes"] == 20_000 + 1024 * 1024
+
+
+def active_listener(stack: Stack) -> Json:
+    dump = httpx.get(
+        f"{stack.envoy_admin_url}/config_dump", params={"resource": "dynamic_listeners"}
+    ).json()
+    (listener,) = [c["active_state"]["listener"] for c in dump["configs"] if "active_state" in c]
+    found: Json = listener
+    return found
+
+
+def chat_text(stack: Stack, text: str) -> str:
+    reply = stack.client().chat.completions.create(
+        model="chat-openai", messages=[{"role": "user", "content": text}]
+    )
+    return reply.choices[0].message.content or ""
