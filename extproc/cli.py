@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from extproc.config.loading import ConfigError, load_config
+from extproc.config.loading import ConfigError, load_config, parse_config
 from extproc.config.schema import GatewayConfig
 
 log = logging.getLogger("extproc")
@@ -67,6 +67,42 @@ def _cmd_render_envoy(args: argparse.Namespace) -> int:
             return 1
         names = ", ".join(f.name for f in files)
         print(f"wrote {names} into {args.xds_dir}", file=sys.stderr)
+    return 0
+
+
+def _cmd_write_xds(args: argparse.Namespace) -> int:
+    """Render Envoy's files for sets of configs read as JSON on stdin, write the first set.
+
+    Reads `{"sets": [[config, ...], ...]}`; writes the first set's files into its first
+    config's `reload.xds_directory`; prints `{"written": [file], "sets": [[{"name", "version",
+    "text"}, ...], ...]}` so the processor can write a later set itself. The processor runs this
+    as a child process, so the renderer's imports and CPU never reach its event loop.
+    """
+    from extproc.bootstrap import write_xds_files, xds_files
+
+    try:
+        request = json.loads(sys.stdin.buffer.read())
+        sets = [[parse_config(data, "stdin") for data in configs] for configs in request["sets"]]
+        if not sets or not all(sets):
+            raise ValueError("no configs")
+    except (ValueError, KeyError, TypeError, ConfigError) as exc:
+        print(f"unusable request: {exc}", file=sys.stderr)
+        return 2
+    rendered = [xds_files(configs) for configs in sets]
+    directory = sets[0][0].reload.xds_directory
+    try:
+        written = write_xds_files(directory, rendered[0])
+    except OSError as exc:
+        print(f"cannot write {directory}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    answer = {
+        "written": written,
+        "sets": [
+            [{"name": f.name, "version": f.version, "text": f.text} for f in files]
+            for files in rendered
+        ],
+    }
+    json.dump(answer, sys.stdout)
     return 0
 
 
@@ -150,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         "`envoy --mode validate`, which does not read the dynamic files)",
     )
     p.set_defaults(func=_cmd_render_envoy)
+
+    p = sub.add_parser(
+        "write-xds", help="(used by the processor) write Envoy's xDS files for configs on stdin"
+    )
+    p.set_defaults(func=_cmd_write_xds)
 
     p = sub.add_parser("hash-key", help="print the SHA-256 of an API key for the config")
     p.add_argument("key", nargs="?", help="the key (default: read from stdin / prompt)")

@@ -59,6 +59,17 @@ NOT_SENT_TO_PROCESSOR: Final = (
     "alt-svc",
 )
 
+# -- Envoy's dynamic config --------------------------------------------------------------------
+# Files in `reload.xds_directory`: the renderer writes them, the processor asks Envoy (by the
+# stats of each subscription) which version of each it applied.
+LDS_FILE: Final = "lds.yaml"
+CDS_FILE: Final = "cds.yaml"
+RDS_FILE: Final = "rds.yaml"
+# The listener (also its stats prefix and its virtual host) and its route configuration: the
+# RDS subscription's stats are `http.<listener>.rds.<route config>.*`.
+LISTENER_NAME: Final = "gateway"
+ROUTE_CONFIG_NAME: Final = "gateway_routes"
+
 # -- clusters and paths ----------------------------------------------------------------------
 # The cluster through which Envoy reaches the processor.
 EXTPROC_CLUSTER: Final = "extproc"

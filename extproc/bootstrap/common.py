@@ -32,8 +32,6 @@ _YAML_WIDTH = 1 << 16  # keep long JSON bodies on one line
 # the processor, which rejects anything larger with its own error.
 BUFFER_HEADROOM_BYTES = 1024 * 1024
 
-# The listener, its stats prefix and its virtual host.
-LISTENER_NAME = "gateway"
 # The fail-open model's cluster without the processor (see `clusters.fail_open_clusters`).
 FAIL_OPEN_CLUSTER = "fail_open"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

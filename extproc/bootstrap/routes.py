@@ -39,7 +39,6 @@ from envoy_data_plane.google.protobuf import Any
 
 from extproc.bootstrap.common import (
     FAIL_OPEN_CLUSTER,
-    LISTENER_NAME,
     header_option,
     openai_error_json,
 )
@@ -47,9 +46,14 @@ from extproc.config.schema import (
     GatewayConfig,
     ResilienceConfig,
 )
-from extproc.contract import GATEWAY_ERROR_HEADER, METADATA_NAMESPACE, ROUTE_METADATA_KEY
+from extproc.contract import (
+    GATEWAY_ERROR_HEADER,
+    LISTENER_NAME,
+    METADATA_NAMESPACE,
+    ROUTE_CONFIG_NAME,
+    ROUTE_METADATA_KEY,
+)
 
-ROUTE_CONFIG_NAME = "gateway_routes"
 RETRY_ON = "5xx,reset,connect-failure,retriable-status-codes"
 RETRIABLE_STATUS_CODES = (429,)
 RETRY_AFTER_HEADER = "retry-after"

@@ -16,9 +16,9 @@ from envoy_data_plane.envoy.config.core.v3 import (
     WatchedDirectory,
 )
 
-LDS_FILE = "lds.yaml"
-CDS_FILE = "cds.yaml"
-RDS_FILE = "rds.yaml"
+from extproc.contract import CDS_FILE, LDS_FILE, RDS_FILE
+
+__all__ = ["CDS_FILE", "LDS_FILE", "RDS_FILE", "file_source"]
 
 
 def file_source(directory: Path, name: str) -> ConfigSource:

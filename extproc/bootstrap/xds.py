@@ -1,26 +1,23 @@
 """Envoy's dynamic config as files: the listener (LDS), the routes (RDS) and the clusters (CDS).
 
-Owns what goes into each file and how a file is replaced. The files are rendered from one or
-more configs: the first is the one in force; the others are older configs a reload left behind,
-whose routes and clusters stay until the requests they began have finished (the processor
-decides when). Route ids change whenever what a model renders to changes
+Owns what goes into each file (`extproc.xds_files` replaces them on disk). The files are
+rendered from one or more configs: the first is the one in force; the others are older configs
+a reload left behind, whose routes and clusters stay until the requests they began have finished
+(the processor decides when). Route ids change whenever what a model renders to changes
 (`config.topology.model_route_id`), so an older config's route or cluster either is the current
 one (same name, same content) or sits beside it under its own name.
 
 Each file is a `DiscoveryResponse` whose `version_info` is a hash of its resources: Envoy
 reports the version it applied (`*.version_text` stats), and identical content has an identical
-version whoever rendered it (`render-envoy`, or the processor after a restart).
+version whoever rendered it (`render-envoy`, or the processor after a restart). Its second line
+is a comment with the digest of its inputs (`xds_files.inputs_digest`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from betterproto2 import Message
 from envoy_data_plane.envoy.config.route.v3 import Route
@@ -39,17 +36,9 @@ from extproc.bootstrap.routes import model_routes, route_config
 from extproc.bootstrap.sources import CDS_FILE, LDS_FILE, RDS_FILE
 from extproc.config.schema import GatewayConfig
 from extproc.config.topology import model_route_ids
+from extproc.xds_files import INPUTS_PREFIX, XdsFile, inputs_digest, write_xds_files
 
 _VERSION_LENGTH = 16
-
-
-@dataclass(frozen=True, slots=True)
-class XdsFile:
-    """One rendered file: its name in the xDS directory, its version and its text."""
-
-    name: str
-    version: str
-    text: str
 
 
 def buffer_limit(config: GatewayConfig) -> int:
@@ -76,47 +65,22 @@ def xds_files(configs: Sequence[GatewayConfig]) -> tuple[XdsFile, XdsFile, XdsFi
             if route.name not in route_names:
                 routes.append(route)
                 route_names.add(route.name)
+    inputs = inputs_digest(configs)
     return (
-        _file(CDS_FILE, clusters),
-        _file(RDS_FILE, [route_config(current, ids, retired=routes)]),
-        _file(LDS_FILE, [listener(current, buffer_limit(current))]),
+        _file(CDS_FILE, clusters, inputs),
+        _file(RDS_FILE, [route_config(current, ids, retired=routes)], inputs),
+        _file(LDS_FILE, [listener(current, buffer_limit(current))], inputs),
     )
 
 
-def _file(name: str, resources: Sequence[Message]) -> XdsFile:
+def _file(name: str, resources: Sequence[Message], inputs: str) -> XdsFile:
     packed = [to_json_dict(Any.pack(resource)) for resource in resources]
     canonical = json.dumps(packed, sort_keys=True, separators=(",", ":"))
     version = hashlib.sha256(canonical.encode()).hexdigest()[:_VERSION_LENGTH]
     response = to_json_dict(DiscoveryResponse(version_info=version))
     response["resources"] = packed
-    return XdsFile(name, version, to_yaml(response))
-
-
-def write_xds_files(directory: Path, files: Sequence[XdsFile]) -> list[str]:
-    """Replace each file whose text changed by an atomic rename, in order; returns their names.
-
-    Envoy watches `directory` for entries moved into it and then re-reads all its files, so a
-    file must never be seen half-written: each is written beside its final name and renamed.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for file in files:
-        path = directory / file.name
-        try:
-            if path.read_text(encoding="utf-8") == file.text:
-                continue
-        except (OSError, UnicodeDecodeError):
-            pass
-        # A unique staging name: `render-envoy` in Envoy's container and the processor may
-        # write the same directory at the same time (same content).
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=directory, prefix=f".{file.name}.", delete=False
-        ) as staging:
-            staging.write(file.text)
-        os.chmod(staging.name, 0o644)  # Envoy may run as another user; nothing here is secret
-        os.replace(staging.name, path)
-        written.append(file.name)
-    return written
+    header, body = to_yaml(response).split("\n", 1)
+    return XdsFile(name, version, f"{header}\n{INPUTS_PREFIX}{inputs}\n{body}")
 
 
 __all__ = ["XdsFile", "buffer_limit", "write_xds_files", "xds_files"]

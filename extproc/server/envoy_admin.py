@@ -16,9 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from extproc.bootstrap import CDS_FILE, LDS_FILE, RDS_FILE
-from extproc.bootstrap.common import LISTENER_NAME
-from extproc.bootstrap.routes import ROUTE_CONFIG_NAME
+from extproc.contract import CDS_FILE, LDS_FILE, LISTENER_NAME, RDS_FILE, ROUTE_CONFIG_NAME
 
 _RDS = f"http.{LISTENER_NAME}.rds.{ROUTE_CONFIG_NAME}"
 # Per file: the stat prefix of its subscription.

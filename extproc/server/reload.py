@@ -6,7 +6,8 @@ A reload (the config file changed, SIGHUP, or `POST /reload`) runs, one at a tim
    resolved), and refuse changes that need a restart (`config.changes.restart_problems`);
 2. build the new `Gateway` (breakers and provider health carried over);
 3. write Envoy's files with the routes and clusters of the new config AND of every config still
-   live (`bootstrap.xds_files`), and wait until Envoy has applied them, new clusters warmed;
+   live (rendered by a child process, `envoy_files.py`), and wait until Envoy has applied them,
+   new clusters warmed;
 4. put the new gateway in force: new ext_proc streams use it, streams already open keep theirs;
 5. in the background, once an old gateway has no stream left (or after `reload.drain_seconds`),
    drop it and write the files without its routes and clusters.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -28,12 +30,12 @@ from typing import Any
 
 import aiohttp
 
-from extproc.bootstrap import write_xds_files, xds_files
 from extproc.config.changes import change_summary, restart_problems
 from extproc.config.loading import ConfigError, LoadedConfig, load_config
 from extproc.config.schema import GatewayConfig
 from extproc.gateway import Gateway, LiveGateways
 from extproc.server.envoy_admin import EnvoyAdmin
+from extproc.server.envoy_files import EnvoyFilesError, EnvoyFilesWriter
 from extproc.server.health_checks import ProviderChecks
 
 log = logging.getLogger("extproc.reload")
@@ -52,6 +54,7 @@ class ReloadResult:
     trigger: str
     problems: tuple[str, ...] = ()
     changes: str = ""
+    envoy_files: tuple[str, ...] = ()  # Envoy's files it rewrote (none: Envoy had nothing new)
     at: float = field(default_factory=time.time)
     reload: int = 0  # 1 for the first reload of this process, 2 for the next, ...
 
@@ -62,6 +65,7 @@ class ReloadResult:
             "trigger": self.trigger,
             "problems": list(self.problems),
             "changes": self.changes,
+            "envoy_files": list(self.envoy_files),
             "at": self.at,
             "reload": self.reload,
         }
@@ -92,6 +96,7 @@ class Reloader:
         self.path = path
         self.gateways = gateways
         self.checks = checks or ProviderChecks()
+        self.envoy_files = EnvoyFilesWriter()
         self.last: ReloadResult | None = None
         self.reloads = 0
         self._lock = asyncio.Lock()
@@ -104,10 +109,28 @@ class Reloader:
 
     # -- start and stop --------------------------------------------------------------------
 
-    def write_envoy_files(self) -> list[str]:
-        """Write Envoy's files for the live configs (at start: the one in force)."""
-        configs = [g.config for g in self.gateways.all()]
-        return write_xds_files(configs[0].reload.xds_directory, xds_files(configs))
+    async def write_envoy_files(self) -> list[str]:
+        """Write Envoy's files for the live configs (at start: the one in force); the names of
+        the files that changed. Raises EnvoyFilesError."""
+        files = await self.envoy_files.write([g.config for g in self.gateways.all()])
+        return files.written
+
+    def start(self) -> None:
+        """At start: write Envoy's files for the config in force (Envoy may still run on an
+        older version of the file), in the background, before any reload."""
+        task = asyncio.get_running_loop().create_task(self._initial_write())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _initial_write(self) -> None:
+        async with self._lock:
+            try:
+                written = await self.write_envoy_files()
+            except EnvoyFilesError as exc:
+                log.error("cannot write Envoy's config files: %s (Envoy keeps what it has)", exc)
+                return
+            if written:
+                log.info("wrote Envoy's %s", ", ".join(written))
 
     async def stop(self) -> None:
         """Stop the background drains (at shutdown; Envoy's files stay as they are)."""
@@ -151,9 +174,7 @@ class Reloader:
             except Exception as exc:  # a bug, not a bad file: keep serving, say so
                 log.exception("config reload (%s) failed unexpectedly", trigger)
                 result = ReloadResult("failed", trigger, (f"internal error: {exc!r}",))
-            result = ReloadResult(
-                result.result, trigger, result.problems, result.changes, reload=self.reloads
-            )
+            result = dataclasses.replace(result, trigger=trigger, reload=self.reloads)
             self._record(result)
             self.last = result
             return result
@@ -175,23 +196,24 @@ class Reloader:
         gateway = Gateway(loaded, previous=running)
         self.gateways.pending = gateway  # answers the health checks of its new clusters
         try:
-            failure = await self._apply_to_envoy([gateway, *self.gateways.all()], loaded)
+            failure, written = await self._apply_to_envoy([gateway, *self.gateways.all()], loaded)
         finally:
             self.gateways.pending = None  # no await before the swap below
         if failure is not None:
             await self._restore_envoy_files()
-            return ReloadResult("failed", trigger, (failure,), changes)
+            return ReloadResult("failed", trigger, (failure,), changes, tuple(written))
         old = self.gateways.swap(gateway)
         self.checks.restart(gateway)
         self._drain_later(old, loaded.config.reload.drain_seconds)
-        return ReloadResult("success", trigger, (), changes)
+        return ReloadResult("success", trigger, (), changes, tuple(written))
 
-    async def _apply_to_envoy(self, live: list[Gateway], loaded: LoadedConfig) -> str | None:
+    async def _apply_to_envoy(
+        self, live: list[Gateway], loaded: LoadedConfig
+    ) -> tuple[str | None, list[str]]:
         """Write the files for `live` (the new gateway first) and wait until Envoy applied
-        them; None on success, else why not. Nothing to wait for when no file changed."""
+        them: (None on success, else why not; the files written). Nothing to wait for when no
+        file changed."""
         config = loaded.config
-        configs = [g.config for g in live]
-        files = await asyncio.to_thread(xds_files, configs)
         envoy = EnvoyAdmin(envoy_admin_url(config))
         before: dict[str, int] | None
         try:
@@ -199,19 +221,20 @@ class Reloader:
         except (aiohttp.ClientError, OSError, TimeoutError):
             before = None  # Envoy unreachable: wait_applied says so in time
         try:
-            written = write_xds_files(config.reload.xds_directory, files)
-        except OSError as exc:
-            return f"cannot write Envoy's files in {config.reload.xds_directory}: {exc}"
-        if not written:
-            return None
-        versions = {f.name: f.version for f in files}
-        return await envoy.wait_applied(versions, before, config.reload.envoy_apply_timeout_seconds)
+            # Also rendered now: the files without the old config, for when it has drained.
+            files = await self.envoy_files.write([g.config for g in live], later=[[config]])
+        except EnvoyFilesError as exc:
+            return f"cannot write Envoy's files in {config.reload.xds_directory}: {exc}", []
+        if not files.written:
+            return None, []
+        timeout = config.reload.envoy_apply_timeout_seconds
+        return await envoy.wait_applied(files.versions, before, timeout), files.written
 
     async def _restore_envoy_files(self) -> None:
         """Put back the files of the configs still live (after a failed reload)."""
         try:
-            await asyncio.to_thread(self.write_envoy_files)
-        except OSError as exc:
+            await self.write_envoy_files()
+        except EnvoyFilesError as exc:
             log.error("cannot put Envoy's files back: %s", exc)
 
     def _drain_later(self, old: Gateway, grace: float) -> None:
@@ -233,8 +256,10 @@ class Reloader:
                     grace,
                 )
             self.gateways.retire(old)
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.write_envoy_files)
+            try:
+                await self.write_envoy_files()
+            except EnvoyFilesError as exc:
+                log.error("cannot remove the previous config from Envoy's files: %s", exc)
             self._forget_retired_labels(old)
 
     def _forget_retired_labels(self, old: Gateway) -> None:

@@ -80,18 +80,6 @@ def install_signal_handlers(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(sig, stop)
 
 
-def _write_envoy_files(reloader: Reloader) -> None:
-    """Envoy's listener, routes and clusters for the config the processor starts with (Envoy
-    may run on an older version of the file)."""
-    try:
-        written = reloader.write_envoy_files()
-    except OSError as exc:
-        log.error("cannot write Envoy's config files: %s (Envoy keeps what it has)", exc)
-        return
-    if written:
-        log.info("wrote Envoy's %s", ", ".join(written))
-
-
 async def serve(loaded: LoadedConfig) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully; reload on SIGHUP."""
     config = loaded.config
@@ -103,7 +91,6 @@ async def serve(loaded: LoadedConfig) -> None:
     server.bind(processor.unix_socket, processor.tcp_address)
     checks = ProviderChecks()
     reloader = Reloader(Path(loaded.source), gateways, checks)
-    _write_envoy_files(reloader)
     state = AdminState()
     admin = await start_admin(
         state,
@@ -114,6 +101,7 @@ async def serve(loaded: LoadedConfig) -> None:
         reloader,
     )
     await server.start()
+    reloader.start()
     checks.restart(gateway)
     watch = asyncio.create_task(reloader.watch())
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload_soon, "signal")

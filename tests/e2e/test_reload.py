@@ -1,8 +1,9 @@
 """End to end: hot reload of the processor and Envoy under traffic, through the real Envoy.
 
 One private stack for the module; each test starts from the base config (reloaded back) and
-changes it with `Stack.reload` (`POST /reload`), a rewritten file (the processor's watch) or
-SIGHUP. Traffic is the openai SDK on several threads; every outcome is kept and checked.
+changes it with `Stack.reload` (`POST /reload`), a rewritten file (the processor's watch, off in
+the base config so that a rewrite and its `POST /reload` never both reload) or SIGHUP. Traffic
+is the openai SDK on several threads; every outcome is kept and checked.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def reload_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (tmp / "added.key").write_text(ADDED_UPSTREAM_KEY, encoding="utf-8")
 
     def customize(config: Json) -> None:
-        config["reload"]["watch_interval_seconds"] = 0.2
+        config["reload"]["watch_interval_seconds"] = 0
 
     with make_stack(tmp, customize=customize) as stack:
         yield stack
@@ -203,6 +204,14 @@ def base(base_config: Json) -> Json:
 
 def key_file(stack: Stack) -> Path:
     return stack.workdir / "added.key"
+
+
+def watching(stack: Stack, base: Json) -> Json:
+    """Turn the file watch on (polling every 0.2 s) by a reload; the config now in force."""
+    base["reload"]["watch_interval_seconds"] = 0.2
+    answer = stack.reload(base)
+    assert answer["result"] == "success", answer
+    return base
 
 
 def with_added_provider_and_models(stack: Stack, base: Json) -> Json:
@@ -242,6 +251,7 @@ def test_a_reload_adds_a_provider_and_models_under_traffic_with_no_failed_reques
         assert answer["result"] == "success", answer
         assert "providers added: p-added" in answer["changes"]
         assert "models added: chat-added, chat-added-pair" in answer["changes"]
+        assert answer["envoy_files"] == ["cds.yaml", "rds.yaml", "lds.yaml"]
         traffic.wait_for(30)  # requests after the swap too
     outcomes = traffic.outcomes
     assert failures(outcomes, frozenset()) == []
@@ -264,6 +274,7 @@ def test_a_reload_adds_a_provider_and_models_under_traffic_with_no_failed_reques
 
 
 def test_a_changed_config_file_is_reloaded_by_the_watch(stack: Stack, base: Json) -> None:
+    base = watching(stack, base)
     before = stack.last_reload()["reload"]
     with pytest.raises(openai.NotFoundError):
         chat(stack, "chat-added")
@@ -343,6 +354,7 @@ def test_the_reload_refuses_exactly_what_check_config_refuses(
 
 
 def test_a_broken_file_seen_by_the_watch_is_refused(stack: Stack, base: Json) -> None:
+    base = watching(stack, base)
     before = stack.last_reload()["reload"]
     stack.rewrite_config(broken_config(base))
     answer = stack.wait_for_reload(before)
@@ -417,6 +429,7 @@ def test_a_rotated_client_key_is_refused_at_once_and_a_request_in_flight_complet
             held.append((first, chunks))
         answer = stack.reload(config)
         assert answer["result"] == "success", answer
+        assert answer["envoy_files"] == []  # a processor-only change: Envoy is left alone
         with pytest.raises(openai.AuthenticationError) as refused:
             chat(stack, "chat-vllm", FULL_KEY)
         assert refused.value.status_code == 401

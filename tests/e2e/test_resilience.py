@@ -21,8 +21,7 @@ import openai
 import orjson
 import pytest
 
-from extproc.config.loading import load_config
-from extproc.config.topology import model_route_ids
+from extproc.config.topology import model_stat_name
 from extproc.dev.fakes import FakeProviderServer
 from tests.e2e.conftest import FULL_KEY, Stack, make_stack
 
@@ -68,10 +67,9 @@ class Pair:
         return total
 
     def envoy_stat(self, name: str, model: str = "resilient") -> int:
-        """Envoy's counter `cluster.<model's cluster>.<name>` (Envoy lists its counters from
+        """Envoy's counter `cluster.<model's stat name>.<name>` (Envoy lists its counters from
         the start, zeros too: a name it does not know is an error, never a silent 0)."""
-        config = load_config(self.stack.config_path, resolve_credentials=False).config
-        stat = f"cluster.{model_route_ids(config)[model]}.{name}"
+        stat = f"cluster.{model_stat_name(model)}.{name}"
         text = httpx.get(
             f"{self.stack.envoy_admin_url}/stats", params={"filter": f"^{re.escape(stat)}$"}
         ).text

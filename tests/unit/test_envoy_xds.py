@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ from extproc.config.schema import GatewayConfig
 from extproc.config.topology import model_route_ids, model_stat_name
 from extproc.dev.stack import find_envoy_binary, free_ports
 from extproc.server.envoy_admin import parse_stats
+from extproc.xds_files import INPUTS_PREFIX, inputs_digest, inputs_on_disk
 from tests.unit.test_envoy_config import MODELS, PROVIDERS
 
 Json = dict[str, Any]
@@ -137,9 +139,34 @@ def test_versions_are_content_hashes_and_a_processor_only_change_rewrites_nothin
     data["tenants"] = [{"name": "t", "api_key_sha256": ["a" * 64]}]
     assert xds_files([build(data)]) == first
     data["models"].append({"name": "new", "targets": [{"provider": "local", "model": "n"}]})
-    changed = dict(zip([f.name for f in first], xds_files([build(data)]), strict=True))
-    assert changed[LDS_FILE] == first[2]
-    assert changed[CDS_FILE] != first[0] and changed[RDS_FILE] != first[1]
+    changed = {f.name: f.version for f in xds_files([build(data)])}
+    assert changed[LDS_FILE] == first[2].version  # the listener is the same
+    assert changed[CDS_FILE] != first[0].version and changed[RDS_FILE] != first[1].version
+
+
+def test_each_file_names_its_inputs_which_ignore_processor_only_sections() -> None:
+    data = config_data()
+    (first, *_) = xds_files([build(data)])
+    inputs = first.text.splitlines()[1]
+    assert inputs == INPUTS_PREFIX + inputs_digest([build(data)])
+    data["auth"] = {"enabled": True}
+    data["tenants"] = [{"name": "t", "api_key_sha256": ["b" * 64]}]
+    assert inputs_digest([build(data)]) == inputs_digest([build(config_data())])
+    # An older config that renders alike adds nothing to a reload's files.
+    assert inputs_digest([build(data), build(config_data())]) == inputs_digest([build(data)])
+    data["limits"] = {"default_timeout_seconds": 3}
+    assert inputs_digest([build(data)]) != inputs_digest([build(config_data())])
+
+
+def test_the_inputs_on_disk_are_known_only_when_every_file_agrees(tmp_path: Path) -> None:
+    config = build(config_data())
+    assert inputs_on_disk(tmp_path) is None
+    files = xds_files([config])
+    write_xds_files(tmp_path, files)
+    assert inputs_on_disk(tmp_path) == inputs_digest([config])
+    other = xds_files([build(config_data(limits={"default_timeout_seconds": 3}))])
+    write_xds_files(tmp_path, other[:1])
+    assert inputs_on_disk(tmp_path) is None
 
 
 # --- route ids across reloads ------------------------------------------------------------------
@@ -238,8 +265,8 @@ def test_files_are_replaced_whole_and_only_when_their_text_changed(tmp_path: Pat
         assert (directory / file.name).read_text(encoding="utf-8") == file.text
         assert (directory / file.name).stat().st_mode & 0o777 == 0o644
     assert write_xds_files(directory, files) == []
-    data["models"].pop()
-    assert write_xds_files(directory, xds_files([build(data)])) == [CDS_FILE, RDS_FILE]
+    replaced = [replace(f, text=f.text + "# x\n") if f.name == RDS_FILE else f for f in files]
+    assert write_xds_files(directory, replaced) == [RDS_FILE]
     assert len(list(directory.iterdir())) == 3  # no staging file left behind
 
 

@@ -299,7 +299,6 @@ class Setup:
         self.write(self.base)
         self.gateways = LiveGateways(Gateway(load_config(self.path)))
         self.reloader = Reloader(self.path, self.gateways)
-        self.reloader.write_envoy_files()
 
     def write(self, config: Json) -> None:
         self.path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -317,10 +316,18 @@ class Setup:
 async def setup(tmp_path: Path, envoy_admin: tuple[FakeEnvoyAdmin, int]) -> AsyncIterator[Setup]:
     fake, port = envoy_admin
     made = Setup(tmp_path, port)
+    assert await made.reloader.write_envoy_files() == [CDS_FILE, RDS_FILE, LDS_FILE]
     fake.versions = {f.name: f.version for f in xds_files([made.gateways.current.config])}
     yield made
     await made.reloader.stop()
     await made.reloader.checks.stop()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 60) -> None:
+    """Wait until `check()` holds (each reload writes Envoy's files in a child process)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
 
 
 def apply_when_written(fake: FakeEnvoyAdmin, setup: Setup, seen: list[Any]) -> None:
@@ -358,11 +365,8 @@ async def test_a_reload_writes_both_configs_then_swaps_then_drops_the_old_one(
     assert old.models["two"].route_id in both and new.models["three"].route_id in both
     # Once the old gateway's last stream ends, its routes and clusters go.
     old.in_flight = 0
-    for _ in range(100):
-        if not setup.gateways.retiring:
-            break
-        await asyncio.sleep(0.05)
-    assert setup.gateways.retiring == []
+    await eventually(lambda: not setup.gateways.retiring)
+    await eventually(lambda: len(setup.reloader._tasks) == 0)  # the files are rewritten
     assert setup.envoy_files() == {f.name: f.text for f in xds_files([new.config])}
     metrics = new.metrics
     assert metrics.config_reloads.labels("success")._value.get() == 1
@@ -432,15 +436,15 @@ async def test_the_watch_reloads_a_changed_file_but_not_a_rewritten_one(
         changed = copy.deepcopy(config)
         changed["models"].pop()
         setup.write(changed)
-        for _ in range(100):
-            if setup.reloader.last is not None and setup.reloader.last.reload == 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: setup.reloader.last is not None and setup.reloader.last.reload == 2
+        )
         assert setup.reloader.last is not None
         assert (setup.reloader.last.trigger, setup.reloader.last.result) == ("file", "success")
         assert "two" not in setup.gateways.current.models
     finally:
         watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
 
 
 # --- the admin endpoints -----------------------------------------------------------------------
