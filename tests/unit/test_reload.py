@@ -26,6 +26,7 @@ from extproc.dev.stack import free_ports
 from extproc.gateway import Gateway, LiveGateways
 from extproc.server.admin import AdminState, make_admin_app
 from extproc.server.envoy_admin import SOURCES, EnvoyAdmin, parse_stats
+from extproc.server.envoy_files import EnvoyFilesError, EnvoyFilesWriter
 from extproc.server.reload import Reloader
 
 Json = dict[str, Any]
@@ -492,3 +493,47 @@ async def test_admin_reload_endpoints_and_health_of_a_pending_gateways_targets(
                 assert body["config"] == str(setup.path)
     finally:
         await runner.cleanup()
+
+
+# --- writing Envoy's files ---------------------------------------------------------------------
+
+
+async def test_envoy_files_are_rendered_only_when_their_inputs_are_new(tmp_path: Path) -> None:
+    writer = EnvoyFilesWriter()
+    first = parse_config(data(reload={"xds_directory": str(tmp_path)}))
+    tenants_only = data(reload={"xds_directory": str(tmp_path)}, auth={"enabled": True})
+    tenants_only["tenants"] = [{"name": "t", "api_key_sha256": ["c" * 64]}]
+    second = data(reload={"xds_directory": str(tmp_path)})
+    second["models"].pop()
+    later = parse_config(second)
+
+    written = await writer.write([first])
+    assert written.written == [CDS_FILE, RDS_FILE, LDS_FILE] and writer.renders == 1
+    assert written.versions == {f.name: f.version for f in xds_files([first])}
+    assert (await writer.write([first])).written == []
+    assert (await writer.write([parse_config(tenants_only), first])).written == []
+    # A reload's files, with those for after the drain rendered in the same child process.
+    both = await writer.write([later, first], later=[[later]])
+    assert both.written == [CDS_FILE, RDS_FILE, LDS_FILE] and writer.renders == 2
+    after_drain = await writer.write([later])
+    assert after_drain.written == [CDS_FILE, RDS_FILE, LDS_FILE] and writer.renders == 2
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        f.name: f.text for f in xds_files([later])
+    }
+
+
+async def test_a_directory_that_cannot_be_written_is_an_envoy_files_error(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    config = parse_config(data(reload={"xds_directory": str(blocked / "xds")}))
+    with pytest.raises(EnvoyFilesError, match="cannot write"):
+        await EnvoyFilesWriter().write([config])
+
+
+def test_a_config_survives_the_trip_to_the_renderer_process() -> None:
+    from tests.unit.test_envoy_xds import config_data
+
+    for config in (parse_config(data()), parse_config(config_data())):
+        again = parse_config(config.model_dump(mode="json"))
+        assert again == config
+        assert xds_files([again]) == xds_files([config])
