@@ -51,6 +51,10 @@ r = c.chat.completions.create(model="{chat_model}",
     messages=[{{"role": "user", "content": "Hello!"}}])
 print(r.choices[0].message.content)'
 
+Edit the config file while this runs: changes are reloaded, Envoy included
+(`curl -X POST http://{config.processor.admin_address}:{config.processor.admin_port}/reload` shows
+the result; a file with mistakes is refused and the gateway keeps running on the last good one).
+
 Press Ctrl-C to stop.
 """
 

@@ -27,6 +27,7 @@ def test_run_local_prints_a_working_sdk_call(tmp_path: Path) -> None:
     config["envoy_admin"]["port"] = envoy_admin_port
     config["processor"]["admin_port"] = admin_port
     config["processor"]["unix_socket"] = str(tmp_path / "extproc.sock")
+    config["reload"]["xds_directory"] = str(tmp_path / "xds")
     for provider in config["providers"]:
         provider["base_url"] = provider["base_url"].replace(":18000", f":{fake_port}")
     path = tmp_path / "gateway.yaml"
