@@ -82,6 +82,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log.error("%s: %s", exc.source, problem)
         return 2
     from extproc.server.serve import serve
+    from extproc.telemetry.access_log import configure_logging
+
+    telemetry = loaded.config.telemetry
+    configure_logging(
+        args.log_level or telemetry.log_level, telemetry.log_format, telemetry.access_log.enabled
+    )
 
     try:
         if loaded.config.processor.event_loop == "uvloop":
@@ -105,7 +111,11 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(prog="extproc", description="LLM gateway ext_proc service")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING or ERROR (default: `telemetry.log_level` for serve, else INFO)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the ext_proc gRPC service")
@@ -146,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `extproc` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(args.log_level or "INFO").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return int(args.func(args))

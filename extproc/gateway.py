@@ -25,6 +25,7 @@ from extproc.decisions.provider_health import ProviderHealth
 from extproc.errors import GatewayError
 from extproc.metrics import Metrics
 from extproc.providers import ProviderAdapter, adapter_for
+from extproc.telemetry.reporter import Telemetry
 
 _AVAILABLE = (Admission.ALLOW, Admission.PROBE)
 
@@ -52,8 +53,13 @@ class Target:
 
     def adapter(self) -> ProviderAdapter:
         """A fresh per-request adapter for this target."""
+        route = self.route
         return self.adapter_class(
-            self.provider, self.credential, self.upstream_model, self.route.default_max_tokens
+            self.provider,
+            self.credential,
+            self.upstream_model,
+            route.default_max_tokens,
+            account_usage=route.account_usage,
         )
 
 
@@ -72,6 +78,8 @@ class ModelRoute:
     timeout_cap: float | None = None  # largest provider timeout cap, if all targets have one
     # Translated by the downstream filter (one target) rather than by each attempt.
     inline: bool = False
+    # Read pass-through answers for their usage (`telemetry.usage_accounting`).
+    account_usage: bool = False
 
     def availability(self, now: float) -> tuple[bool, float, bool]:
         """(any target may take traffic, shortest retry-after, all unavailable ones cooling)."""
@@ -102,10 +110,19 @@ def breaker_settings(resilience: ResilienceConfig) -> BreakerSettings:
 class Gateway:
     """Everything a request pipeline needs, prepared from one loaded config."""
 
-    def __init__(self, loaded: LoadedConfig, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        metrics: Metrics | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         config: GatewayConfig = loaded.config
         self.config = config
-        self.metrics = metrics or Metrics()
+        access_log = config.telemetry.access_log
+        self.telemetry = telemetry or Telemetry(
+            metrics, access_log.enabled, access_log.include_content
+        )
+        self.metrics = self.telemetry.metrics
         self.auth = Authenticator(config)
         self.max_body_bytes = config.limits.max_body_bytes
         self.max_json_depth = config.limits.max_json_depth
@@ -138,6 +155,7 @@ class Gateway:
             endpoint=Endpoint(model.kind),
             owned_by=model.owned_by,
             default_max_tokens=model.default_max_tokens,
+            account_usage=self.config.telemetry.usage_accounting,
         )
         targets = []
         for index, spec in enumerate(model.targets):

@@ -12,10 +12,85 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from extproc.decisions.breaker import State, Transition
+from extproc.telemetry.record import RequestRecord
 
 _STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The bucket boundaries the OpenTelemetry GenAI semantic conventions recommend.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+    163.84,
+    327.68,
+)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# The processor's own time per ext_proc message: tens of microseconds normally.
+PROCESSING_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+)
+GENAI_LABELS = [
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+]
+# `gen_ai.provider.name` per provider type: the conventions' well-known values where they
+# have one, the type's own name otherwise.
+GENAI_PROVIDER_NAMES = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "google": "gcp.gemini",
+    "bedrock": "aws.bedrock",
+}
+# Distinct response-model label values kept per request model (providers name versions, e.g.
+# `gpt-4o-2024-08-06`); the rest are reported as "other", so a provider cannot grow the labels.
+MAX_RESPONSE_MODELS = 8
+OTHER = "other"
+PHASES = ("request_headers", "request_body", "response_headers", "response_body")
 
 
 class Metrics:
@@ -31,8 +106,9 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self.requests = Counter(
             "gateway_requests_total",
-            "Requests answered, by model, provider and HTTP status.",
-            ["model", "provider", "status"],
+            "Requests answered, by caller (tenant, key id), model, provider, HTTP status and "
+            'error code ("" for a success).',
+            ["tenant", "key_id", "model", "provider", "status", "code"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -91,6 +167,62 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.processing = Histogram(
+            "gateway_processing_seconds",
+            "The processor's own time per ext_proc message, by phase: what the gateway adds, "
+            "apart from the provider's latency.",
+            ["phase"],
+            buckets=PROCESSING_BUCKETS,
+            registry=self.registry,
+        )
+        self.processing_phase = {phase: self.processing.labels(phase) for phase in PHASES}
+        self.tokens = Counter(
+            "gateway_tokens_total",
+            "Tokens the providers reported, by caller, model, provider and type "
+            "(input, output, cached: the part of input served from the provider's cache).",
+            ["tenant", "key_id", "model", "provider", "token_type"],
+            registry=self.registry,
+        )
+        self.response_streams = Gauge(
+            "gateway_response_streams_active",
+            "Streamed answers being relayed through the processor (translated streams, and "
+            "pass-through ones when usage accounting reads them).",
+            registry=self.registry,
+        )
+        # OpenTelemetry GenAI semantic conventions, under their Prometheus names.
+        self.genai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "gen_ai.client.token.usage: tokens per request, by gen_ai.token.type.",
+            [*GENAI_LABELS, "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self.genai_duration = Histogram(
+            "gen_ai_server_request_duration_seconds",
+            "gen_ai.server.request.duration: request received to the answer's end (to its "
+            "headers when the processor does not read the body).",
+            [*GENAI_LABELS, "error_type"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.genai_ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "gen_ai.server.time_to_first_token: request received to the first chunk of a "
+            "successful stream.",
+            GENAI_LABELS,
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.genai_tpot = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "gen_ai.server.time_per_output_token: after the first chunk, seconds per further "
+            "output token of a successful stream.",
+            GENAI_LABELS,
+            buckets=TPOT_BUCKETS,
+            registry=self.registry,
+        )
+        self._response_models: dict[str, set[str]] = {}
+
     def breaker_transition(self, transition: Transition) -> None:
         """Record a breaker state change (called by the breaker board)."""
         self.breaker_state.labels(transition.target).set(_STATE_VALUES[transition.new])
@@ -107,11 +239,58 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe(self, model: str, provider: str, status: int, seconds: float | None) -> None:
-        """Count one answered request and, when known, its latency."""
-        self._child(self.requests, model, provider, str(status)).inc()
-        if seconds is not None:
-            self._child(self.latency, model, provider).observe(seconds)
+    def request_done(self, record: RequestRecord) -> None:
+        """Count one finished request: status, latency, tokens and GenAI timings."""
+        child = self._child
+        model = record.model
+        provider = record.provider
+        status = record.status
+        code = record.code if status >= 400 else ""
+        child(self.requests, record.tenant, record.key_id, model, provider, str(status), code).inc()
+        started = record.started
+        if record.headers_at is not None:
+            child(self.latency, model, provider).observe(record.headers_at - started)
+        if not record.operation or not provider:
+            return  # not a model request, or no provider involved: no GenAI figures
+        genai = (
+            record.operation,
+            GENAI_PROVIDER_NAMES.get(record.provider_type, record.provider_type),
+            model,
+            self._response_model(model, record.response_model),
+        )
+        if record.ended_at is not None:
+            child(self.genai_duration, *genai, code).observe(record.ended_at - started)
+        usage = record.usage
+        if usage is not None:
+            caller = (record.tenant, record.key_id, model, provider)
+            for token_type, count in (
+                ("input", usage.prompt_tokens),
+                ("output", usage.completion_tokens),
+                ("cached", usage.cached_tokens),
+            ):
+                if count is None:
+                    continue
+                child(self.genai_tokens, *genai, token_type).observe(count)
+                child(self.tokens, *caller, token_type).inc(count)
+        first = record.first_chunk_at
+        if first is None or status >= 400 or not record.stream:
+            return
+        child(self.genai_ttft, *genai).observe(first - started)
+        if usage is not None and usage.completion_tokens > 1 and record.ended_at is not None:
+            per_token = (record.ended_at - first) / (usage.completion_tokens - 1)
+            child(self.genai_tpot, *genai).observe(per_token)
+
+    def _response_model(self, model: str, response_model: str | None) -> str:
+        """The response-model label: the provider's name for it, bounded per request model."""
+        if not response_model:
+            return ""
+        seen = self._response_models.setdefault(model, set())
+        if response_model in seen:
+            return response_model
+        if len(seen) >= MAX_RESPONSE_MODELS or len(response_model) > 128:
+            return OTHER
+        seen.add(response_model)
+        return response_model
 
     def attempt(self, model: str, provider: str, outcome: str) -> None:
         """Count one attempt sent to a provider, by outcome."""

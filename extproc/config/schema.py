@@ -315,6 +315,28 @@ class ProcessorConfig(_Strict):
         return self
 
 
+class AccessLogConfig(_Strict):
+    """One JSON line per request, at its end, on the processor's standard output."""
+
+    enabled: bool = True
+    # Prompt and completion text in the line: off unless explicitly enabled (never keys).
+    include_content: bool = False
+
+
+class TelemetryConfig(_Strict):
+    """What the processor reports: logs, token accounting (metrics, traces in their sections)."""
+
+    # Level of the processor's own log (stderr); the access log is separate.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # `json`: one JSON object per log line (for log pipelines); `text`: human-readable.
+    log_format: Literal["text", "json"] = "text"
+    access_log: AccessLogConfig = AccessLogConfig()
+    # Read pass-through (OpenAI-compatible) answers to count their tokens: whole answers are
+    # buffered, streams read chunk by chunk as they pass (and asked for their usage). Costs
+    # processor CPU per request (`make bench`, "accounting"); translated answers are always read.
+    usage_accounting: bool = True
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration file."""
 
@@ -327,6 +349,7 @@ class GatewayConfig(_Strict):
     providers: Annotated[list[ProviderConfig], Field(min_length=1)]
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     tenants: list[TenantConfig] = Field(default_factory=list)
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 def reference_problems(config: GatewayConfig) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,6 +47,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         decides itself when the call ends (after the last answer, see `_last_message`).
         """
         pipeline: Pipeline | None = None
+        phase_timers = self.gateway.metrics.processing_phase
         self.active += 1
         try:
             while True:
@@ -58,7 +60,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     if failed is not None:
                         await context.write(to_response(phase or "", failed))
                         return
+                started = time.perf_counter()
                 action = self._handle(pipeline, phase, request)
+                timer = phase_timers.get(phase or "")
+                if timer is not None:
+                    timer.observe(time.perf_counter() - started)
                 if action is None:
                     continue
                 await context.write(to_response(phase or "", action))

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from extproc.decisions.auth import hash_key, key_id
 from extproc.dev.fakes import FakeProviderServer
 from tests.e2e.conftest import FULL_KEY, Stack, free_port, make_stack
 
@@ -127,14 +128,27 @@ def test_processor_admin_endpoints(stack: Stack) -> None:
 
 
 def test_metrics_count_each_answered_request(stack: Stack, fake: FakeProviderServer) -> None:
-    labels = {"model": "chat-openai", "provider": "p-openai", "status": "200"}
+    labels = {
+        "tenant": "full",
+        "key_id": key_id(hash_key(FULL_KEY)),
+        "model": "chat-openai",
+        "provider": "p-openai",
+        "status": "200",
+        "code": "",
+    }
     before = sample_value(scrape(stack), "gateway_requests_total", **labels) or 0.0
     client = stack.client()
     for n in range(3):
         client.chat.completions.create(
             model="chat-openai", messages=[{"role": "user", "content": f"count {n}"}]
         )
-    assert sample_value(scrape(stack), "gateway_requests_total", **labels) == before + 3
+    # Counted when each request's last ext_proc stream ends, maybe just after its answer.
+    deadline = time.monotonic() + 10
+    while (counted := sample_value(scrape(stack), "gateway_requests_total", **labels)) != (
+        before + 3
+    ) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted == before + 3
 
 
 def test_metrics_show_open_extproc_streams(stack: Stack, fake: FakeProviderServer) -> None:
