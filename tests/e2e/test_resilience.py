@@ -217,7 +217,7 @@ def test_fifty_concurrent_failures_open_the_breaker_exactly_once(tmp_path: Path)
     for pair in make_pair(tmp_path, breaker_open_seconds=30):
         pair.primary.set_behaviour(status=500)
         with concurrent.futures.ThreadPoolExecutor(max_workers=25) as pool:
-            statuses = list(pool.map(lambda _: pair.post().status_code, range(50)))
+            statuses = list(pool.map(lambda _, p=pair: p.post().status_code, range(50)))
         assert statuses == [200] * 50  # every one failed over
         assert pair.metric("gateway_breaker_transitions_total", state="open") == 1
         assert pair.breakers()["p-openai/primary-model"]["state"] == "open"
