@@ -97,7 +97,7 @@ def dashboard_expressions(data: Json | None = None) -> Iterator[tuple[str, str]]
     data = data or dashboard()
     for panel in dashboard_panels(data):
         for target in panel.get("targets", []):
-            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
+            yield f"panel {panel['title']!r}", target["expr"]
     for variable in data["templating"]["list"]:
         if variable["type"] != "query":
             continue
