@@ -140,6 +140,7 @@ class Gateway:
             route = self._model_route(model, route_ids[model.name], providers, loaded.credentials)
             self.models[model.name] = route
             self.targets.update((t.id, t) for t in route.targets)
+        self.metrics.breakers_known(t.breaker.target for t in self.targets.values())
         self.created = 0
 
     def _model_route(

@@ -6,7 +6,7 @@ label sets stay bounded; client input never becomes a label.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -222,6 +222,15 @@ class Metrics:
             registry=self.registry,
         )
         self._response_models: dict[str, set[str]] = {}
+
+    def breakers_known(self, targets: Iterable[str]) -> None:
+        """Export every configured breaker (closed until a transition says otherwise).
+
+        Without it a breaker's series appears only at its first transition, and "every breaker
+        is open" could not be told from "the only breaker that ever changed is open".
+        """
+        for target in targets:
+            self.breaker_state.labels(target)  # new children start at 0; known ones keep theirs
 
     def breaker_transition(self, transition: Transition) -> None:
         """Record a breaker state change (called by the breaker board)."""
