@@ -90,6 +90,7 @@ GENAI_PROVIDER_NAMES = {
 # `gpt-4o-2024-08-06`); the rest are reported as "other", so a provider cannot grow the labels.
 MAX_RESPONSE_MODELS = 8
 OTHER = "other"
+RELOAD_RESULTS = ("success", "rejected", "failed")
 PHASES = ("request_headers", "request_body", "response_headers", "response_body")
 
 
@@ -222,6 +223,15 @@ class Metrics:
             registry=self.registry,
         )
         self._response_models: dict[str, set[str]] = {}
+        self.reloads = Counter(
+            "gateway_config_reloads_total",
+            "Config reloads by result: success, rejected (the new file is invalid or needs a "
+            "restart; the old config keeps serving), failed (applying it went wrong).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)  # every result exported from the start, at 0
 
     def breakers_known(self, targets: Iterable[str]) -> None:
         """Export every configured breaker (closed until a transition says otherwise).
