@@ -85,9 +85,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from extproc.telemetry.access_log import configure_logging
 
     telemetry = loaded.config.telemetry
-    configure_logging(
-        args.log_level or telemetry.log_level, telemetry.log_format, telemetry.access_log.enabled
-    )
+    configure_logging(args.log_level or telemetry.log_level, telemetry.log_format)
 
     try:
         if loaded.config.processor.event_loop == "uvloop":

@@ -262,6 +262,9 @@ class Attempt:
                 set_headers=self._status_headers(error, error.body()), body=error.body()
             )
         self.final_status = self.status
+        record = self.record
+        if record is not None and record.content is not None:
+            record.content["response"] = answer_text(translated)
         if translated is chunk and not self.body_buffer:  # read only: it goes on as it came
             return Continue()
         return Continue(body=translated, set_headers={"content-length": str(len(translated))})
@@ -367,6 +370,23 @@ class Attempt:
         if self.streaming:
             self.streaming = False
             self.gateway.metrics.response_streams.dec()
+
+
+def answer_text(body: bytes) -> list[str | None] | None:
+    """The texts of an OpenAI chat completion's choices (for an access log with content)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        return None
+    texts: list[str | None] = []
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        texts.append(content if isinstance(content, str) else None)
+    return texts
 
 
 class InlineAttempt(Attempt):

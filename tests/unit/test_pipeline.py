@@ -19,6 +19,8 @@ from extproc.pipeline.actions import Continue, Respond
 from extproc.pipeline.attempt import InlineAttempt, Outcome, UpstreamAttempt
 from extproc.pipeline.request import RequestPipeline
 from extproc.providers.base import ResponseMode
+from extproc.telemetry.record import RequestRecord
+from extproc.telemetry.reporter import Telemetry
 
 KEY = "sk-unit-key"
 LIMITED = "sk-unit-limited"
@@ -699,3 +701,33 @@ def test_a_2xx_to_translate_without_a_body_is_a_502(stream: bool) -> None:
     assert gw.models["claude"].targets[0].breaker.snapshot(0.0)["consecutive_failures"] == 1
     pipe.finish()
     assert requests_counted(gw, model="claude", provider="ant", status="502") == 1
+
+
+class Captured(Telemetry):
+    """Telemetry that keeps each emitted record instead of reporting it."""
+
+    def __init__(self, include_content: bool) -> None:
+        super().__init__(access_log=False, include_content=include_content)
+        self.emitted: list[RequestRecord] = []
+
+    def emit(self, record: RequestRecord) -> None:
+        self.emitted.append(record)
+
+
+@pytest.mark.parametrize("include_content", [False, True])
+def test_the_access_record_holds_text_only_when_asked(include_content: bool) -> None:
+    base = gateway()
+    creds = {t.provider.name: t.credential for t in base.targets.values() if t.credential}
+    telemetry = Captured(include_content)
+    gw = Gateway(LoadedConfig(base.config, creds, "test"), telemetry=telemetry)
+    pipe = routed_to(gw, "claude")
+    pipe.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    pipe.on_response_body(orjson.dumps(ANTHROPIC_MESSAGE), True)
+    pipe.finish()
+    (record,) = telemetry.emitted
+    if include_content:
+        assert record.content == {"request": CHAT["messages"], "response": ["hello"]}
+    else:
+        assert record.content is None
+    assert record.usage is not None and record.usage.prompt_tokens > 0
+    assert record.status == 200 and record.tenant == "t" and record.attempts == 1
