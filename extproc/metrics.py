@@ -7,11 +7,11 @@ label sets stay bounded; client input never becomes a label.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from extproc.decisions.breaker import State, Transition
+from extproc.telemetry.collectors import LoopCounter, LoopHistogram
 from extproc.telemetry.record import RequestRecord
 
 _STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
@@ -102,24 +102,23 @@ class Metrics:
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds: RSS is flat under
         # load, and growth that tracks traffic means leaking calls (docs/operations.md).
         ProcessCollector(registry=self.registry)
-        # Labelled children by label values: `labels()` costs a lock and a lookup per call,
-        # too much on the hot path. Label values are bounded (see the module docstring).
-        self._children: dict[tuple[Any, ...], Any] = {}
-        self.requests = Counter(
+        # Metrics updated per request are `telemetry.collectors` ones: plain numbers per label
+        # set, no locks (prometheus_client's cost ~4.6 µs per histogram observation).
+        self.requests = LoopCounter(
             "gateway_requests_total",
             "Requests answered, by caller (tenant, key id), model, provider, HTTP status and "
             'error code ("" for a success).',
             ["tenant", "key_id", "model", "provider", "status", "code"],
             registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "gateway_request_duration_seconds",
             "Seconds from request headers to response headers, by model and provider.",
             ["model", "provider"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.errors = Counter(
+        self.errors = LoopCounter(
             "gateway_errors_total",
             "Errors answered by the gateway itself, by error code.",
             ["code"],
@@ -142,7 +141,7 @@ class Metrics:
             registry=self.registry,
         )
 
-        self.attempts = Counter(
+        self.attempts = LoopCounter(
             "gateway_upstream_attempts_total",
             "Attempts sent to providers (one request may make several), by target and outcome.",
             ["model", "provider", "outcome"],
@@ -168,7 +167,7 @@ class Metrics:
             registry=self.registry,
         )
 
-        self.processing = Histogram(
+        self.processing = LoopHistogram(
             "gateway_processing_seconds",
             "The processor's own time per ext_proc message, by phase: what the gateway adds, "
             "apart from the provider's latency.",
@@ -177,7 +176,7 @@ class Metrics:
             registry=self.registry,
         )
         self.processing_phase = {phase: self.processing.labels(phase) for phase in PHASES}
-        self.tokens = Counter(
+        self.tokens = LoopCounter(
             "gateway_tokens_total",
             "Tokens the providers reported, by caller, model, provider and type "
             "(input, output, cached: the part of input served from the provider's cache).",
@@ -191,14 +190,14 @@ class Metrics:
             registry=self.registry,
         )
         # OpenTelemetry GenAI semantic conventions, under their Prometheus names.
-        self.genai_tokens = Histogram(
+        self.genai_tokens = LoopHistogram(
             "gen_ai_client_token_usage",
             "gen_ai.client.token.usage: tokens per request, by gen_ai.token.type.",
             [*GENAI_LABELS, "gen_ai_token_type"],
             buckets=TOKEN_BUCKETS,
             registry=self.registry,
         )
-        self.genai_duration = Histogram(
+        self.genai_duration = LoopHistogram(
             "gen_ai_server_request_duration_seconds",
             "gen_ai.server.request.duration: request received to the answer's end (to its "
             "headers when the processor does not read the body).",
@@ -206,7 +205,7 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
-        self.genai_ttft = Histogram(
+        self.genai_ttft = LoopHistogram(
             "gen_ai_server_time_to_first_token_seconds",
             "gen_ai.server.time_to_first_token: request received to the first chunk of a "
             "successful stream.",
@@ -214,7 +213,7 @@ class Metrics:
             buckets=TTFT_BUCKETS,
             registry=self.registry,
         )
-        self.genai_tpot = Histogram(
+        self.genai_tpot = LoopHistogram(
             "gen_ai_server_time_per_output_token_seconds",
             "gen_ai.server.time_per_output_token: after the first chunk, seconds per further "
             "output token of a successful stream.",
@@ -251,24 +250,16 @@ class Metrics:
         """Report open ext_proc streams by asking `active` at scrape time."""
         self.streams_active.set_function(active)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
     def request_done(self, record: RequestRecord) -> None:
         """Count one finished request: status, latency, tokens and GenAI timings."""
-        child = self._child
         model = record.model
         provider = record.provider
         status = record.status
         code = record.code if status >= 400 else ""
-        child(self.requests, record.tenant, record.key_id, model, provider, str(status), code).inc()
+        self.requests.labels(record.tenant, record.key_id, model, provider, str(status), code).inc()
         started = record.started
         if record.headers_at is not None:
-            child(self.latency, model, provider).observe(record.headers_at - started)
+            self.latency.labels(model, provider).observe(record.headers_at - started)
         if not record.operation or not provider:
             return  # not a model request, or no provider involved: no GenAI figures
         genai = (
@@ -278,7 +269,7 @@ class Metrics:
             self._response_model(model, record.response_model),
         )
         if record.ended_at is not None:
-            child(self.genai_duration, *genai, code).observe(record.ended_at - started)
+            self.genai_duration.labels(*genai, code).observe(record.ended_at - started)
         usage = record.usage
         if usage is not None:
             caller = (record.tenant, record.key_id, model, provider)
@@ -289,15 +280,15 @@ class Metrics:
             ):
                 if count is None:
                     continue
-                child(self.genai_tokens, *genai, token_type).observe(count)
-                child(self.tokens, *caller, token_type).inc(count)
+                self.genai_tokens.labels(*genai, token_type).observe(count)
+                self.tokens.labels(*caller, token_type).inc(count)
         first = record.first_chunk_at
         if first is None or status >= 400 or not record.stream:
             return
-        child(self.genai_ttft, *genai).observe(first - started)
+        self.genai_ttft.labels(*genai).observe(first - started)
         if usage is not None and usage.completion_tokens > 1 and record.ended_at is not None:
             per_token = (record.ended_at - first) / (usage.completion_tokens - 1)
-            child(self.genai_tpot, *genai).observe(per_token)
+            self.genai_tpot.labels(*genai).observe(per_token)
 
     def _response_model(self, model: str, response_model: str | None) -> str:
         """The response-model label: the provider's name for it, bounded per request model."""
@@ -313,8 +304,8 @@ class Metrics:
 
     def attempt(self, model: str, provider: str, outcome: str) -> None:
         """Count one attempt sent to a provider, by outcome."""
-        self._child(self.attempts, model, provider, outcome).inc()
+        self.attempts.labels(model, provider, outcome).inc()
 
     def error(self, code: str) -> None:
         """Count one error answered by the gateway, by code."""
-        self._child(self.errors, code).inc()
+        self.errors.labels(code).inc()

@@ -76,10 +76,13 @@ def _iso(wall: float) -> str:
 
 def write_access_line(record: RequestRecord, fd: int = STDOUT) -> None:
     """Write the request's line to `fd` (standard output), whole, in one `write`."""
-    line = memoryview(orjson.dumps(access_line(record), option=orjson.OPT_APPEND_NEWLINE))
+    line = orjson.dumps(access_line(record), option=orjson.OPT_APPEND_NEWLINE)
     with contextlib.suppress(OSError):  # a closed standard output must not fail requests
-        while line:
-            line = line[os.write(fd, line) :]
+        written = os.write(fd, line)
+        if written < len(line):  # a pipe took part of a long line: write the rest
+            rest = memoryview(line)[written:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
 
 
 class JsonFormatter(logging.Formatter):
