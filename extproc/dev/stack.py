@@ -150,7 +150,10 @@ def spawn(
     """Start a child whose output is appended to `log_file` (None: this process's terminal).
 
     `env` is added to this process's environment; `pipe_stdout` keeps stdout readable by the
-    caller (stderr still goes to the log).
+    caller (stderr still goes to the log). The child runs in its own process group, so a
+    terminal's Ctrl-C (sent to the whole foreground group) reaches only this process, whose
+    clean-up stops the children in order: Envoy and the processor would otherwise exit at once
+    on it, cutting the drain short.
     """
     out = log_file.open("ab") if log_file else None
     try:
@@ -159,6 +162,7 @@ def spawn(
             env={**os.environ, **env} if env else None,
             stdout=subprocess.PIPE if pipe_stdout else out,
             stderr=out,
+            process_group=0,
         )
     finally:
         if out:
@@ -208,15 +212,17 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def interrupt_on_signals() -> Iterator[None]:
-    """Inside the block SIGINT and SIGTERM raise KeyboardInterrupt.
+    """Inside the block SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt.
 
     For callers that run long (`make run`, the benchmark): their `with`/`finally` clean-up then
-    runs on SIGTERM too, and on Ctrl-C even when started in the background by a shell (which
+    runs on SIGTERM too, when the terminal closes (SIGHUP; the children, in their own process
+    groups, do not get it), and on Ctrl-C even when started in the background by a shell (which
     makes the process ignore SIGINT). The previous handlers are restored afterwards.
     """
     previous = {
         signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
         signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, _raise_interrupt),
     }
     try:
         yield

@@ -104,7 +104,7 @@ class EnvoyReadiness:
 class EnvoyAdmin:
     """Blocking calls to Envoy's admin interface; each raises OSError when Envoy does not answer."""
 
-    def __init__(self, base_url: str, timeout: float = 2.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
         self.base_url = base_url
         self.timeout = timeout
 
@@ -175,6 +175,27 @@ class DrainOutcome:
         return self.in_flight == 0
 
 
+def refused(exc: OSError) -> bool:
+    """Whether a failed admin call means no Envoy is there (connection refused), rather than
+    a slow or cut-off answer."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, ConnectionRefusedError)
+
+
+class _EnvoyGoneError(Exception):
+    """Envoy's admin refused the connection: no Envoy is running."""
+
+
+def _ask(call: Callable[[], None], what: str) -> None:
+    """One drain step; a step that fails otherwise than refused is logged and skipped."""
+    try:
+        call()
+    except OSError as exc:
+        if refused(exc):
+            raise _EnvoyGoneError from exc
+        log.warning("Envoy's admin failed to %s: %s", what, exc)
+
+
 def drain_envoy(
     admin: EnvoyAdmin,
     grace: float,
@@ -187,26 +208,37 @@ def drain_envoy(
     `grace` seconds for the requests in flight to finish. Envoy keeps running: stop it next.
 
     During `delay` new connections are still accepted (a load balancer may not have caught up
-    yet), each told to close after its response; afterwards they are refused.
+    yet), each told to close after its response; afterwards they are refused. An admin answer
+    that is slow or cut off does not end the wait; a refused connection (no Envoy) does.
     """
     start = clock()
+    active: int | None = None
     try:
-        admin.fail_health_checks()
-        log.info("Envoy fails its health checks; closing its listeners in %.0fs", delay)
+        _ask(admin.fail_health_checks, "fail its health checks")
+        log.info("Envoy fails its health checks; closing its listeners in %gs", delay)
         if delay > 0:
             sleep(delay)
-        admin.close_listeners()
+        _ask(admin.close_listeners, "close its listeners")
         deadline = clock() + grace
-        while (active := admin.active_requests()) > 0 and clock() < deadline:
+        while True:
+            try:
+                active = admin.active_requests()
+            except OSError as exc:
+                if refused(exc):
+                    raise _EnvoyGoneError from exc
+                active = None  # not known this time: keep waiting
+            if active == 0 or clock() >= deadline:
+                break
             sleep(poll)
-    except OSError as exc:
-        log.warning("Envoy's admin did not answer (%s): nothing to drain", exc)
+    except _EnvoyGoneError:
+        log.warning("Envoy's admin refused the connection: no Envoy to drain")
         return DrainOutcome(None, clock() - start)
     outcome = DrainOutcome(active, clock() - start)
-    if active:
-        log.warning("%d requests still in flight after the %.0fs grace", active, grace)
-    else:
+    if active == 0:
         log.info("Envoy drained: no request in flight (%.1fs)", outcome.seconds)
+    else:
+        left = "an unknown number of" if active is None else str(active)
+        log.warning("%s requests still in flight after the %gs grace", left, grace)
     return outcome
 
 
@@ -217,13 +249,14 @@ def wait_for_envoy_exit(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
-    """Block until Envoy's admin stops answering (Envoy exited); False after `timeout`."""
+    """Block until Envoy's admin refuses connections (Envoy exited); False after `timeout`."""
     deadline = clock() + timeout
     while True:
         try:
             admin.server_state()
-        except OSError:
-            return True
+        except OSError as exc:
+            if refused(exc):
+                return True
         if clock() >= deadline:
             return False
         sleep(poll)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -204,6 +206,45 @@ def test_drain_finishes_streams_in_flight_and_refuses_new_connections(fresh_stac
     outcome = result["exit"]
     assert outcome.drain.in_flight == 0, outcome
     assert (outcome.envoy, outcome.processor) == (0, 0), (outcome, stack.dump_logs())
+
+
+def test_the_charts_shutdown_hooks_drain_envoy_then_let_the_processor_go(
+    fresh_stack: Stack,
+) -> None:
+    # The pod's sequence with the commands the chart runs: both preStop hooks start together;
+    # the kubelet sends SIGTERM to each container once its own hook returned.
+    stack = fresh_stack
+    assert stack.envoy is not None and stack.processor is not None
+    gate = threading.Event()
+    stack.fake.set_behaviour(stream_gate=gate)
+    run = StreamRun("chat-anthropic", "held while the pod stops", raw=True)
+    reader = threading.Thread(target=read_stream, args=(stack, run))
+    reader.start()
+    assert run.first_chunk.wait(30) and run.error is None, run
+    cli = [sys.executable, "-m", "extproc.cli"]
+    config = ["--config", str(stack.config_path)]
+    processor_hook = subprocess.Popen([*cli, "wait-envoy-exit", *config, "--timeout", "120"])
+    envoy_hook = subprocess.Popen([*cli, "drain", *config, "--delay", "0"])
+    try:
+        envoy = EnvoyAdmin(stack.envoy_admin_url)
+        assert poll(lambda: envoy.stat("listener_manager.listener_stopped"), bool) == 1
+        # Envoy's hook waits for the stream it carries, the processor's for Envoy.
+        assert envoy_hook.poll() is None and processor_hook.poll() is None
+    finally:
+        gate.set()
+        reader.join(60)
+    try:
+        assert envoy_hook.wait(60) == 0
+        assert run.error is None and run.body.endswith(b"data: [DONE]\n\n"), run
+        assert processor_hook.poll() is None  # Envoy has drained but still runs
+        stack.envoy.send_signal(signal.SIGTERM)
+        assert stack.envoy.wait(30) == 0
+        assert processor_hook.wait(30) == 0
+        stack.processor.send_signal(signal.SIGTERM)
+        assert stack.processor.wait(30) == 0
+    finally:
+        for hook in (envoy_hook, processor_hook):
+            stop_process(hook)
 
 
 def test_readyz_is_ready_only_while_envoy_is_up(fresh_stack: Stack) -> None:

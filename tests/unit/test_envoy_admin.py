@@ -8,7 +8,8 @@ real binary; the real Envoy is driven by tests/e2e/test_lifecycle.py).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import urllib.error
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -49,10 +50,10 @@ class FakeClock:
 
 @dataclass
 class RecordingAdmin:
-    """Stands in for `EnvoyAdmin`: records calls; `active` is what each poll returns in turn
-    (the last value repeats)."""
+    """Stands in for `EnvoyAdmin`: records calls; `active` is what each poll returns (or
+    raises) in turn, the last value repeating."""
 
-    active: list[int]
+    active: list[int | OSError]
     clock: FakeClock
     calls: list[str] = field(default_factory=list)
     down: bool = False
@@ -70,7 +71,10 @@ class RecordingAdmin:
 
     def active_requests(self) -> int:
         self._call("active_requests")
-        return self.active.pop(0) if len(self.active) > 1 else self.active[0]
+        value = self.active.pop(0) if len(self.active) > 1 else self.active[0]
+        if isinstance(value, OSError):
+            raise value
+        return value
 
     def server_state(self) -> str:
         self._call("server_state")
@@ -123,18 +127,41 @@ def test_drain_of_an_envoy_that_does_not_answer_knows_nothing_and_does_not_wait(
     assert clock.sleeps == []
 
 
-def test_wait_for_envoy_exit_returns_once_the_admin_stops_answering() -> None:
+def test_drain_keeps_waiting_through_an_admin_answer_that_is_slow_or_cut_off() -> None:
+    clock = FakeClock()
+    slow = urllib.error.URLError(TimeoutError("timed out"))
+    admin = RecordingAdmin(active=[2, slow, OSError("cut off"), 0], clock=clock)
+    outcome = drain(admin, clock, grace=30)
+    assert outcome.in_flight == 0
+    assert admin.calls[-1] == "active_requests@1.5"
+
+
+def test_drain_ends_when_envoy_refuses_the_connection_mid_wait() -> None:
+    clock = FakeClock()
+    gone = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    outcome = drain(RecordingAdmin(active=[2, gone], clock=clock), clock, grace=30)
+    assert outcome.in_flight is None
+    assert clock.now - 100 == 0.5
+
+
+def test_wait_for_envoy_exit_returns_once_the_admin_refuses_connections() -> None:
     clock = FakeClock()
     admin = RecordingAdmin(active=[0], clock=clock)
-    answers = iter([False, False, True])
+    # A slow answer is not an exit; a refused connection is.
+    answers: Iterator[OSError | None] = iter(
+        [None, urllib.error.URLError(TimeoutError("timed out")), ConnectionRefusedError()]
+    )
 
     def server_state() -> str:
-        admin.down = next(answers)
-        return RecordingAdmin.server_state(admin)
+        admin.calls.append(f"server_state@{clock.now - 100:g}")
+        error = next(answers)
+        if error is not None:
+            raise error
+        return "LIVE"
 
     admin.server_state = server_state  # type: ignore[method-assign]
     assert wait_for_envoy_exit(admin, timeout=10, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
-    assert admin.calls == ["server_state@0", "server_state@0.2"]
+    assert admin.calls == ["server_state@0", "server_state@0.2", "server_state@0.4"]
 
 
 def test_wait_for_envoy_exit_gives_up_after_its_timeout() -> None:
