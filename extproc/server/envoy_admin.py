@@ -54,14 +54,15 @@ class EnvoyReadiness:
     """Envoy's server state from its admin `GET /ready`, asked at most once per `ttl` seconds.
 
     Probes arriving together share one request, so a probe storm costs one admin call per
-    `ttl`. An Envoy that does not answer within `timeout` is `UNREACHABLE`.
+    `ttl`. An Envoy that does not answer within `timeout` is `UNREACHABLE` (half a second, so
+    `/readyz` answers within the kubelet's default one-second probe timeout).
     """
 
     def __init__(
         self,
         base_url: str,
         ttl: float = 1.0,
-        timeout: float = 1.0,
+        timeout: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = f"{base_url}/ready"
