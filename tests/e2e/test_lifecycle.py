@@ -90,7 +90,7 @@ def read_stream(stack: Stack, run: StreamRun) -> None:
             return
         stream = stack.client(timeout=120).chat.completions.create(
             model=run.model,
-            messages=messages,  # type: ignore[arg-type]
+            messages=messages,
             stream=True,
         )
         for chunk in stream:
