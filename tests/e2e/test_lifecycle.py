@@ -279,8 +279,9 @@ def test_processor_outage_is_a_clear_503_and_recovers(fresh_stack: Stack) -> Non
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        time.sleep(0.3)
-        stack.processor.send_signal(signal.SIGKILL)  # killed under traffic
+        # Killed under traffic, once traffic got an answer (a busy machine can take a while).
+        poll(lambda: len(statuses), bool)
+        stack.processor.send_signal(signal.SIGKILL)
         stack.processor.wait(10)
         time.sleep(0.3)
         reached = len(stack.fake.requests)
