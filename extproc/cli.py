@@ -127,7 +127,7 @@ def _cmd_wait_envoy_exit(args: argparse.Namespace) -> int:
             log.error("%s: %s", exc.source, problem)
         return 2
     if wait_for_envoy_exit(EnvoyAdmin.for_config(config), args.timeout):
-        log.info("Envoy has exited")
+        log.info("Envoy is not running (its admin refuses connections)")
         return 0
     log.warning("Envoy still answers after %.0fs", args.timeout)
     return 1
