@@ -1,4 +1,5 @@
-"""The `extproc` command line: serve, check-config, config-schema, render-envoy, hash-key.
+"""The `extproc` command line: serve, check-config, config-schema, render-envoy, hash-key,
+drain and wait-envoy-exit (the shutdown hooks), run-local.
 
 Each sub-command is a small function; exit codes: 0 success, 1 runtime failure,
 2 bad usage or an unusable configuration.
@@ -100,6 +101,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drain(args: argparse.Namespace) -> int:
+    from extproc.server.envoy_admin import EnvoyAdmin, drain_envoy
+
+    try:
+        config = load_config(args.config, resolve_credentials=False).config
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s: %s", exc.source, problem)
+        return 2
+    grace = config.processor.shutdown_grace_seconds if args.grace is None else args.grace
+    outcome = drain_envoy(EnvoyAdmin.for_config(config), grace=grace, delay=args.delay)
+    return 0 if outcome.complete else 1
+
+
+def _cmd_wait_envoy_exit(args: argparse.Namespace) -> int:
+    from extproc.server.envoy_admin import EnvoyAdmin, wait_for_envoy_exit
+
+    try:
+        config = load_config(args.config, resolve_credentials=False).config
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s: %s", exc.source, problem)
+        return 2
+    if wait_for_envoy_exit(EnvoyAdmin.for_config(config), args.timeout):
+        log.info("Envoy is not running (its admin refuses connections)")
+        return 0
+    log.warning("Envoy still answers after %.0fs", args.timeout)
+    return 1
+
+
 def _cmd_run_local(args: argparse.Namespace) -> int:
     from extproc.dev.local import run_local
 
@@ -140,6 +171,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hash-key", help="print the SHA-256 of an API key for the config")
     p.add_argument("key", nargs="?", help="the key (default: read from stdin / prompt)")
     p.set_defaults(func=_cmd_hash_key)
+
+    p = sub.add_parser(
+        "drain",
+        help="drain Envoy for shutdown: fail its health checks, close its listeners after "
+        "--delay, wait for in-flight requests (Envoy's preStop hook)",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="seconds new connections are still accepted (each told to close) before the "
+        "listeners close (default 0)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds to wait for in-flight requests (default processor.shutdown_grace_seconds)",
+    )
+    p.set_defaults(func=_cmd_drain)
+
+    p = sub.add_parser(
+        "wait-envoy-exit",
+        help="wait until Envoy's admin stops answering (the processor's preStop hook: it "
+        "must outlive Envoy's in-flight requests)",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--timeout", type=float, required=True, help="give up after this many seconds")
+    p.set_defaults(func=_cmd_wait_envoy_exit)
 
     p = sub.add_parser(
         "run-local", help="run fake provider + processor + Envoy together (what `make run` does)"

@@ -60,6 +60,9 @@ NOT_SENT_TO_PROCESSOR: Final = (
 )
 
 # -- clusters and paths ----------------------------------------------------------------------
+# The listener's name and its connection manager's stats prefix: the drain reads
+# `http.<prefix>.downstream_rq_active` from Envoy's admin to know when in-flight requests ended.
+LISTENER_STAT_PREFIX: Final = "gateway"
 # The cluster through which Envoy reaches the processor.
 EXTPROC_CLUSTER: Final = "extproc"
 # Envoy health-checks each target here on the processor's admin server, `Host: <target id>`;

@@ -15,8 +15,10 @@ from envoy_data_plane.envoy.config.core.v3 import (
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import HttpProtocolOptions
 from envoy_data_plane.google.protobuf import Any
 
+from extproc.contract import LISTENER_STAT_PREFIX
+
 # The listener, its stats prefix and its virtual host.
-LISTENER_NAME = "gateway"
+LISTENER_NAME = LISTENER_STAT_PREFIX
 # The fail-open model's cluster without the processor (see `clusters.fail_open_clusters`).
 FAIL_OPEN_CLUSTER = "fail_open"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

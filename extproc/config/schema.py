@@ -294,6 +294,9 @@ class ProcessorConfig(_Strict):
     admin_port: Annotated[int, Field(ge=1, le=65535)] = 9090
     message_timeout_ms: Annotated[int, Field(ge=10, le=60000)] = 2000
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
+    # `/readyz` is ready only while Envoy's admin (`envoy_admin`) answers LIVE too; off for a
+    # processor whose Envoy runs where that address does not reach.
+    ready_requires_envoy: bool = True
     # uvloop measured about 20 % less processor CPU per request than asyncio's default loop
     # (docs/performance.md); "asyncio" is the fallback if uvloop misbehaves somewhere.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"

@@ -1,7 +1,9 @@
 """The processor's lifecycle: bind and start the gRPC and admin servers, drain on SIGTERM.
 
 On SIGTERM/SIGINT the admin server reports not-ready, the gRPC server refuses
-new streams and in-flight ones get `shutdown_grace_seconds` to finish.
+new streams and in-flight ones get `shutdown_grace_seconds` to finish. The processor is
+stopped after its Envoy has drained (`extproc drain`, `extproc wait-envoy-exit`): every request
+in flight through Envoy needs it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from extproc.config.loading import LoadedConfig
 from extproc.decisions.provider_health import ProviderHealth
 from extproc.gateway import Gateway
 from extproc.server.admin import AdminState, start_admin
+from extproc.server.envoy_admin import EnvoyReadiness, envoy_admin_url
 from extproc.server.health_checks import run_checks
 from extproc.server.servicer import ExternalProcessor
 
@@ -107,8 +110,9 @@ async def serve(loaded: LoadedConfig) -> None:
     server = ProcessorServer(gateway, config.limits.max_body_bytes + MESSAGE_OVERHEAD_BYTES)
     server.bind(processor.unix_socket, processor.tcp_address)
     state = AdminState()
+    envoy = EnvoyReadiness(envoy_admin_url(config)) if processor.ready_requires_envoy else None
     admin = await start_admin(
-        state, gateway.metrics, processor.admin_address, processor.admin_port, gateway
+        state, gateway.metrics, processor.admin_address, processor.admin_port, gateway, envoy
     )
     await server.start()
     checks = start_provider_checks(loaded, gateway)
