@@ -47,6 +47,7 @@ typecheck: $(STAMP)
 
 tools:
 	@bash scripts/install-helm.sh
+	@bash scripts/install-promtool.sh
 
 unit: $(STAMP) tools
 	$(BIN)/python -m pytest tests/unit

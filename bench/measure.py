@@ -22,11 +22,7 @@ from bench.hey import CsvRun, Hey, HeyResult, pooled
 from bench.progress import log
 from bench.report import fmt
 from bench.systems import (
-    ALL_FEATURES,
-    ANTHROPIC,
-    FLOOR,
     PASSTHROUGH,
-    PLAIN,
     System,
     Target,
     chat_body,
@@ -92,8 +88,7 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
     Envoy. The 8-client slices are sized from the warm-up's rate to last about
     `eight_client_slice_s` each; CPU is read before and after each slice.
     """
-    names = (PLAIN, FLOOR, PASSTHROUGH, ANTHROPIC, ALL_FEATURES)
-    targets = [system.targets[name] for name in names]
+    targets = list(system.targets.values())  # every scenario, in the order they were made
     slice_requests = {}
     for target in targets:
         warm = hey.run(target, 8, seconds=s.warmup_s)
@@ -173,6 +168,8 @@ class StreamResult:
     ttlt_ms: float | None
     events: int
     failures: int
+    # Processor CPU per measured stream (ms; None for paths without a processor).
+    processor_cpu_ms: float | None = None
 
 
 def _has_content(event: bytes) -> bool:
@@ -222,9 +219,12 @@ def measure_streams(targets: Sequence[Target], runs: int) -> list[StreamResult]:
     """Sequential streams, interleaved across targets so drift hits all of them alike."""
     samples: dict[str, list[tuple[float, float, int]]] = {t.name: [] for t in targets}
     failures = dict.fromkeys(samples, 0)
+    cpu = dict.fromkeys(samples, 0.0)
     with httpx.Client(timeout=30) as client:
         for index in range(runs + 3):  # three warm-up rounds
             for target in targets:
+                pid = target.processor_pid
+                before = cpu_seconds(pid) if pid else 0.0
                 try:
                     sample = stream_once(client, target)
                 except (RuntimeError, httpx.HTTPError):
@@ -232,6 +232,8 @@ def measure_streams(targets: Sequence[Target], runs: int) -> list[StreamResult]:
                     continue
                 if index >= 3:
                     samples[target.name].append(sample)
+                    if pid:
+                        cpu[target.name] += cpu_seconds(pid) - before
     return [
         StreamResult(
             t.name,
@@ -240,6 +242,9 @@ def measure_streams(targets: Sequence[Target], runs: int) -> list[StreamResult]:
             median([s[1] for s in samples[t.name]]),
             max((s[2] for s in samples[t.name]), default=0),
             failures[t.name],
+            cpu[t.name] * 1000 / len(samples[t.name])
+            if t.processor_pid and samples[t.name]
+            else None,
         )
         for t in targets
     ]

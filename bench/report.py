@@ -179,11 +179,21 @@ def render_tables(report: dict[str, Any]) -> str:
     base = next(s for s in streams if s["name"] == PLAIN)
     parts.append(
         f"\nStreaming, {STREAM_EVENTS} content events, sequential (medians in ms; "
-        "added = vs plain-envoy OpenAI stream)"
+        "added = vs plain-envoy OpenAI stream; processor CPU = mean ms per stream)"
     )
     parts.append(
         markdown(
-            ["path", "runs", "TTFT", "TTLT", "+TTFT", "+TTLT", "events", "failures"],
+            [
+                "path",
+                "runs",
+                "TTFT",
+                "TTLT",
+                "+TTFT",
+                "+TTLT",
+                "events",
+                "processor CPU",
+                "failures",
+            ],
             [
                 [
                     s["name"],
@@ -199,6 +209,7 @@ def render_tables(report: dict[str, Any]) -> str:
                         ]
                     ),
                     str(s["events"]),
+                    fmt(s.get("processor_cpu_ms"), 2),
                     str(s["failures"]),
                 ]
                 for s in streams

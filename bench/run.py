@@ -55,6 +55,7 @@ from bench.systems import (
     MODEL_ANTHROPIC,
     MODEL_PASSTHROUGH,
     PASSTHROUGH,
+    PASSTHROUGH_UNREAD,
     PLAIN,
     ROOT,
     anthropic_body,
@@ -95,6 +96,8 @@ def run(
         replace(system.targets[PLAIN], body=chat_body(MODEL_PASSTHROUGH, stream=True)),
         replace(system.anthropic_plain, body=anthropic_body(stream=True)),
         replace(system.targets[PASSTHROUGH], body=chat_body(MODEL_PASSTHROUGH, stream=True)),
+        # The same stream not read for its usage: what reading it costs the client.
+        replace(system.targets[PASSTHROUGH_UNREAD], body=chat_body(MODEL_PASSTHROUGH, stream=True)),
         replace(system.targets[ANTHROPIC], body=chat_body(MODEL_ANTHROPIC, stream=True)),
     ]
     report["streaming"] = [asdict(s) for s in measure_streams(stream_targets, settings.stream_runs)]

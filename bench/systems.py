@@ -50,6 +50,10 @@ PLAIN = "plain-envoy"
 PASSTHROUGH = "gateway-passthrough"
 ANTHROPIC = "gateway-anthropic"
 ALL_FEATURES = "gateway-all-features"
+# The same pass-through request on processors with less telemetry: what usage accounting
+# (reading the answer for its tokens) and the access log cost, by difference.
+PASSTHROUGH_UNREAD = "gateway-passthrough, usage accounting off"
+PASSTHROUGH_QUIET = "gateway-passthrough, accounting and access log off"
 ANTHROPIC_REFERENCE = "plain-envoy, Anthropic wire (reference)"
 # Envoy + a do-nothing Python ext_proc server (bench/floor_processor.py): the floor.
 FLOOR = "floor: Envoy + empty Python ext_proc"
@@ -123,6 +127,16 @@ def gateway_config(fake: str, workdir: Path) -> dict[str, Any]:
             },
         ],
     }
+
+
+def lean_config(fake: str, workdir: Path, access_log: bool) -> dict[str, Any]:
+    """The pass-through model alone, usage accounting off (and the access log, if asked)."""
+    config = gateway_config(fake, workdir)
+    config["providers"] = [p for p in config["providers"] if p["name"] == "p-openai"]
+    config["models"] = [m for m in config["models"] if m["name"] == MODEL_PASSTHROUGH]
+    config["tenants"] = [t for t in config["tenants"] if t["name"] == "bench"]
+    config["telemetry"] = {"usage_accounting": False, "access_log": {"enabled": access_log}}
+    return config
 
 
 def plain_bootstrap(
@@ -323,6 +337,42 @@ def bench_fake(workdir: Path) -> FakeProcess:
     return FakeProcess(workdir / "fake.log", *args)
 
 
+class SharedFake:
+    """An already running fake, for a second stack (started and stopped by the first)."""
+
+    def __init__(self, fake: FakeProcess) -> None:
+        self._fake = fake
+
+    @property
+    def base_url(self) -> str:
+        """The shared fake's base URL."""
+        return self._fake.base_url
+
+    def start(self) -> None:
+        """Nothing: the first stack started it."""
+
+    def stop(self) -> None:
+        """Nothing: the first stack stops it."""
+
+
+def start_lean_gateway(
+    children: ProcessGroup, workdir: Path, fake: FakeProcess, access_log: bool
+) -> GatewayStack[SharedFake]:
+    """A second processor and Envoy on `lean_config`, sharing the running fake."""
+    workdir.mkdir()
+    gateway = children.add(
+        GatewayStack(
+            workdir,
+            lambda fake_url: lean_config(fake_url, workdir, access_log),
+            SharedFake(fake),
+            processor_env=UPSTREAM_ENV,
+            processor_log_level="WARNING",
+            envoy_name="gateway-envoy",
+        )
+    )
+    return gateway.start()
+
+
 def start_gateway(children: ProcessGroup, workdir: Path) -> GatewayStack[FakeProcess]:
     """The fake, the processor (log level WARNING) and its Envoy, on `gateway_config`."""
     gateway = children.add(
@@ -384,6 +434,15 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
     )
     on_gateway = Endpoint(gateway.base_url, gateway.envoy.pid, processor_pid)
 
+    lean = {}
+    for name, access_log in ((PASSTHROUGH_UNREAD, True), (PASSTHROUGH_QUIET, False)):
+        stack = start_lean_gateway(
+            children, workdir / name.split(",")[1].strip().replace(" ", "-"), fake, access_log
+        )
+        assert stack.processor is not None and stack.envoy is not None
+        lean[name] = Endpoint(stack.base_url, stack.envoy.pid, stack.processor.pid)
+        log(f"{name}: processor (pid {stack.processor.pid}) and Envoy on {stack.base_url}")
+
     plain = start_plain_envoy(children, workdir, fake.port)
     log(f"plain Envoy (pid {plain.envoy_pid}) on {plain.url}")
     floor = start_floor(children, workdir, fake.port)
@@ -395,6 +454,10 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
         PLAIN: plain.target(PLAIN, chat, chat_body(MODEL_PASSTHROUGH), auth),
         FLOOR: floor.target(FLOOR, chat, chat_body(MODEL_PASSTHROUGH), auth),
         PASSTHROUGH: on_gateway.target(PASSTHROUGH, chat, chat_body(MODEL_PASSTHROUGH), auth),
+        **{
+            name: endpoint.target(name, chat, chat_body(MODEL_PASSTHROUGH), auth)
+            for name, endpoint in lean.items()
+        },
         ANTHROPIC: on_gateway.target(ANTHROPIC, chat, chat_body(MODEL_ANTHROPIC), auth),
         ALL_FEATURES: on_gateway.target(
             ALL_FEATURES,

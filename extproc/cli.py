@@ -1,4 +1,5 @@
-"""The `extproc` command line: serve, check-config, config-schema, render-envoy, hash-key.
+"""The `extproc` command line: serve, check-config, config-schema, render-envoy, hash-key,
+drain and wait-envoy-exit (the shutdown hooks), run-local.
 
 Each sub-command is a small function; exit codes: 0 success, 1 runtime failure,
 2 bad usage or an unusable configuration.
@@ -128,6 +129,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log.error("%s: %s", exc.source, problem)
         return 2
     from extproc.server.serve import serve
+    from extproc.telemetry.access_log import configure_logging
+
+    telemetry = loaded.config.telemetry
+    configure_logging(args.log_level or telemetry.log_level, telemetry.log_format)
 
     try:
         if loaded.config.processor.event_loop == "uvloop":
@@ -142,6 +147,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drain(args: argparse.Namespace) -> int:
+    from extproc.server.envoy_admin import EnvoyAdmin, drain_envoy
+
+    try:
+        config = load_config(args.config, resolve_credentials=False).config
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s: %s", exc.source, problem)
+        return 2
+    grace = config.processor.shutdown_grace_seconds if args.grace is None else args.grace
+    outcome = drain_envoy(EnvoyAdmin.for_config(config), grace=grace, delay=args.delay)
+    return 0 if outcome.complete else 1
+
+
+def _cmd_wait_envoy_exit(args: argparse.Namespace) -> int:
+    from extproc.server.envoy_admin import EnvoyAdmin, wait_for_envoy_exit
+
+    try:
+        config = load_config(args.config, resolve_credentials=False).config
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("%s: %s", exc.source, problem)
+        return 2
+    if wait_for_envoy_exit(EnvoyAdmin.for_config(config), args.timeout):
+        log.info("Envoy is not running (its admin refuses connections)")
+        return 0
+    log.warning("Envoy still answers after %.0fs", args.timeout)
+    return 1
+
+
 def _cmd_run_local(args: argparse.Namespace) -> int:
     from extproc.dev.local import run_local
 
@@ -151,7 +186,11 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = argparse.ArgumentParser(prog="extproc", description="LLM gateway ext_proc service")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO, WARNING or ERROR (default: `telemetry.log_level` for serve, else INFO)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the ext_proc gRPC service")
@@ -197,6 +236,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_hash_key)
 
     p = sub.add_parser(
+        "drain",
+        help="drain Envoy for shutdown: fail its health checks, close its listeners after "
+        "--delay, wait for in-flight requests (Envoy's preStop hook)",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="seconds new connections are still accepted (each told to close) before the "
+        "listeners close (default 0)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds to wait for in-flight requests (default processor.shutdown_grace_seconds)",
+    )
+    p.set_defaults(func=_cmd_drain)
+
+    p = sub.add_parser(
+        "wait-envoy-exit",
+        help="wait until Envoy's admin stops answering (the processor's preStop hook: it "
+        "must outlive Envoy's in-flight requests)",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--timeout", type=float, required=True, help="give up after this many seconds")
+    p.set_defaults(func=_cmd_wait_envoy_exit)
+
+    p = sub.add_parser(
         "run-local", help="run fake provider + processor + Envoy together (what `make run` does)"
     )
     p.add_argument("--config", default="examples/gateway.yaml")
@@ -209,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `extproc` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(args.log_level or "INFO").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return int(args.func(args))

@@ -65,12 +65,14 @@ NOT_SENT_TO_PROCESSOR: Final = (
 LDS_FILE: Final = "lds.yaml"
 CDS_FILE: Final = "cds.yaml"
 RDS_FILE: Final = "rds.yaml"
-# The listener (also its stats prefix and its virtual host) and its route configuration: the
-# RDS subscription's stats are `http.<listener>.rds.<route config>.*`.
-LISTENER_NAME: Final = "gateway"
+# The listener's route configuration: the RDS subscription's stats are
+# `http.<LISTENER_STAT_PREFIX>.rds.<route config>.*`.
 ROUTE_CONFIG_NAME: Final = "gateway_routes"
 
 # -- clusters and paths ----------------------------------------------------------------------
+# The listener's name and its connection manager's stats prefix: the drain reads
+# `http.<prefix>.downstream_rq_active` from Envoy's admin to know when in-flight requests ended.
+LISTENER_STAT_PREFIX: Final = "gateway"
 # The cluster through which Envoy reaches the processor.
 EXTPROC_CLUSTER: Final = "extproc"
 # Envoy health-checks each target here on the processor's admin server, `Host: <target id>`;

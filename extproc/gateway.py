@@ -27,6 +27,7 @@ from extproc.decisions.provider_health import ProviderHealth
 from extproc.errors import GatewayError
 from extproc.metrics import Metrics
 from extproc.providers import ProviderAdapter, adapter_for
+from extproc.telemetry.reporter import Telemetry
 
 _AVAILABLE = (Admission.ALLOW, Admission.PROBE)
 
@@ -54,8 +55,13 @@ class Target:
 
     def adapter(self) -> ProviderAdapter:
         """A fresh per-request adapter for this target."""
+        route = self.route
         return self.adapter_class(
-            self.provider, self.credential, self.upstream_model, self.route.default_max_tokens
+            self.provider,
+            self.credential,
+            self.upstream_model,
+            route.default_max_tokens,
+            account_usage=route.account_usage,
         )
 
 
@@ -74,6 +80,8 @@ class ModelRoute:
     timeout_cap: float | None = None  # largest provider timeout cap, if all targets have one
     # Translated by the downstream filter (one target) rather than by each attempt.
     inline: bool = False
+    # Read pass-through answers for their usage (`telemetry.usage_accounting`).
+    account_usage: bool = False
 
     def availability(self, now: float) -> tuple[bool, float, bool]:
         """(any target may take traffic, shortest retry-after, all unavailable ones cooling)."""
@@ -105,8 +113,9 @@ class Gateway:
     """Everything a request pipeline needs, prepared from one loaded config.
 
     `previous` (the gateway a reload replaces) hands over what outlives a config: the breakers
-    of targets that still exist (same provider and upstream model) and the health of providers
-    that are still checked; `metrics` (one registry) is shared.
+    of targets that still exist (same provider and upstream model), the health of providers
+    that are still checked, and the telemetry (one metrics registry and the open request
+    records, shared by every gateway of the processor).
     """
 
     def __init__(
@@ -114,11 +123,18 @@ class Gateway:
         loaded: LoadedConfig,
         metrics: Metrics | None = None,
         previous: Gateway | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         config: GatewayConfig = loaded.config
         self.loaded = loaded
         self.config = config
-        self.metrics: Metrics = metrics or (previous.metrics if previous else Metrics())
+        access_log = config.telemetry.access_log
+        if telemetry is None and previous is not None:
+            telemetry = previous.telemetry  # one per processor: records outlive a swap
+        self.telemetry: Telemetry = telemetry or Telemetry(
+            metrics, access_log.enabled, access_log.include_content
+        )
+        self.metrics: Metrics = self.telemetry.metrics
         # ext_proc streams open on this gateway (the servicer counts them): a reload keeps the
         # old gateway's routes and clusters in Envoy until this reaches 0.
         self.in_flight = 0
@@ -146,6 +162,7 @@ class Gateway:
         # Every breaker is taken over by now; keeping the link would keep every older gateway
         # alive through a chain of boards.
         self.breakers.forget_previous()
+        self.metrics.breakers_known(t.breaker.target for t in self.targets.values())
         self.created = 0
 
     def _model_route(
@@ -161,6 +178,7 @@ class Gateway:
             endpoint=Endpoint(model.kind),
             owned_by=model.owned_by,
             default_max_tokens=model.default_max_tokens,
+            account_usage=self.config.telemetry.usage_accounting,
         )
         targets = []
         for index, spec in enumerate(model.targets):

@@ -24,14 +24,14 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 )
 from envoy_data_plane.google.protobuf import Any
 
-from extproc.bootstrap.common import socket_address
+from extproc.bootstrap.common import LISTENER_NAME, socket_address
 from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, ext_proc_filter
 from extproc.bootstrap.local_replies import local_reply_config
 from extproc.bootstrap.sources import RDS_FILE, file_source
 from extproc.config.schema import (
     GatewayConfig,
 )
-from extproc.contract import LISTENER_NAME, METADATA_NAMESPACE, ROUTE_CONFIG_NAME
+from extproc.contract import METADATA_NAMESPACE, ROUTE_CONFIG_NAME
 
 STREAM_IDLE_TIMEOUT = timedelta(seconds=300)
 ROUTER_FILTER = "envoy.filters.http.router"

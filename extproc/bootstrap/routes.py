@@ -39,6 +39,7 @@ from envoy_data_plane.google.protobuf import Any
 
 from extproc.bootstrap.common import (
     FAIL_OPEN_CLUSTER,
+    LISTENER_NAME,
     header_option,
     openai_error_json,
 )
@@ -48,7 +49,6 @@ from extproc.config.schema import (
 )
 from extproc.contract import (
     GATEWAY_ERROR_HEADER,
-    LISTENER_NAME,
     METADATA_NAMESPACE,
     ROUTE_CONFIG_NAME,
     ROUTE_METADATA_KEY,

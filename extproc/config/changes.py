@@ -24,6 +24,10 @@ RESTART_ONLY: tuple[tuple[str, Callable[[GatewayConfig], object], str], ...] = (
     ("processor.admin_address", lambda c: c.processor.admin_address, _PROCESSOR),
     ("processor.admin_port", lambda c: c.processor.admin_port, _PROCESSOR),
     ("processor.event_loop", lambda c: c.processor.event_loop, _PROCESSOR),
+    # Read once at start: the readiness check of Envoy, the processor's log setup.
+    ("processor.ready_requires_envoy", lambda c: c.processor.ready_requires_envoy, _PROCESSOR),
+    ("telemetry.log_level", lambda c: c.telemetry.log_level, _PROCESSOR),
+    ("telemetry.log_format", lambda c: c.telemetry.log_format, _PROCESSOR),
     # Envoy's bootstrap: its admin interface and where it reads its dynamic config.
     ("envoy_admin.address", lambda c: c.envoy_admin.address, _ENVOY),
     ("envoy_admin.port", lambda c: c.envoy_admin.port, _ENVOY),
@@ -62,7 +66,7 @@ def change_summary(running: GatewayConfig, new: GatewayConfig) -> str:
         for verb, names in (("added", added), ("removed", removed), ("changed", changed)):
             if names:
                 parts.append(f"{kind} {verb}: {', '.join(names)}")
-    sections = ("listener", "limits", "auth", "resilience", "processor", "reload")
+    sections = ("listener", "limits", "auth", "resilience", "processor", "reload", "telemetry")
     other = [s for s in sections if getattr(running, s) != getattr(new, s)]
     if other:
         parts.append(f"sections changed: {', '.join(other)}")

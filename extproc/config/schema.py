@@ -299,6 +299,9 @@ class ProcessorConfig(_Strict):
     admin_port: Annotated[int, Field(ge=1, le=65535)] = 9090
     message_timeout_ms: Annotated[int, Field(ge=10, le=60000)] = 2000
     shutdown_grace_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
+    # `/readyz` is ready only while Envoy's admin (`envoy_admin`) answers LIVE too; off for a
+    # processor whose Envoy runs where that address does not reach.
+    ready_requires_envoy: bool = True
     # uvloop measured about 20 % less processor CPU per request than asyncio's default loop
     # (docs/performance.md); "asyncio" is the fallback if uvloop misbehaves somewhere.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
@@ -338,6 +341,28 @@ class ReloadConfig(_Strict):
     drain_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
 
 
+class AccessLogConfig(_Strict):
+    """One JSON line per request, at its end, on the processor's standard output."""
+
+    enabled: bool = True
+    # Prompt and completion text in the line: off unless explicitly enabled (never keys).
+    include_content: bool = False
+
+
+class TelemetryConfig(_Strict):
+    """What the processor reports: logs, token accounting (metrics, traces in their sections)."""
+
+    # Level of the processor's own log (stderr); the access log is separate.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # `json`: one JSON object per log line (for log pipelines); `text`: human-readable.
+    log_format: Literal["text", "json"] = "text"
+    access_log: AccessLogConfig = AccessLogConfig()
+    # Read pass-through (OpenAI-compatible) answers to count their tokens: whole answers are
+    # buffered, streams read chunk by chunk as they pass (and asked for their usage). Costs
+    # processor CPU per request (`make bench`, "accounting"); translated answers are always read.
+    usage_accounting: bool = True
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration file."""
 
@@ -351,6 +376,7 @@ class GatewayConfig(_Strict):
     models: Annotated[list[ModelConfig], Field(min_length=1)]
     tenants: list[TenantConfig] = Field(default_factory=list)
     reload: ReloadConfig = ReloadConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 def reference_problems(config: GatewayConfig) -> list[str]:

@@ -12,18 +12,28 @@ from dataclasses import dataclass
 from extproc.config.schema import GatewayConfig
 from extproc.errors import GatewayError
 
+KEY_ID_LENGTH = 12
+
 
 def hash_key(key: str) -> str:
     """SHA-256 hex digest of an API key, as stored in the config."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def key_id(digest: str) -> str:
+    """The short, non-secret id of a key (logs, metrics): the start of its SHA-256 digest,
+    already public in the config."""
+    return digest[:KEY_ID_LENGTH]
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
-    """An authenticated caller and the models it may use (None: all)."""
+    """An authenticated caller (a tenant through one of its keys) and the models it may use
+    (None: all)."""
 
     name: str
     allowed_models: frozenset[str] | None
+    key_id: str = ""  # `key_id(digest)` of the key used; "" without auth
 
     def may_use(self, model: str) -> bool:
         """True when this tenant is allowed to call `model`."""
@@ -45,9 +55,8 @@ class Authenticator:
         self._by_hash: dict[str, Tenant] = {}
         for tenant in config.tenants:
             allowed = None if "*" in tenant.allowed_models else frozenset(tenant.allowed_models)
-            entry = Tenant(tenant.name, allowed)
             for digest in tenant.api_key_sha256:
-                self._by_hash[digest] = entry
+                self._by_hash[digest] = Tenant(tenant.name, allowed, key_id(digest))
 
     def authenticate(self, authorization: str | None) -> Tenant:
         """Return the tenant for an `Authorization` header value."""

@@ -1,7 +1,8 @@
 """`make run`: the whole sidecar on one machine, offline, with the bundled fake providers.
 
 Development only: starts a fake provider, the processor and Envoy on the given config (one
-`extproc.dev.stack.GatewayStack`) and prints how to call the listener.
+`extproc.dev.stack.GatewayStack`) and prints how to call the listener. Ctrl-C or SIGTERM
+stops it as a pod stops: Envoy drains, then the processor exits (`GatewayStack.drain_and_stop`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def run_local(config_path: Path, fake_port: int = 18000) -> int:
         processor_env=env,
         processor_log=None,
     )
+    interrupted = False
     with interrupt_on_signals():
         try:
             stack.start()
@@ -80,6 +82,7 @@ def run_local(config_path: Path, fake_port: int = 18000) -> int:
             print(f"the {stack.wait_for_exit()} exited; stopping", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
+            interrupted = True
             return 0
         except ConfigError as exc:
             for problem in exc.problems:
@@ -89,6 +92,34 @@ def run_local(config_path: Path, fake_port: int = 18000) -> int:
             print(f"cannot start the gateway: {exc}", file=sys.stderr)
             return 1
         finally:
-            with signals_held():  # a second Ctrl-C must not skip the clean-up
-                print("stopping...", file=sys.stderr, flush=True)
-                stack.stop()
+            _shut_down(stack, drain=interrupted and stack.started)
+
+
+def _shut_down(stack: GatewayStack[FakeProviderServer], drain: bool) -> None:
+    """Drain and stop the stack (`drain`), or stop it at once; a second Ctrl-C during the
+    drain stops it at once, and none can cut the final clean-up short."""
+    if drain:
+        grace = stack.gateway_config.processor.shutdown_grace_seconds
+        print(
+            "draining: new connections are refused, requests in flight get up to "
+            f"{grace:g}s (Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            result = stack.drain_and_stop()
+        except KeyboardInterrupt:
+            pass
+        else:
+            left = result.drain.in_flight
+            cut = "none" if left == 0 else "unknown" if left is None else str(left)
+            print(
+                f"stopped (requests cut short: {cut}; exit codes: Envoy {result.envoy}, "
+                f"processor {result.processor})",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+    with signals_held():
+        print("stopping...", file=sys.stderr, flush=True)
+        stack.stop()

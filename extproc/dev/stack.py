@@ -24,15 +24,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, Self, TypeVar
 
+import orjson
 import yaml
 
 from extproc.bootstrap import render_yaml, write_xds_files, xds_files
 from extproc.config.loading import load_config
 from extproc.config.schema import GatewayConfig
 from extproc.dev.fakes import format_base_url
+from extproc.server.envoy_admin import DrainOutcome, EnvoyAdmin, drain_envoy
 
 # Every port `free_ports` handed out in this process: never handed out again, so two stacks
 # (or a stack and a test's own port) cannot be given the same one.
@@ -101,6 +104,16 @@ def find_envoy_binary() -> Path:
 
 def wait_until_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Poll `url` until it answers 200; fail early if `proc` exits."""
+    wait_for_answer(url, timeout, lambda status, body: status == 200, proc)
+
+
+def wait_for_answer(
+    url: str,
+    timeout: float,
+    accept: Callable[[int, bytes], bool],
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll `url` until `accept(status, body)` holds; fail early if `proc` exits."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -108,14 +121,26 @@ def wait_until_ok(url: str, timeout: float, proc: subprocess.Popen[bytes] | None
             raise RuntimeError(f"process exited with code {proc.returncode} while starting")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
+                status, body = int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
+            status, body = exc.code, exc.read()
         except OSError as exc:
-            last = str(exc)
+            status, body, last = 0, b"", str(exc)
+        if status and accept(status, body):
+            return
+        last = f"HTTP {status} {body[:100]!r}" if status else last
         time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout}s (last: {last})")
+    raise TimeoutError(f"{url} did not answer as expected within {timeout}s (last: {last})")
+
+
+def processor_serving(status: int, body: bytes) -> bool:
+    """Whether a processor's `/readyz` answer means it serves: ready, or waiting for its Envoy."""
+    if status == 200:
+        return True
+    try:
+        return status == 503 and orjson.loads(body).get("status") == "envoy_not_ready"
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
 
 
 def spawn(
@@ -128,7 +153,10 @@ def spawn(
     """Start a child whose output is appended to `log_file` (None: this process's terminal).
 
     `env` is added to this process's environment; `pipe_stdout` keeps stdout readable by the
-    caller (stderr still goes to the log).
+    caller (stderr still goes to the log). The child runs in its own process group, so a
+    terminal's Ctrl-C (sent to the whole foreground group) reaches only this process, whose
+    clean-up stops the children in order: Envoy and the processor would otherwise exit at once
+    on it, cutting the drain short.
     """
     out = log_file.open("ab") if log_file else None
     try:
@@ -137,6 +165,7 @@ def spawn(
             env={**os.environ, **env} if env else None,
             stdout=subprocess.PIPE if pipe_stdout else out,
             stderr=out,
+            process_group=0,
         )
     finally:
         if out:
@@ -186,15 +215,17 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def interrupt_on_signals() -> Iterator[None]:
-    """Inside the block SIGINT and SIGTERM raise KeyboardInterrupt.
+    """Inside the block SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt.
 
     For callers that run long (`make run`, the benchmark): their `with`/`finally` clean-up then
-    runs on SIGTERM too, and on Ctrl-C even when started in the background by a shell (which
+    runs on SIGTERM too, when the terminal closes (SIGHUP; the children, in their own process
+    groups, do not get it), and on Ctrl-C even when started in the background by a shell (which
     makes the process ignore SIGINT). The previous handlers are restored afterwards.
     """
     previous = {
         signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
         signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, _raise_interrupt),
     }
     try:
         yield
@@ -344,6 +375,15 @@ class Fake(Protocol):
 F = TypeVar("F", bound=Fake)
 
 
+@dataclass(frozen=True)
+class StackExit:
+    """How `GatewayStack.drain_and_stop` ended: the drain, and each process's exit code."""
+
+    drain: DrainOutcome
+    envoy: int | None
+    processor: int | None
+
+
 class GatewayStack(Generic[F]):
     """A fake provider, the processor and the real Envoy on one gateway config.
 
@@ -416,12 +456,14 @@ class GatewayStack(Generic[F]):
         return format_base_url(admin.address, admin.port)
 
     def start(self) -> Self:
-        """Fake, bootstrap, processor, Envoy, each ready before the next; stop all on failure."""
+        """Fake, bootstrap, processor, Envoy, each ready before the next, then the processor's
+        `/readyz` (both up); stop all on failure."""
         try:
             self.fake.start()
             self.write_config()
             self.start_processor()
             self.start_envoy()
+            wait_until_ok(f"{self.admin_url}/readyz", self._ready_timeout, self.processor)
         except BaseException:
             self.stop()
             raise
@@ -489,14 +531,17 @@ class GatewayStack(Generic[F]):
             self._pending_config = None
 
     def start_processor(self) -> None:
-        """Start the processor (again, after it was stopped) and wait until it is ready."""
+        """Start the processor (again, after it was stopped) and wait until it serves (its
+        `/readyz` may still wait for Envoy)."""
         log = self.processor_log
         if log is not None and log not in self.logs:
             self.logs.append(log)
         self.processor = start_processor(
             self.config_path, self._processor_env, log, self._processor_log_level
         )
-        wait_until_ok(f"{self.admin_url}/readyz", self._ready_timeout, self.processor)
+        wait_for_answer(
+            f"{self.admin_url}/readyz", self._ready_timeout, processor_serving, self.processor
+        )
 
     def start_envoy(self) -> None:
         """Start Envoy and wait until its listener answers `/health`."""
@@ -525,6 +570,32 @@ class GatewayStack(Generic[F]):
             stopping.callback(stop_process, self.processor)
             stopping.callback(stop_process, self.envoy)
         self.started = False
+
+    def drain_and_stop(self, grace: float | None = None, delay: float = 0.0) -> StackExit:
+        """Stop the pair as SIGTERM does in production, then the fake (`drain_envoy`).
+
+        Envoy fails its health checks (the processor's `/readyz` turns `draining`) and, after
+        `delay`, closes its listeners: new connections are refused. Requests in flight get up
+        to `grace` seconds (default `processor.shutdown_grace_seconds`) to finish; then Envoy
+        exits, and after it the processor, which every one of those requests needed.
+        """
+        if grace is None:
+            grace = self.gateway_config.processor.shutdown_grace_seconds
+        envoy, processor = self.envoy, self.processor
+        if envoy is not None and envoy.poll() is None:
+            outcome = drain_envoy(EnvoyAdmin(self.envoy_admin_url), grace, delay)
+        else:
+            outcome = DrainOutcome(None, 0.0)
+        with signals_held(), contextlib.ExitStack() as stopping:
+            stopping.callback(self.fake.stop)
+            stopping.callback(stop_process, processor, grace + 10)
+            stopping.callback(stop_process, envoy)
+        self.started = False
+        return StackExit(
+            outcome,
+            envoy.returncode if envoy is not None else None,
+            processor.returncode if processor is not None else None,
+        )
 
     def dump_logs(self, tail: int | None = 4000) -> str:
         """The processor and Envoy logs (the last `tail` characters of each; None: all)."""

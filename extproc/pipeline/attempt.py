@@ -30,6 +30,7 @@ from extproc.gateway import Gateway, Target
 from extproc.pipeline.actions import Continue, Respond
 from extproc.providers.base import ProviderAdapter, ResponseMode, Translated, Usage
 from extproc.providers.errors import malformed_response, retry_after_from
+from extproc.telemetry.record import RequestRecord
 
 # Envoy's answer when a provider drops the connection while the body is being buffered (the
 # client has seen nothing yet): a local reply 502 `provider_error`.
@@ -95,10 +96,12 @@ class Attempt:
         "outcome",
         "plan",
         "probe",
+        "record",
         "rejection",
         "response_headers",
         "response_model",
         "status",
+        "streaming",
         "target",
         "usage",
     )
@@ -120,6 +123,9 @@ class Attempt:
         # What the answer said (translated or read): the record accounting will read.
         self.usage: Usage | None = None
         self.response_model: str | None = None
+        # The request's record (attempts, usage, times), when it has one.
+        self.record: RequestRecord | None = None
+        self.streaming = False  # counted in gateway_response_streams_active
 
     # -- where the attempt runs (the subclasses) --------------------------------------------
 
@@ -139,6 +145,14 @@ class Attempt:
         adapter = target.adapter()
         self.adapter = adapter
         upstream = adapter.request(request)
+        record = self.record
+        if record is not None:
+            record.attempts += 1
+            record.provider = target.provider.name
+            record.provider_type = target.provider.type.value
+            record.target = target.id
+            record.upstream_model = target.upstream_model
+            record.code = ""  # an earlier attempt's error is not this one's
         # Envoy routed here because health checks said the target may take
         # traffic; admission only decides whether this attempt is a probe.
         self.admitted_at = time.monotonic()
@@ -162,6 +176,8 @@ class Attempt:
             # Not the provider's answer but Envoy's own, already in OpenAI form. A timeout or a
             # failed connection counts against the target; no request sent at all does not.
             self.final_status = status
+            if self.record is not None:
+                self.record.code = envoy_reply
             if envoy_reply in NOT_SENT_CODES:
                 self.outcome = Outcome.NOT_SENT
                 self._release_probe()
@@ -191,6 +207,8 @@ class Attempt:
         if mode is ResponseMode.STREAMED:
             self.plan = BodyPlan.STREAM
             self.final_status = status  # errors after this are events in the stream
+            self.streaming = True
+            self.gateway.metrics.response_streams.inc()
         else:
             self.plan = BodyPlan.TRANSLATE
         return Continue(
@@ -216,8 +234,19 @@ class Attempt:
         plan = self.plan
         if adapter is None or plan is BodyPlan.UNTOUCHED:
             return Continue()
+        record = self.record
+        if record is not None:
+            now = time.monotonic()
+            if record.first_chunk_at is None and chunk:
+                record.first_chunk_at = now
+            if end_of_stream:
+                record.ended_at = now
         if plan is BodyPlan.STREAM:
-            return Continue(body=self._keep(adapter.stream_chunk(chunk, end_of_stream)))
+            out = self._keep(adapter.stream_chunk(chunk, end_of_stream))
+            if end_of_stream:
+                self._stream_ended()
+            # A pass-through stream read for its usage goes on as it came: no body mutation.
+            return Continue() if out is chunk else Continue(body=out)
         if not end_of_stream:
             self.body_buffer += chunk  # BUFFERED arrives whole; be safe if it does not
             return Continue(body=b"")
@@ -233,14 +262,24 @@ class Attempt:
                 set_headers=self._status_headers(error, error.body()), body=error.body()
             )
         self.final_status = self.status
+        record = self.record
+        if record is not None and record.content is not None:
+            record.content["response"] = answer_text(translated)
+        if translated is chunk and not self.body_buffer:  # read only: it goes on as it came
+            return Continue()
         return Continue(body=translated, set_headers={"content-length": str(len(translated))})
 
     def _keep(self, translated: Translated) -> bytes:
         """Remember what the answer said so far; the bytes to send on."""
+        record = self.record
         if translated.usage is not None:
             self.usage = translated.usage
+            if record is not None:
+                record.usage = translated.usage
         if translated.model is not None:
             self.response_model = translated.model
+            if record is not None:
+                record.response_model = translated.model
         return translated.body
 
     def _error_answer(self, body: bytes) -> tuple[dict[str, str], bytes]:
@@ -256,6 +295,8 @@ class Attempt:
     def _status_headers(self, error: GatewayError, payload: bytes) -> dict[str, str]:
         self.gateway.metrics.error(error.code)
         self.final_status = error.status
+        if self.record is not None:
+            self.record.code = error.code
         return {
             ":status": str(error.status),
             "content-type": "application/json",
@@ -315,6 +356,7 @@ class Attempt:
         A stream cut short is not counted against the target: a client that stops reading
         ends it the same way.
         """
+        self._stream_ended()
         if self.adapter is None:
             return
         if self.outcome is None:
@@ -323,6 +365,28 @@ class Attempt:
         elif self.final_status is None and self.plan in _BUFFERED_PLANS:
             self._fail_late("body cut short")
             self.final_status = CUT_SHORT_STATUS
+
+    def _stream_ended(self) -> None:
+        if self.streaming:
+            self.streaming = False
+            self.gateway.metrics.response_streams.dec()
+
+
+def answer_text(body: bytes) -> list[str | None] | None:
+    """The texts of an OpenAI chat completion's choices (for an access log with content)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list):
+        return None
+    texts: list[str | None] = []
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        texts.append(content if isinstance(content, str) else None)
+    return texts
 
 
 class InlineAttempt(Attempt):
@@ -357,7 +421,8 @@ class UpstreamAttempt(Attempt):
         return Outcome.NO_RESPONSE
 
     def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
-        """Nothing to decide yet: the body carries the request."""
+        """Find the request's record (by its id); the body carries the request."""
+        self.record = self.gateway.telemetry.records.find(headers.get("x-request-id"))
         return Continue()
 
     def on_request_body(self, body: bytes, end_of_stream: bool) -> Continue:
@@ -367,6 +432,15 @@ class UpstreamAttempt(Attempt):
             raise RuntimeError("attempt without a validated OpenAI request")
         request = validate(self.target.route.endpoint, parsed, check_model_id(parsed))
         return self.translate(request)
+
+    def finish(self) -> None:
+        """Settle the attempt, and let go of the request's record."""
+        try:
+            super().finish()
+        finally:
+            record, self.record = self.record, None
+            if record is not None:
+                record.release()
 
     def fail(self, error: GatewayError) -> Respond:
         """An error before the attempt reached the provider: answer it directly."""

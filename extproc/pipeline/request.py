@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from extproc.contract import (
+    GATEWAY_ERROR_HEADER,
     METADATA_NAMESPACE,
     MODEL_METADATA_KEY,
     PER_TRY_TIMEOUT_HEADER,
@@ -33,6 +34,7 @@ from extproc.gateway import Gateway, ModelRoute
 from extproc.pipeline.actions import Action, Continue, Respond
 from extproc.pipeline.attempt import InlineAttempt, Outcome, response_status
 from extproc.providers.helpers import serialize
+from extproc.telemetry.record import RequestRecord, trace_id_from
 
 TIMEOUT_HEADER = "x-gateway-timeout"
 
@@ -55,6 +57,7 @@ class RequestPipeline:
         "header_timeout",
         "model",
         "provider",
+        "record",
         "started",
         "tenant",
     )
@@ -70,6 +73,8 @@ class RequestPipeline:
         self.client_headers: dict[str, str] = {}
         self.provider = ""
         self.attempt: InlineAttempt | None = None
+        # What this request did, for metrics and the access log (none for health checks).
+        self.record: RequestRecord | None = None
 
     # -- request headers -------------------------------------------------
 
@@ -79,11 +84,21 @@ class RequestPipeline:
         path = headers.get(":path", "").split("?", 1)[0]
         if path in _HEALTH_PATHS:
             return Respond.json(200, {"status": "ok"})
+        record = self.record = self.gateway.telemetry.new_record()
+        record.started = self.started
+        record.method = method[:16]
+        record.path = path[:256]
+        record.request_id = headers.get("x-request-id", "")[:128]
+        record.trace_id = trace_id_from(headers.get("traceparent"))
         endpoint = _POST_ENDPOINTS.get(path)
         if endpoint is not None:
             if method != "POST":
                 raise _method_not_allowed(method, path, "POST")
-            self.tenant = self.gateway.auth.authenticate(headers.get("authorization"))
+            self.tenant = tenant = self.gateway.auth.authenticate(headers.get("authorization"))
+            record.tenant = tenant.name
+            record.key_id = tenant.key_id
+            record.operation = endpoint.value
+            self.gateway.telemetry.records.open(record)
             self.endpoint = endpoint
             self._check_length(headers.get("content-length"))
             self.client_headers = headers
@@ -96,7 +111,9 @@ class RequestPipeline:
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if method != "GET":
                 raise _method_not_allowed(method, path, "GET")
-            self.tenant = self.gateway.auth.authenticate(headers.get("authorization"))
+            self.tenant = tenant = self.gateway.auth.authenticate(headers.get("authorization"))
+            record.tenant = tenant.name
+            record.key_id = tenant.key_id
             return self._models(path)
         raise GatewayError(404, "unknown_url", f"unknown URL: {method} {path[:200]}")
 
@@ -154,6 +171,9 @@ class RequestPipeline:
         if not tenant.may_use(model_name):
             raise forbid_model(tenant, model_name)
         self.model = model_name
+        record = self.record
+        if record is not None:
+            record.model = model_name
         if route.endpoint is not endpoint:
             raise bad_request(
                 "invalid_model_kind",
@@ -161,6 +181,10 @@ class RequestPipeline:
                 "model",
             )
         request = validate(endpoint, parsed, model_name)
+        if record is not None:
+            record.stream = request.stream
+            if gateway.telemetry.include_content:
+                record.content = {"request": _prompt(request.body)}
         if route.unsupported is not None:
             raise route.unsupported
         timeout = request.timeout or self.header_timeout or gateway.default_timeout
@@ -184,6 +208,7 @@ class RequestPipeline:
             # targets: the body stays in OpenAI form and each attempt is translated for its
             # own target by the upstream ext_proc filter, see attempt.py.)
             self.attempt = InlineAttempt(gateway, route.targets[0])
+            self.attempt.record = record
             translated = self.attempt.translate(request)
             headers.update(translated.set_headers)
             remove.extend(translated.remove_headers)
@@ -218,11 +243,19 @@ class RequestPipeline:
             action = attempt.on_response_headers(headers, end_of_stream)
             sent = attempt.outcome is not Outcome.NOT_SENT
             self.provider = attempt.target.provider.name if sent else ""
+            if self.record is not None:
+                self.record.provider = self.provider
             if attempt.final_status is not None:
-                self.record(attempt.final_status)
+                self.answer(attempt.final_status)
             return action
         self.provider = headers.get(PROVIDER_HEADER, "")
-        self.record(response_status(headers))
+        record = self.record
+        if record is not None:
+            envoy_reply = headers.get(GATEWAY_ERROR_HEADER)
+            if envoy_reply is not None:
+                record.code = envoy_reply
+            record.provider = self.provider
+        self.answer(response_status(headers))
         return Continue()
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
@@ -232,21 +265,25 @@ class RequestPipeline:
             return Continue()
         action = attempt.on_response_body(chunk, end_of_stream)
         if attempt.final_status is not None:
-            self.record(attempt.final_status)
+            self.answer(attempt.final_status)
         return action
 
-    def record(self, status: int) -> None:
-        """Count this request once, with its final status."""
+    def answer(self, status: int) -> None:
+        """Note this request's final status, once."""
         if self.finished:
             return
         self.finished = True
-        seconds = time.monotonic() - self.started
-        self.gateway.metrics.observe(self.model, self.provider, status, seconds)
+        if self.record is not None:
+            self.record.answered(status)
 
     def fail(self, error: GatewayError) -> Respond:
         """Turn a GatewayError into the answer, and count it."""
         self.gateway.metrics.error(error.code)
-        self.record(error.status)
+        record = self.record
+        if record is not None:
+            record.code = error.code
+            record.ended_at = time.monotonic()  # the whole answer is this one message
+        self.answer(error.status)
         return Respond.error(error)
 
     def finish(self) -> None:
@@ -255,8 +292,25 @@ class RequestPipeline:
         attempt = self.attempt
         if attempt is not None:
             attempt.finish()
-            if attempt.final_status is not None:  # counted once: `record` knows
-                self.record(attempt.final_status)
+            if attempt.final_status is not None:  # counted once: `answer` knows
+                self.answer(attempt.final_status)
+        record = self.record
+        if record is not None:
+            self.record = None
+            if not self.finished:
+                # The stream ended without an answer the processor saw: the client left.
+                record.answered(CLIENT_CLOSED_STATUS)
+            record.release()
+
+
+# nginx's "client closed request": the status a request is counted with when its stream ended
+# before any answer (the client went away, or Envoy gave up on the processor).
+CLIENT_CLOSED_STATUS = 499
+
+
+def _prompt(body: dict[str, Any]) -> Any:
+    """The request's text for an access log with content: chat messages or embedding input."""
+    return body.get("messages", body.get("input"))
 
 
 def _method_not_allowed(method: str, path: str, allowed: str) -> GatewayError:

@@ -140,6 +140,7 @@ class ProviderAdapter:
         credential: Credential | None,
         upstream_model: str,
         default_max_tokens: int,
+        account_usage: bool = False,
     ) -> None:
         self.provider = provider
         self.credential = credential
@@ -147,6 +148,8 @@ class ProviderAdapter:
         self.default_max_tokens = default_max_tokens  # for APIs that require max_tokens
         self.stream = False
         self.include_usage = False
+        # Read pass-through answers to learn their usage (translated ones are always read).
+        self.account_usage = account_usage
 
     def remember(self, request: ValidatedRequest) -> None:
         """Keep what handling the answer needs of the request (called by `request`)."""

@@ -1,6 +1,7 @@
 """The processor's admin HTTP server: liveness, readiness, Prometheus metrics, breakers, reload.
 
-Runs on its own port (never the Envoy listener) inside the processor's event loop.
+Runs on its own port (never the Envoy listener) inside the processor's event loop. Readiness
+covers the pair: the processor serving and its Envoy answering ready (`EnvoyReadiness`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from extproc.decisions.breaker import Admission
 from extproc.gateway import Gateway, LiveGateways
 from extproc.metrics import Metrics
+from extproc.server.envoy_admin import DRAINING, LIVE, EnvoyReadiness
 
 if TYPE_CHECKING:
     from extproc.server.reload import Reloader
@@ -35,20 +37,32 @@ def make_admin_app(
     state: AdminState,
     metrics: Metrics,
     gateways: Gateway | LiveGateways | None = None,
+    envoy: EnvoyReadiness | None = None,
     reloader: Reloader | None = None,
 ) -> web.Application:
     """The aiohttp app: `/healthz`, `/readyz`, `/metrics`, `/breakers`, `/breaker/health`,
-    `/reload` (GET: the last reload's result; POST: reload now)."""
+    `/reload` (GET: the last reload's result; POST: reload now, given `reloader`).
+
+    `/healthz` is the processor alone (liveness); `/readyz` is 200 only while the processor
+    serves and, given `envoy`, Envoy answers LIVE. Otherwise 503 with the reason: `starting`,
+    `draining` (this processor, or its Envoy, is shutting down) or `envoy_not_ready` (with the
+    Envoy state seen, `unreachable` when it did not answer).
+    """
     live = LiveGateways(gateways) if isinstance(gateways, Gateway) else gateways
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if state.ready and not state.draining:
-            return web.json_response({"status": "ready"})
-        reason = "draining" if state.draining else "starting"
-        return web.json_response({"status": reason}, status=503)
+        if not state.ready or state.draining:
+            reason = "draining" if state.draining else "starting"
+            return web.json_response({"status": reason}, status=503)
+        if envoy is not None:
+            envoy_state = await envoy.state()
+            if envoy_state != LIVE:
+                reason = "draining" if envoy_state == DRAINING else "envoy_not_ready"
+                return web.json_response({"status": reason, "envoy": envoy_state}, status=503)
+        return web.json_response({"status": "ready"})
 
     async def metrics_handler(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -101,6 +115,12 @@ def make_admin_app(
     app = web.Application()
     app.router.add_get("/reload", last_reload)
     app.router.add_post("/reload", reload_now)
+    if envoy is not None:
+
+        async def close_envoy(_: web.Application) -> None:
+            await envoy.close()
+
+        app.on_cleanup.append(close_envoy)
     app.router.add_get("/breaker/health", breaker_health)
     app.router.add_post("/breakers/reset", reset_breakers)
     app.router.add_get("/breakers", breakers)
@@ -120,10 +140,12 @@ async def start_admin(
     host: str,
     port: int,
     gateways: Gateway | LiveGateways | None = None,
+    envoy: EnvoyReadiness | None = None,
     reloader: Reloader | None = None,
 ) -> web.AppRunner:
     """Start the admin server; returns the runner to clean up on shutdown."""
-    runner = web.AppRunner(make_admin_app(state, metrics, gateways, reloader), access_log=None)
+    app = make_admin_app(state, metrics, gateways, envoy, reloader)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -32,17 +32,15 @@ import aiohttp
 
 from extproc.config.changes import change_summary, restart_problems
 from extproc.config.loading import ConfigError, LoadedConfig, load_config
-from extproc.config.schema import GatewayConfig
 from extproc.gateway import Gateway, LiveGateways
-from extproc.server.envoy_admin import EnvoyAdmin
+from extproc.server.envoy_admin import envoy_admin_url
 from extproc.server.envoy_files import EnvoyFilesError, EnvoyFilesWriter
 from extproc.server.health_checks import ProviderChecks
+from extproc.server.xds_status import XdsStatus
 
 log = logging.getLogger("extproc.reload")
 
 _DRAIN_POLL_SECONDS = 0.1
-_LOOPBACK = "127.0.0.1"
-_WILDCARDS = frozenset({"0.0.0.0", "::"})
 
 
 @dataclass(frozen=True)
@@ -69,14 +67,6 @@ class ReloadResult:
             "at": self.at,
             "reload": self.reload,
         }
-
-
-def envoy_admin_url(config: GatewayConfig) -> str:
-    """Where the processor reaches Envoy's admin interface (a wildcard bind means loopback)."""
-    admin = config.envoy_admin
-    host = _LOOPBACK if admin.address in _WILDCARDS else admin.address
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{admin.port}"
 
 
 def file_digest(path: Path) -> str | None:
@@ -203,6 +193,9 @@ class Reloader:
             await self._restore_envoy_files()
             return ReloadResult("failed", trigger, (failure,), changes, tuple(written))
         old = self.gateways.swap(gateway)
+        access_log = loaded.config.telemetry.access_log  # the telemetry is the processor's
+        gateway.telemetry.access_log = access_log.enabled
+        gateway.telemetry.include_content = access_log.include_content
         self.checks.restart(gateway)
         self._drain_later(old, loaded.config.reload.drain_seconds)
         return ReloadResult("success", trigger, (), changes, tuple(written))
@@ -214,7 +207,7 @@ class Reloader:
         them: (None on success, else why not; the files written). Nothing to wait for when no
         file changed."""
         config = loaded.config
-        envoy = EnvoyAdmin(envoy_admin_url(config))
+        envoy = XdsStatus(envoy_admin_url(config))
         before: dict[str, int] | None
         try:
             before = (await envoy.xds_state()).rejected
@@ -272,7 +265,7 @@ class Reloader:
 
     def _record(self, result: ReloadResult) -> None:
         metrics = self.gateways.current.metrics
-        metrics.config_reloads.labels(result.result).inc()
+        metrics.reloads.labels(result.result).inc()
         metrics.config_last_reload_successful.set(1 if result.result == "success" else 0)
         if result.result == "success":
             metrics.config_last_reload_success.set(result.at)

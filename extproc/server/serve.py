@@ -1,8 +1,10 @@
 """The processor's lifecycle: bind and start the gRPC and admin servers, drain on SIGTERM.
 
 On SIGTERM/SIGINT the admin server reports not-ready, the gRPC server refuses
-new streams and in-flight ones get `shutdown_grace_seconds` to finish. SIGHUP (like a change
-of the config file, or `POST /reload`) reloads the config (`reload.py`).
+new streams and in-flight ones get `shutdown_grace_seconds` to finish. The processor is
+stopped after its Envoy has drained (`extproc drain`, `extproc wait-envoy-exit`): every request
+in flight through Envoy needs it. SIGHUP (like a change of the config file, or `POST /reload`)
+reloads the config (`reload.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from extproc.config.loading import LoadedConfig
 from extproc.config.schema import MAX_BODY_BYTES_LIMIT
 from extproc.gateway import Gateway, LiveGateways
 from extproc.server.admin import AdminState, start_admin
+from extproc.server.envoy_admin import EnvoyReadiness, envoy_admin_url
 from extproc.server.health_checks import ProviderChecks
 from extproc.server.reload import Reloader
 from extproc.server.servicer import ExternalProcessor
@@ -92,12 +95,14 @@ async def serve(loaded: LoadedConfig) -> None:
     checks = ProviderChecks()
     reloader = Reloader(Path(loaded.source), gateways, checks)
     state = AdminState()
+    envoy = EnvoyReadiness(envoy_admin_url(config)) if processor.ready_requires_envoy else None
     admin = await start_admin(
         state,
         gateway.metrics,
         processor.admin_address,
         processor.admin_port,
         gateways,
+        envoy,
         reloader,
     )
     await server.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,6 +57,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         """
         pipeline: Pipeline | None = None
         gateway: Gateway | None = None
+        phase_timers = self.gateway.metrics.processing_phase
         self.active += 1
         try:
             while True:
@@ -69,7 +71,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     if failed is not None:
                         await context.write(to_response(phase or "", failed))
                         return
+                started = time.perf_counter()
                 action = self._handle(pipeline, phase, request)
+                timer = phase_timers.get(phase or "")
+                if timer is not None:
+                    timer.observe(time.perf_counter() - started)
                 if action is None:
                     continue
                 await context.write(to_response(phase or "", action))

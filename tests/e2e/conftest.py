@@ -218,6 +218,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
 
 
+@pytest.fixture(scope="session")
+def unread_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A shared stack with usage accounting off: pass-through answers are never read."""
+
+    def accounting_off(config: dict[str, Any]) -> None:
+        config["telemetry"] = {"usage_accounting": False}
+
+    with make_stack(tmp_path_factory.mktemp("unread"), customize=accounting_off) as s:
+        yield s
+
+
+@pytest.fixture
+def unread_fake(unread_stack: Stack) -> Iterator[FakeProviderServer]:
+    """`unread_stack`'s fake provider, reset before and after each test."""
+    unread_stack.fake.clear()
+    yield unread_stack.fake
+    unread_stack.fake.clear()
+
+
 def reset_breakers(stack: Stack) -> None:
     """Close every breaker so one test's injected failures cannot affect the next."""
     changed = httpx.post(f"{stack.admin_url}/breakers/reset", timeout=10).json()["reset"]

@@ -1,9 +1,11 @@
 """End to end: a provider that drops its connection mid-answer, in each response mode.
 
 What a client sees is decided by whether Envoy has already sent it the response headers:
-- Before (every BUFFERED answer: translated whole answers, mapped errors; and any answer the
-  provider drops before the processor answered its headers): Envoy answers a clean 502.
-- After (pass-through answers, every stream): Envoy can only reset the client's stream; the
+- Before (every BUFFERED answer: translated whole answers, mapped errors, pass-through whole
+  answers read for their usage; and any answer the provider drops before the processor
+  answered its headers): Envoy answers a clean 502.
+- After (pass-through answers not read, with usage accounting off; every stream): Envoy can
+  only reset the client's stream; the
   processor gets no further message, so it cannot add an error event. The client's HTTP
   stack reports the cut (an incomplete chunked body or a short Content-Length): an error,
   never a short answer that looks complete.
@@ -43,7 +45,7 @@ BREAKERS = {
 }
 
 
-@pytest.mark.parametrize("model", TRANSLATED)
+@pytest.mark.parametrize("model", EVERY_WIRE)
 @pytest.mark.parametrize("status", [200, 500])
 def test_a_buffered_answer_dropped_mid_body_is_a_clean_502(
     stack: Stack, fake: FakeProviderServer, model: str, status: int
@@ -64,13 +66,14 @@ def test_a_buffered_answer_dropped_mid_body_is_a_clean_502(
 
 
 def test_a_pass_through_answer_dropped_after_its_headers_is_an_error(
-    stack: Stack, fake: FakeProviderServer
+    unread_stack: Stack, unread_fake: FakeProviderServer
 ) -> None:
+    # Not read for usage, the answer passes Envoy as it comes: headers first, then the drop.
     gate = threading.Event()
-    fake.set_behaviour(body_drop_after_bytes=30, stream_gate=gate)
+    unread_fake.set_behaviour(body_drop_after_bytes=30, stream_gate=gate)
     with httpx.stream(
         "POST",
-        f"{stack.base_url}/v1/chat/completions",
+        f"{unread_stack.base_url}/v1/chat/completions",
         json={"model": "chat-openai", "messages": USER},
         headers={"authorization": f"Bearer {FULL_KEY}"},
         timeout=30,
@@ -127,13 +130,7 @@ def test_a_translated_stream_ended_cleanly_mid_event_ends_with_an_error_event(
     assert "malformed_provider_response" in str(info.value.body) or "mid-" in str(info.value)
 
 
-def test_a_pass_through_stream_ended_cleanly_mid_event_reaches_the_client_as_it_is(
-    stack: Stack, fake: FakeProviderServer
-) -> None:
-    # Known limitation (docs/architecture.md): an OpenAI-compatible stream passes Envoy
-    # untouched, so a provider that ends it cleanly before `data: [DONE]` reaches the client
-    # without [DONE] and without an error event; the client must treat a stream without
-    # [DONE] (and without a finish_reason) as cut.
+def truncated_openai_stream(stack: Stack, fake: FakeProviderServer) -> bytes:
     fake.set_behaviour(stream_truncate_after=3)
     response = httpx.post(
         f"{stack.base_url}/v1/chat/completions",
@@ -142,6 +139,28 @@ def test_a_pass_through_stream_ended_cleanly_mid_event_reaches_the_client_as_it_
         timeout=30,
     )
     assert response.status_code == 200
-    assert b"data: [DONE]" not in response.content
-    assert b'"finish_reason":"stop"' not in response.content
-    assert b'"error"' not in response.content
+    return response.content
+
+
+def test_a_read_pass_through_stream_ended_cleanly_mid_event_ends_with_an_error_event(
+    stack: Stack, fake: FakeProviderServer
+) -> None:
+    # Read for its usage, an OpenAI-compatible stream that ends cleanly before `data: [DONE]`
+    # gets the gateway's error event and [DONE], like a translated one.
+    content = truncated_openai_stream(stack, fake)
+    assert b'"code":"malformed_provider_response"' in content
+    assert content.endswith(b"data: [DONE]\n\n")
+    assert b'"finish_reason":"stop"' not in content
+
+
+def test_an_unread_pass_through_stream_ended_cleanly_mid_event_reaches_the_client_as_it_is(
+    unread_stack: Stack, unread_fake: FakeProviderServer
+) -> None:
+    # Known limitation (docs/architecture.md) with usage accounting off: an OpenAI-compatible
+    # stream passes Envoy untouched, so a provider that ends it cleanly before `data: [DONE]`
+    # reaches the client without [DONE] and without an error event; the client must treat a
+    # stream without [DONE] (and without a finish_reason) as cut.
+    content = truncated_openai_stream(unread_stack, unread_fake)
+    assert b"data: [DONE]" not in content
+    assert b'"finish_reason":"stop"' not in content
+    assert b'"error"' not in content

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from extproc.decisions.auth import hash_key, key_id
 from extproc.dev.fakes import FakeProviderServer
+from extproc.dev.stack import StackExit, stop_process
+from extproc.server.envoy_admin import EnvoyAdmin
 from tests.e2e.conftest import FULL_KEY, Stack, free_port, make_stack
 
 pytestmark = pytest.mark.e2e
@@ -45,6 +56,214 @@ def test_sigterm_lets_in_flight_requests_finish(fresh_stack: Stack) -> None:
     assert re.search(r"draining [1-9]\d* in-flight", log), log
 
 
+@dataclass
+class StreamRun:
+    """One streamed completion read to its end on its own thread."""
+
+    model: str
+    text: str
+    raw: bool  # raw httpx (sees the SSE bytes, `[DONE]` included) instead of the openai SDK
+    first_chunk: threading.Event = field(default_factory=threading.Event)
+    pieces: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    body: bytes = b""
+    error: BaseException | None = None
+
+
+def read_stream(stack: Stack, run: StreamRun) -> None:
+    messages = [{"role": "user", "content": run.text}]
+    try:
+        if run.raw:
+            with (
+                httpx.Client(timeout=120) as client,
+                client.stream(
+                    "POST",
+                    f"{stack.base_url}/v1/chat/completions",
+                    json={"model": run.model, "messages": messages, "stream": True},
+                    headers=AUTH,
+                ) as response,
+            ):
+                assert response.status_code == 200
+                for chunk in response.iter_raw():
+                    run.body += chunk
+                    run.first_chunk.set()
+            return
+        stream = stack.client(timeout=120).chat.completions.create(
+            model=run.model,
+            messages=messages,
+            stream=True,
+        )
+        for chunk in stream:
+            run.first_chunk.set()
+            if chunk.choices:
+                run.pieces.append(chunk.choices[0].delta.content or "")
+                run.finish_reason = chunk.choices[0].finish_reason or run.finish_reason
+    except BaseException as exc:
+        run.error = exc
+    finally:
+        run.first_chunk.set()
+
+
+def poll(read: Callable[[], Any], until: Callable[[Any], bool], timeout: float = 30) -> Any:
+    """`read()` again and again until `until(value)` holds; the last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not until(value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from, innermost last."""
+    current: BaseException | None = exc
+    while current is not None:
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def readyz(stack: Stack) -> tuple[int, Any]:
+    response = httpx.get(f"{stack.admin_url}/readyz", timeout=10)
+    return response.status_code, orjson.loads(response.content)
+
+
+def test_drain_finishes_streams_in_flight_and_refuses_new_connections(fresh_stack: Stack) -> None:
+    stack = fresh_stack
+    gate = threading.Event()  # the fake holds every stream after its first content chunk
+    stack.fake.set_behaviour(stream_gate=gate, stream_chunk_count=8)
+    runs = [
+        # Pass-through streams (Envoy alone carries them) and translated ones (the processor
+        # translates every chunk, so it must outlive them), through the SDK and raw.
+        StreamRun("chat-openai", "first pass-through stream", raw=False),
+        StreamRun("chat-openai", "second pass-through stream", raw=True),
+        StreamRun("chat-anthropic", "first translated stream", raw=False),
+        StreamRun("chat-anthropic", "second translated stream", raw=True),
+    ]
+    readers = [threading.Thread(target=read_stream, args=(stack, run)) for run in runs]
+    # A client whose connection is open (idle, kept alive) when the drain starts.
+    kept_alive = httpx.Client(base_url=stack.base_url, headers=AUTH, timeout=30)
+    result: dict[str, StackExit] = {}
+    drain = threading.Thread(target=lambda: result.update(exit=stack.drain_and_stop(grace=60)))
+    try:
+        before = kept_alive.post("/v1/chat/completions", json=CHAT)
+        assert before.status_code == 200 and "connection" not in before.headers
+        for reader in readers:
+            reader.start()
+        for run in runs:
+            assert run.first_chunk.wait(30) and run.error is None, run
+        envoy = EnvoyAdmin(stack.envoy_admin_url)
+
+        drain.start()
+        assert poll(lambda: envoy.stat("listener_manager.listener_stopped"), bool) == 1
+
+        # New connections are refused at once: no hang, no reset mid-request.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", stack.gateway_config.listener.port), 10)
+        with pytest.raises(openai.APIConnectionError) as refused:
+            stack.client().chat.completions.create(
+                model="chat-openai", messages=[{"role": "user", "content": "too late"}]
+            )
+        assert any(isinstance(e, ConnectionRefusedError) for e in chain(refused.value)), repr(
+            list(chain(refused.value))
+        )
+        # The pair reports draining; a load balancer's probe sees it.
+        assert poll(lambda: readyz(stack), lambda answer: answer[0] != 200) == (
+            503,
+            {"status": "draining", "envoy": "DRAINING"},
+        )
+        # A connection opened before is served (the processor is still there) and told to close.
+        during = kept_alive.post(
+            "/v1/chat/completions",
+            json={"model": "chat-anthropic", "messages": [{"role": "user", "content": "last"}]},
+        )
+        assert during.status_code == 200, during.text
+        assert during.json()["choices"][0]["message"]["content"] == "echo: last"
+        assert during.headers["connection"] == "close"
+        # Envoy waits for the streams it still carries.
+        assert drain.is_alive()
+        assert all(reader.is_alive() for reader in readers)
+    finally:
+        gate.set()
+        for reader in readers:
+            reader.join(60)
+        drain.join(90)
+        kept_alive.close()
+
+    for run in runs:
+        assert run.error is None, (run.model, run.raw, run.error)
+        if run.raw:
+            assert run.body.endswith(b"data: [DONE]\n\n"), run.body[-200:]
+            text = "".join(
+                choice["delta"].get("content") or ""
+                for line in run.body.split(b"\n\n")
+                if line.startswith(b"data: {")
+                for choice in orjson.loads(line[6:])["choices"]
+            )
+        else:
+            text = "".join(run.pieces)
+            assert run.finish_reason == "stop", run
+        assert text == f"echo: {run.text}", (run.model, run.raw, text)
+    outcome = result["exit"]
+    assert outcome.drain.in_flight == 0, outcome
+    assert (outcome.envoy, outcome.processor) == (0, 0), (outcome, stack.dump_logs())
+
+
+def test_the_charts_shutdown_hooks_drain_envoy_then_let_the_processor_go(
+    fresh_stack: Stack,
+) -> None:
+    # The pod's sequence with the commands the chart runs: both preStop hooks start together;
+    # the kubelet sends SIGTERM to each container once its own hook returned.
+    stack = fresh_stack
+    assert stack.envoy is not None and stack.processor is not None
+    gate = threading.Event()
+    stack.fake.set_behaviour(stream_gate=gate)
+    run = StreamRun("chat-anthropic", "held while the pod stops", raw=True)
+    reader = threading.Thread(target=read_stream, args=(stack, run))
+    reader.start()
+    assert run.first_chunk.wait(30) and run.error is None, run
+    cli = [sys.executable, "-m", "extproc.cli"]
+    config = ["--config", str(stack.config_path)]
+    processor_hook = subprocess.Popen([*cli, "wait-envoy-exit", *config, "--timeout", "120"])
+    envoy_hook = subprocess.Popen([*cli, "drain", *config, "--delay", "0"])
+    try:
+        envoy = EnvoyAdmin(stack.envoy_admin_url)
+        assert poll(lambda: envoy.stat("listener_manager.listener_stopped"), bool) == 1
+        # Envoy's hook waits for the stream it carries, the processor's for Envoy.
+        assert envoy_hook.poll() is None and processor_hook.poll() is None
+    finally:
+        gate.set()
+        reader.join(60)
+    try:
+        assert envoy_hook.wait(60) == 0
+        assert run.error is None and run.body.endswith(b"data: [DONE]\n\n"), run
+        assert processor_hook.poll() is None  # Envoy has drained but still runs
+        stack.envoy.send_signal(signal.SIGTERM)
+        assert stack.envoy.wait(30) == 0
+        assert processor_hook.wait(30) == 0
+        stack.processor.send_signal(signal.SIGTERM)
+        assert stack.processor.wait(30) == 0
+    finally:
+        for hook in (envoy_hook, processor_hook):
+            stop_process(hook)
+
+
+def test_readyz_is_ready_only_while_envoy_is_up(fresh_stack: Stack) -> None:
+    stack = fresh_stack
+    assert readyz(stack) == (200, {"status": "ready"})
+    stop_process(stack.envoy)
+    assert poll(lambda: readyz(stack), lambda answer: answer[0] != 200) == (
+        503,
+        {"status": "envoy_not_ready", "envoy": "unreachable"},
+    )
+    # Liveness is the processor alone.
+    assert httpx.get(f"{stack.admin_url}/healthz", timeout=10).json() == {"status": "ok"}
+    stack.start_envoy()
+    assert poll(lambda: readyz(stack), lambda answer: answer[0] != 503) == (
+        200,
+        {"status": "ready"},
+    )
+
+
 def test_processor_outage_is_a_clear_503_and_recovers(fresh_stack: Stack) -> None:
     stack = fresh_stack
     assert stack.processor is not None
@@ -60,8 +279,9 @@ def test_processor_outage_is_a_clear_503_and_recovers(fresh_stack: Stack) -> Non
     worker = threading.Thread(target=traffic)
     worker.start()
     try:
-        time.sleep(0.3)
-        stack.processor.send_signal(signal.SIGKILL)  # killed under traffic
+        # Killed under traffic, once traffic got an answer (a busy machine can take a while).
+        poll(lambda: len(statuses), bool)
+        stack.processor.send_signal(signal.SIGKILL)
         stack.processor.wait(10)
         time.sleep(0.3)
         reached = len(stack.fake.requests)
@@ -127,14 +347,27 @@ def test_processor_admin_endpoints(stack: Stack) -> None:
 
 
 def test_metrics_count_each_answered_request(stack: Stack, fake: FakeProviderServer) -> None:
-    labels = {"model": "chat-openai", "provider": "p-openai", "status": "200"}
+    labels = {
+        "tenant": "full",
+        "key_id": key_id(hash_key(FULL_KEY)),
+        "model": "chat-openai",
+        "provider": "p-openai",
+        "status": "200",
+        "code": "",
+    }
     before = sample_value(scrape(stack), "gateway_requests_total", **labels) or 0.0
     client = stack.client()
     for n in range(3):
         client.chat.completions.create(
             model="chat-openai", messages=[{"role": "user", "content": f"count {n}"}]
         )
-    assert sample_value(scrape(stack), "gateway_requests_total", **labels) == before + 3
+    # Counted when each request's last ext_proc stream ends, maybe just after its answer.
+    deadline = time.monotonic() + 10
+    while (counted := sample_value(scrape(stack), "gateway_requests_total", **labels)) != (
+        before + 3
+    ) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted == before + 3
 
 
 def test_metrics_show_open_extproc_streams(stack: Stack, fake: FakeProviderServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -47,6 +48,7 @@ def test_run_local_prints_a_working_sdk_call(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a shell's foreground job has
     )
     output = []
     try:
@@ -89,13 +91,17 @@ def test_run_local_prints_a_working_sdk_call(tmp_path: Path) -> None:
                 )
                 assert reply.choices[0].message.content == "echo: ping", model["name"]
     finally:
-        proc.send_signal(signal.SIGINT)
+        # Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
         try:
             rest, _ = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             rest, _ = proc.communicate()
     assert proc.returncode == 0, "".join(output) + rest
+    # Ctrl-C drained the pair as a pod stops: Envoy first, then the processor, both cleanly.
+    assert "draining: new connections are refused" in rest, rest
+    assert "stopped (requests cut short: none; exit codes: Envoy 0, processor 0)" in rest, rest
     # Ctrl-C stopped every child: the listener no longer answers.
     with pytest.raises(OSError):
         import urllib.request

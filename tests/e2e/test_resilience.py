@@ -210,13 +210,15 @@ def test_half_open_probe_recovers_the_primary(pair: Pair) -> None:
     assert len(pair.backup.requests) == before  # traffic is back on the primary
 
 
-def test_fifty_concurrent_failures_open_the_breaker_exactly_once(pair: Pair) -> None:
-    pair.primary.set_behaviour(status=500)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=25) as pool:
-        statuses = list(pool.map(lambda _: pair.post().status_code, range(50)))
-    assert statuses == [200] * 50  # every one failed over
-    assert pair.metric("gateway_breaker_transitions_total", state="open") == 1
-    assert pair.breakers()["p-openai/primary-model"]["state"] == "open"
+def test_fifty_concurrent_failures_open_the_breaker_exactly_once(tmp_path: Path) -> None:
+    # Open for 30 s: the 50 requests end well before a half-open probe could fail and re-open.
+    for pair in make_pair(tmp_path, breaker_open_seconds=30):
+        pair.primary.set_behaviour(status=500)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=25) as pool:
+            statuses = list(pool.map(lambda _, p=pair: p.post().status_code, range(50)))
+        assert statuses == [200] * 50  # every one failed over
+        assert pair.metric("gateway_breaker_transitions_total", state="open") == 1
+        assert pair.breakers()["p-openai/primary-model"]["state"] == "open"
 
 
 def test_all_providers_down_is_a_fast_503(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from extproc.config.loading import parse_config
 from extproc.config.schema import GatewayConfig
 from extproc.config.topology import model_route_ids, model_stat_name
 from extproc.dev.stack import find_envoy_binary, free_ports
-from extproc.server.envoy_admin import parse_stats
+from extproc.server.xds_status import parse_stats
 from extproc.xds_files import INPUTS_PREFIX, inputs_digest, inputs_on_disk
 from tests.unit.test_envoy_config import MODELS, PROVIDERS
 

@@ -9,6 +9,7 @@ these tests fail rather than skip, so a green run always includes the chart.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from extproc.bootstrap import render_bootstrap, render_static_bootstrap, render_static_yaml
+from extproc.cli import build_parser
 from extproc.config.loading import parse_config
 from extproc.config.schema import GatewayConfig
 from extproc.dev.stack import find_envoy_binary
@@ -259,8 +261,36 @@ def test_pod_is_locked_down_and_outlives_the_processor_drain(rendered: dict[str,
     grace = values_config().processor.shutdown_grace_seconds
     drain = chart_values()["drainDelaySeconds"]
     assert spec["terminationGracePeriodSeconds"] >= drain + grace
-    envoy_stop = containers(rendered)["envoy"]["lifecycle"]["preStop"]["exec"]["command"]
-    assert envoy_stop == ["sh", "-c", f"sleep {drain + int(grace)}"]
+
+
+def pre_stop(container: Json) -> argparse.Namespace:
+    """A container's preStop command, parsed by the `extproc` command line it runs."""
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "extproc", command
+    return build_parser().parse_args(command[1:])
+
+
+def test_shutdown_hooks_drain_envoy_first_and_the_processor_outlives_it(
+    rendered: dict[str, Json],
+) -> None:
+    found = containers(rendered)
+    grace = values_config().processor.shutdown_grace_seconds
+    drain = chart_values()["drainDelaySeconds"]
+    # Envoy: fail health checks, accept for drainDelaySeconds, close, wait for requests in
+    # flight up to the config's shutdown_grace_seconds (the same file the processor reads).
+    envoy = pre_stop(found["envoy"])
+    assert (envoy.command, envoy.config, envoy.delay, envoy.grace) == (
+        "drain",
+        CONFIG_FILE,
+        drain,
+        None,
+    )
+    # The processor keeps serving until Envoy has exited, for longer than Envoy's drain can
+    # take, and the pod's grace period leaves time for that wait and the processor's exit.
+    processor = pre_stop(found["extproc"])
+    assert (processor.command, processor.config) == ("wait-envoy-exit", CONFIG_FILE)
+    assert processor.timeout > drain + grace
+    assert pod_spec(rendered)["terminationGracePeriodSeconds"] > processor.timeout
 
 
 def test_overridden_values_keep_their_types_through_the_configmap(
@@ -321,6 +351,7 @@ def test_overridden_values_keep_their_types_through_the_configmap(
         ("gateway.processor.unix_socket=/tmp/x.sock", "must be inside /var/run/llm-gateway"),
         ("gateway.reload.xds_directory=/tmp/xds", "gateway.reload.xds_directory must be"),
         ("terminationGracePeriodSeconds=20", "terminationGracePeriodSeconds (20) must be"),
+        ("terminationGracePeriodSeconds=36", "shutdown_grace_seconds + 5 (40)"),
     ],
 )
 def test_chart_refuses_settings_the_pod_cannot_work_with(

@@ -11,22 +11,26 @@ from pydantic import SecretStr
 
 from extproc.config.credentials import AwsCredentials, Credential
 from extproc.config.loading import LoadedConfig, parse_config
-from extproc.decisions.auth import hash_key
+from extproc.decisions.auth import hash_key, key_id
 from extproc.decisions.breaker import Admission
 from extproc.errors import GatewayError
 from extproc.gateway import Gateway
 from extproc.pipeline.actions import Continue, Respond
 from extproc.pipeline.attempt import InlineAttempt, Outcome, UpstreamAttempt
 from extproc.pipeline.request import RequestPipeline
+from extproc.providers.base import ResponseMode
+from extproc.telemetry.record import RequestRecord
+from extproc.telemetry.reporter import Telemetry
 
 KEY = "sk-unit-key"
 LIMITED = "sk-unit-limited"
 
 
-def gateway(**limits: Any) -> Gateway:
+def gateway(accounting: bool = True, **limits: Any) -> Gateway:
     config = parse_config(
         {
             "limits": {"max_body_bytes": 4096, **limits},
+            "telemetry": {"usage_accounting": accounting, "access_log": {"enabled": False}},
             "providers": [
                 {"name": "oa", "type": "openai", "base_url": "https://api.example.com/v1"},
                 {
@@ -341,8 +345,15 @@ def routed(gw: Gateway, body: dict[str, Any] | None = None) -> RequestPipeline:
 
 
 def requests_counted(gw: Gateway, **labels: str) -> float:
-    value = gw.metrics.registry.get_sample_value("gateway_requests_total", labels)
-    return value or 0.0
+    """Requests counted with these labels (whatever the others), once their streams ended."""
+    total = 0.0
+    for family in gw.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "gateway_requests_total" and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                total += sample.value
+    return total
 
 
 def test_inline_provider_error_is_mapped_in_the_body_phase_and_counted_once() -> None:
@@ -356,9 +367,12 @@ def test_inline_provider_error_is_mapped_in_the_body_phase_and_counted_once() ->
     assert isinstance(mapped, Continue) and mapped.body is not None
     assert mapped.set_headers[":status"] == "502"
     assert b"sk-up" not in mapped.body
-    assert requests_counted(gw, model="gpt", provider="oa", status="502") == 1
+    assert requests_counted(gw, model="gpt") == 0  # counted when the stream ends
     pipe.finish()
     assert requests_counted(gw, model="gpt", provider="oa", status="502") == 1
+    assert requests_counted(gw, model="gpt") == 1
+    caller = {"tenant": "t", "key_id": key_id(hash_key(KEY))}
+    assert requests_counted(gw, code="provider_auth_failed", **caller) == 1
 
 
 def envoy_reply(gw: Gateway, status: int, code: str) -> tuple[RequestPipeline, Any, Any]:
@@ -374,18 +388,20 @@ def test_inline_envoy_reply_without_a_request_sent_leaves_the_breaker_alone() ->
     pipe, breaker, action = envoy_reply(gw, 503, "no_healthy_provider")
     assert action == Continue()  # passed on untouched, no provider header
     assert breaker.snapshot(0.0)["consecutive_failures"] == 0
-    assert requests_counted(gw, model="gpt", provider="", status="503") == 1
     pipe.finish()
+    assert requests_counted(gw, model="gpt", provider="", status="503") == 1
+    assert requests_counted(gw, code="no_healthy_provider") == 1
     assert breaker.snapshot(0.0)["consecutive_failures"] == 0
 
 
 def test_inline_envoy_timeout_counts_against_the_target_and_is_not_rewritten() -> None:
     gw = gateway()
-    _, breaker, action = envoy_reply(gw, 504, "provider_timeout")
+    pipe, breaker, action = envoy_reply(gw, 504, "provider_timeout")
     assert isinstance(action, Continue)
     assert action.mode_override is None and ":status" not in action.set_headers
     assert action.set_headers == {"x-gateway-provider": "oa"}
     assert breaker.snapshot(0.0)["consecutive_failures"] == 1
+    pipe.finish()
     assert requests_counted(gw, model="gpt", provider="oa", status="504") == 1
 
 
@@ -553,17 +569,114 @@ def test_a_2xx_of_the_wrong_content_type_becomes_a_502(
     error = orjson.loads(answer.body)["error"]
     assert error["code"] == "malformed_provider_response"
     assert error["message"].startswith(f"provider '{gw.models[model].targets[0].provider.name}'")
+    pipe.finish()
     assert requests_counted(gw, model=model, provider=pipe.provider, status="502") == 1
 
 
 def test_an_answer_of_the_right_content_type_passes_untouched() -> None:
-    gw = gateway()
+    gw = gateway(accounting=False)
     pipe = routed_to(gw, "gpt", stream=True)
     headers = {":status": "200", "content-type": "text/event-stream; charset=utf-8"}
     action = pipe.on_response_headers(headers, False)
     assert action.mode_override is None  # the filter's own mode: Envoy streams it untouched
     assert action.set_headers == {"x-gateway-provider": "oa"}
     assert gw.models["gpt"].targets[0].breaker.snapshot(0.0)["consecutive_failures"] == 0
+
+
+OPENAI_STREAM = [
+    b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-up-0613","choices":'
+    b'[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n',
+    b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-up-0613","choices":[],'
+    b'"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+@pytest.mark.parametrize("client_asked", [False, True])
+def test_an_accounted_pass_through_stream_is_read_but_not_changed(client_asked: bool) -> None:
+    gw = gateway()
+    fields: dict[str, Any] = {"stream": True}
+    if client_asked:
+        fields["stream_options"] = {"include_usage": True}
+    pipe = RequestPipeline(gw)
+    pipe.on_request_headers(headers(), False)
+    request = pipe.on_request_body(orjson.dumps({**CHAT, "model": "gpt", **fields}), True)
+    assert isinstance(request, Continue) and request.body is not None
+    # The provider is always asked for its usage chunk.
+    assert orjson.loads(request.body)["stream_options"] == {"include_usage": True}
+    headers_action = pipe.on_response_headers(
+        {":status": "200", "content-type": "text/event-stream"}, False
+    )
+    assert headers_action.mode_override is ResponseMode.STREAMED  # read chunk by chunk
+    assert gw.metrics.registry.get_sample_value("gateway_response_streams_active") == 1
+    first, usage_chunk, done = (pipe.on_response_body(c, False) for c in OPENAI_STREAM)
+    assert first == Continue()  # no body mutation: the chunk goes on as it came
+    # The usage chunk reaches the client only when it asked for it.
+    assert usage_chunk == (Continue() if client_asked else Continue(body=b""))
+    assert done == Continue()
+    end = pipe.on_response_body(b"", True)
+    assert end == Continue()
+    pipe.finish()
+    assert gw.metrics.registry.get_sample_value("gateway_response_streams_active") == 0
+    tokens = {
+        kind: gw.metrics.registry.get_sample_value(
+            "gateway_tokens_total",
+            {
+                "tenant": "t",
+                "key_id": key_id(hash_key(KEY)),
+                "model": "gpt",
+                "provider": "oa",
+                "token_type": kind,
+            },
+        )
+        for kind in ("input", "output")
+    }
+    assert tokens == {"input": 5, "output": 2}
+    labels = {
+        "gen_ai_operation_name": "chat",
+        "gen_ai_provider_name": "openai",
+        "gen_ai_request_model": "gpt",
+        "gen_ai_response_model": "gpt-up-0613",
+    }
+    ttft = gw.metrics.registry.get_sample_value(
+        "gen_ai_server_time_to_first_token_seconds_count", labels
+    )
+    assert ttft == 1
+
+
+def test_an_accounted_pass_through_answer_is_read_but_not_changed() -> None:
+    gw = gateway()
+    pipe = routed_to(gw, "gpt")
+    action = pipe.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    assert action.mode_override is ResponseMode.BUFFERED
+    answer = {
+        "id": "c1",
+        "object": "chat.completion",
+        "model": "gpt-up-0613",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {
+            "prompt_tokens": 11,
+            "completion_tokens": 4,
+            "total_tokens": 15,
+            "prompt_tokens_details": {"cached_tokens": 3},
+        },
+    }
+    assert pipe.on_response_body(orjson.dumps(answer), True) == Continue()  # unchanged
+    pipe.finish()
+    counted = {
+        kind: gw.metrics.registry.get_sample_value(
+            "gen_ai_client_token_usage_sum",
+            {
+                "gen_ai_operation_name": "chat",
+                "gen_ai_provider_name": "openai",
+                "gen_ai_request_model": "gpt",
+                "gen_ai_response_model": "gpt-up-0613",
+                "gen_ai_token_type": kind,
+            },
+        )
+        for kind in ("input", "output", "cached")
+    }
+    assert counted == {"input": 11, "output": 4, "cached": 3}
 
 
 def test_an_error_without_a_body_still_gets_ours() -> None:
@@ -586,4 +699,35 @@ def test_a_2xx_to_translate_without_a_body_is_a_502(stream: bool) -> None:
     assert action.body is not None
     assert orjson.loads(action.body)["error"]["code"] == "malformed_provider_response"
     assert gw.models["claude"].targets[0].breaker.snapshot(0.0)["consecutive_failures"] == 1
+    pipe.finish()
     assert requests_counted(gw, model="claude", provider="ant", status="502") == 1
+
+
+class Captured(Telemetry):
+    """Telemetry that keeps each emitted record instead of reporting it."""
+
+    def __init__(self, include_content: bool) -> None:
+        super().__init__(access_log=False, include_content=include_content)
+        self.emitted: list[RequestRecord] = []
+
+    def emit(self, record: RequestRecord) -> None:
+        self.emitted.append(record)
+
+
+@pytest.mark.parametrize("include_content", [False, True])
+def test_the_access_record_holds_text_only_when_asked(include_content: bool) -> None:
+    base = gateway()
+    creds = {t.provider.name: t.credential for t in base.targets.values() if t.credential}
+    telemetry = Captured(include_content)
+    gw = Gateway(LoadedConfig(base.config, creds, "test"), telemetry=telemetry)
+    pipe = routed_to(gw, "claude")
+    pipe.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    pipe.on_response_body(orjson.dumps(ANTHROPIC_MESSAGE), True)
+    pipe.finish()
+    (record,) = telemetry.emitted
+    if include_content:
+        assert record.content == {"request": CHAT["messages"], "response": ["hello"]}
+    else:
+        assert record.content is None
+    assert record.usage is not None and record.usage.prompt_tokens > 0
+    assert record.status == 200 and record.tenant == "t" and record.attempts == 1

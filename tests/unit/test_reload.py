@@ -25,9 +25,9 @@ from extproc.decisions.breaker import BreakerBoard, BreakerSettings, State
 from extproc.dev.stack import free_ports
 from extproc.gateway import Gateway, LiveGateways
 from extproc.server.admin import AdminState, make_admin_app
-from extproc.server.envoy_admin import SOURCES, EnvoyAdmin, parse_stats
 from extproc.server.envoy_files import EnvoyFilesError, EnvoyFilesWriter
 from extproc.server.reload import Reloader
+from extproc.server.xds_status import SOURCES, XdsStatus, parse_stats
 
 Json = dict[str, Any]
 
@@ -79,6 +79,9 @@ def test_every_restart_only_setting_is_refused_with_what_to_restart(
         "address": "127.0.0.2",
         "port": 9902,
         "xds_directory": "/tmp/other-xds",
+        "ready_requires_envoy": False,
+        "log_level": "DEBUG",
+        "log_format": "json",
     }
     new.setdefault(section, {})[field] = values[field]
     (problem,) = restart_problems(parse_config(running), parse_config(new))
@@ -94,6 +97,7 @@ def test_everything_else_reloads_hot() -> None:
         resilience={"max_retries": 0, "breaker_window_seconds": 5},
         processor={"message_timeout_ms": 300, "shutdown_grace_seconds": 1},
         reload={"watch_interval_seconds": 0, "drain_seconds": 1},
+        telemetry={"access_log": {"include_content": True}, "usage_accounting": False},
         auth={"enabled": True},
         tenants=[{"name": "t", "api_key_sha256": ["a" * 64]}],
     )
@@ -256,7 +260,7 @@ async def test_wait_applied_answers_none_once_every_version_is_in_and_nothing_wa
             fake.warming = 0
 
     fake.on_stats = progress
-    admin = EnvoyAdmin(f"http://127.0.0.1:{port}")
+    admin = XdsStatus(f"http://127.0.0.1:{port}")
     assert await admin.wait_applied(wanted, {}, timeout=10) is None
     assert polls == 4
 
@@ -265,7 +269,7 @@ async def test_wait_applied_reports_a_rejection_and_a_timeout(
     envoy_admin: tuple[FakeEnvoyAdmin, int],
 ) -> None:
     fake, port = envoy_admin
-    admin = EnvoyAdmin(f"http://127.0.0.1:{port}")
+    admin = XdsStatus(f"http://127.0.0.1:{port}")
     wanted = {CDS_FILE: "c"}
     fake.rejected = 1
     assert await admin.wait_applied(wanted, {CDS_FILE: 0}, timeout=10) == (
@@ -279,7 +283,7 @@ async def test_wait_applied_reports_a_rejection_and_a_timeout(
 
 async def test_wait_applied_reports_an_envoy_that_does_not_answer() -> None:
     (port,) = free_ports(1)
-    reason = await EnvoyAdmin(f"http://127.0.0.1:{port}").wait_applied({CDS_FILE: "c"}, None, 0.2)
+    reason = await XdsStatus(f"http://127.0.0.1:{port}").wait_applied({CDS_FILE: "c"}, None, 0.2)
     assert reason is not None
     assert reason.startswith("Envoy did not apply the new config within 0.2s (Envoy's admin")
 
@@ -370,7 +374,7 @@ async def test_a_reload_writes_both_configs_then_swaps_then_drops_the_old_one(
     await eventually(lambda: len(setup.reloader._tasks) == 0)  # the files are rewritten
     assert setup.envoy_files() == {f.name: f.text for f in xds_files([new.config])}
     metrics = new.metrics
-    assert metrics.config_reloads.labels("success")._value.get() == 1
+    assert metrics.reloads.labels("success")._value.get() == 1
     assert metrics.config_last_reload_successful._value.get() == 1
 
 
@@ -396,7 +400,7 @@ async def test_a_broken_file_is_refused_logged_and_changes_nothing(
     assert record.levelno == logging.WARNING
     assert "config reload rejected (signal)" in record.getMessage()
     assert result.problems[0] in record.getMessage()
-    assert current.metrics.config_reloads.labels("rejected")._value.get() == 1
+    assert current.metrics.reloads.labels("rejected")._value.get() == 1
     assert current.metrics.config_last_reload_successful._value.get() == 0
 
 

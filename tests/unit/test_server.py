@@ -35,6 +35,8 @@ def make_gateway() -> Gateway:
             "providers": [{"name": "oa", "type": "openai", "base_url": "http://up/v1"}],
             "models": [{"name": "m", "targets": [{"provider": "oa", "model": "m-up"}]}],
             "tenants": [{"name": "t", "api_key_sha256": [hash_key(KEY)]}],
+            # Answers pass through at their headers (no body read for usage).
+            "telemetry": {"usage_accounting": False},
         }
     )
     return Gateway(LoadedConfig(config, {"oa": SecretStr("sk-up")}, "test"))

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from extproc.decisions.openai_request import Endpoint, ValidatedRequest
 from extproc.errors import GatewayError
-from extproc.providers.base import ProviderAdapter, Translated, UpstreamRequest
+from extproc.providers.base import ProviderAdapter, ResponseMode, Translated, UpstreamRequest
 from extproc.providers.helpers import rewrite_model, serialize
 from extproc.providers.openai.errors import map_openai_error
 from extproc.providers.openai.response import OpenAIStreamReader, read_answer
@@ -24,8 +24,12 @@ class OpenAIAdapter(ProviderAdapter):
     """Adapter for OpenAI-compatible providers; `base_url` ends where `/chat/...` starts.
 
     Streams pass through untouched; when the processor reads one, an `OpenAIStreamReader`
-    reports usage and model and closes a stream cut before `[DONE]`.
+    reports usage and model and closes a stream cut before `[DONE]`. With usage accounting,
+    whole answers are read (BUFFERED) and streams too (STREAMED), and a stream is asked for
+    its usage chunk (`stream_options.include_usage`), removed again if the client did not ask.
     """
+
+    strip_usage = False
 
     def request(self, request: ValidatedRequest) -> UpstreamRequest:
         """Rewrite path, model and credentials; re-serialize the body only if it changed."""
@@ -35,6 +39,13 @@ class OpenAIAdapter(ProviderAdapter):
         # Only Gemini takes carried thought signatures back; OpenAI refuses ids over 40 chars.
         if request.tool_calls:
             changed = strip_thought_signatures(body) or changed
+        if self.account_usage and request.stream and not request.include_usage:
+            options = body.get("stream_options")
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+            self.strip_usage = changed = True
         out = UpstreamRequest(path=self.path(request.endpoint))
         self.authenticate(out)
         if changed:
@@ -53,9 +64,18 @@ class OpenAIAdapter(ProviderAdapter):
         else:
             out.remove_headers.append("authorization")
 
+    def response_mode(self, status: int, headers: dict[str, str]) -> ResponseMode:
+        """Pass a success through, or read it when accounting for usage; buffer errors."""
+        if not 200 <= status < 300:
+            return ResponseMode.BUFFERED
+        if not self.account_usage:
+            return ResponseMode.PASSTHROUGH
+        return ResponseMode.STREAMED if self.stream else ResponseMode.BUFFERED
+
     def start_stream(self) -> OpenAIStreamReader:
-        """A reader of the pass-through stream (bytes unchanged)."""
-        return OpenAIStreamReader(self.provider.name)
+        """A reader of the pass-through stream (bytes unchanged but the usage chunk the
+        gateway asked for)."""
+        return OpenAIStreamReader(self.provider.name, self.strip_usage)
 
     def response_body(self, body: bytes) -> Translated:
         """The answer unchanged, with the usage and model it reports (502 if unparsable)."""

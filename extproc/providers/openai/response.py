@@ -14,7 +14,7 @@ import orjson
 from extproc.providers.base import Translated, Usage
 from extproc.providers.errors import malformed_response
 from extproc.providers.openai_format import error_event
-from extproc.streaming.sse import DONE, SSEParseError, SSEParser
+from extproc.streaming.sse import DONE, SSEEvent, SSEParseError, SSEParser
 
 DONE_DATA = "[DONE]"
 
@@ -58,14 +58,20 @@ def _model(data: dict[str, Any]) -> str | None:
 
 
 class OpenAIStreamReader:
-    """Reads an OpenAI SSE stream as it passes: usage and model out, bytes untouched."""
+    """Reads an OpenAI SSE stream as it passes: usage and model out, bytes untouched.
 
-    __slots__ = ("_done", "_parser", "_provider", "model", "usage")
+    With `strip_usage` (the gateway asked for the usage chunk the client did not), the
+    usage-only event (`choices: []`) is removed; complete events are passed on as they
+    complete, so that event never leaves in part.
+    """
 
-    def __init__(self, provider: str) -> None:
+    __slots__ = ("_done", "_parser", "_provider", "_strip", "model", "usage")
+
+    def __init__(self, provider: str, strip_usage: bool = False) -> None:
         self._provider = provider
         self._parser = SSEParser()
         self._done = False
+        self._strip = strip_usage
         self.usage: Usage | None = None
         self.model: str | None = None
 
@@ -74,10 +80,15 @@ class OpenAIStreamReader:
         out = chunk
         if not self._done:
             try:
-                for event in self._parser.feed(chunk):
-                    self._event(event.data)
+                events = self._parser.feed(chunk)
+                if self._strip:
+                    out = self._without_usage(chunk, events)
+                else:
+                    for event in events:
+                        self._event(event.data)
             except SSEParseError:
                 self._done = True  # nothing more to learn; the bytes still pass
+                self._strip = False
         if end_of_stream and not self._done:
             self._done = True
             what = "a stream that ended before data: [DONE]"
@@ -86,19 +97,38 @@ class OpenAIStreamReader:
             out += close + error_event(malformed_response(self._provider, what)) + DONE
         return Translated(out, self.usage, self.model)
 
-    def _event(self, data: str) -> None:
+    def _without_usage(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
+        """The complete events of this chunk, the usage-only one left out; `chunk` itself
+        when that is exactly what it holds."""
+        kept: list[bytes] = []
+        dropped = False
+        for event in events:
+            if self._event(event.data):
+                dropped = True
+            else:
+                kept.append(b"data: " + event.data.encode() + b"\n\n")
+        if not dropped and not self._parser.pending and chunk.endswith(b"\n\n"):
+            return chunk
+        if self._done:
+            self._strip = False  # [DONE] passed: nothing more to hold back
+        return b"".join(kept)
+
+    def _event(self, data: str) -> bool:
+        """Learn from one event; True for the usage-only event the client did not ask for."""
         if data == DONE_DATA:
             self._done = True
-            return
+            return False
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return
+            return False
         if not isinstance(payload, dict):
-            return
-        usage = read_usage(payload.get("usage"))
-        if usage is not None:
-            self.usage = usage
+            return False
         model = _model(payload)
         if model is not None:
             self.model = model
+        usage = read_usage(payload.get("usage"))
+        if usage is None:
+            return False
+        self.usage = usage
+        return self._strip and payload.get("choices") == []

@@ -65,14 +65,22 @@ the processor rewrites them on a reload, Envoy watches them. */}}
 {{- else }}30{{- end }}
 {{- end }}
 
+{{/*
+The longest shutdown: Envoy's drain (drainDelaySeconds + shutdown_grace_seconds), then 5 s for
+Envoy and the processor to exit. The processor's preStop waits for Envoy at most this long.
+*/}}
+{{- define "llm-gateway.processorStopWait" -}}
+{{- add (int .Values.drainDelaySeconds) (include "llm-gateway.shutdownGrace" . | int) 5 }}
+{{- end }}
+
 {{- define "llm-gateway.terminationGrace" -}}
-{{- $needed := add (int .Values.drainDelaySeconds) (include "llm-gateway.shutdownGrace" . | int) }}
+{{- $needed := include "llm-gateway.processorStopWait" . | int }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
-{{- add $needed 10 }}
+{{- add $needed 5 }}
 {{- else }}
 {{- $set := int .Values.terminationGracePeriodSeconds }}
 {{- if lt $set $needed }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least drainDelaySeconds + gateway.processor.shutdown_grace_seconds (%d)" $set $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least drainDelaySeconds + gateway.processor.shutdown_grace_seconds + 5 (%d)" $set $needed) }}
 {{- end }}
 {{- $set }}
 {{- end }}

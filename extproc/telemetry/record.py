@@ -1,0 +1,140 @@
+"""The record of one HTTP request, shared by its downstream stream and its attempts' streams.
+
+A request with several targets runs on several ext_proc streams: the downstream filter's, and
+one upstream-filter stream per attempt. They find the same record by the request's
+`x-request-id` (`RecordBook`), and the record is emitted once, when the last holder lets go.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from extproc.providers.base import Usage
+
+# `traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>` (W3C Trace Context).
+_TRACEPARENT_LENGTH = 55
+
+
+def trace_id_from(traceparent: str | None) -> str:
+    """The trace id of a W3C `traceparent` header ("" when absent or malformed)."""
+    if traceparent is None or len(traceparent) != _TRACEPARENT_LENGTH:
+        return ""
+    trace_id = traceparent[3:35]
+    if traceparent[2] != "-" or traceparent[35] != "-" or trace_id == "0" * 32:
+        return ""
+    try:
+        int(trace_id, 16)
+    except ValueError:
+        return ""
+    return trace_id.lower()
+
+
+class RequestRecord:
+    """What one request did, filled in as its phases run (plain fields, no logic per phase)."""
+
+    __slots__ = (
+        "attempts",
+        "code",
+        "content",
+        "ended_at",
+        "first_chunk_at",
+        "headers_at",
+        "holders",
+        "key_id",
+        "method",
+        "model",
+        "on_close",
+        "operation",
+        "path",
+        "provider",
+        "provider_type",
+        "request_id",
+        "response_model",
+        "started",
+        "started_wall",
+        "status",
+        "stream",
+        "target",
+        "tenant",
+        "trace_id",
+        "upstream_model",
+        "usage",
+    )
+
+    def __init__(self, on_close: Callable[[RequestRecord], None]) -> None:
+        self.on_close: Callable[[RequestRecord], None] | None = on_close
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.holders = 1
+        self.request_id = ""
+        self.trace_id = ""
+        self.method = ""
+        self.path = ""
+        self.tenant = ""
+        self.key_id = ""
+        self.operation = ""  # gen_ai.operation.name: "chat", "embeddings" ("" for others)
+        self.model = ""  # the client's model name (a configured one, once known)
+        self.stream = False
+        self.provider = ""  # the config's provider name of the last attempt
+        self.provider_type = ""
+        self.target = ""
+        self.upstream_model = ""
+        self.response_model: str | None = None
+        self.status = 0
+        self.code = ""  # the gateway's error code, "" for a success
+        self.attempts = 0
+        self.usage: Usage | None = None
+        self.headers_at: float | None = None  # response headers reached the processor
+        self.first_chunk_at: float | None = None  # first response body chunk (streams)
+        self.ended_at: float | None = None  # the answer's last byte passed the processor
+        # Prompt and completion text, only when the access log is told to include content.
+        self.content: dict[str, object] | None = None
+
+    def hold(self) -> None:
+        """Another stream (an attempt) works on this request."""
+        self.holders += 1
+
+    def release(self) -> None:
+        """A stream of this request ended; the last one emits the record."""
+        self.holders -= 1
+        if self.holders <= 0 and self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            if self.ended_at is None:
+                self.ended_at = time.monotonic()
+            on_close(self)
+
+    def answered(self, status: int) -> None:
+        """The status the client gets (`code` is set by whoever wrote the error)."""
+        self.status = status
+        if self.headers_at is None:
+            self.headers_at = time.monotonic()
+
+
+class RecordBook:
+    """Records of requests in flight by `x-request-id`, so an attempt's stream finds its own."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        self._open: dict[str, RequestRecord] = {}
+
+    def open(self, record: RequestRecord) -> None:
+        """Make `record` findable by its request id while it is open."""
+        if record.request_id:
+            self._open[record.request_id] = record
+
+    def find(self, request_id: str | None) -> RequestRecord | None:
+        """The open record of `request_id`, held for the caller (release it when done)."""
+        record = self._open.get(request_id) if request_id else None
+        if record is not None:
+            record.hold()
+        return record
+
+    def close(self, record: RequestRecord) -> None:
+        """Forget `record` (it is being emitted)."""
+        if record.request_id and self._open.get(record.request_id) is record:
+            del self._open[record.request_id]
+
+    def __len__(self) -> int:
+        return len(self._open)
