@@ -461,7 +461,7 @@ async def test_admin_reload_endpoints_and_health_of_a_pending_gateways_targets(
     fake, _ = envoy_admin
     apply_when_written(fake, setup, [])
     app = make_admin_app(
-        AdminState(), setup.gateways.current.metrics, setup.gateways, setup.reloader
+        AdminState(), setup.gateways.current.metrics, setup.gateways, reloader=setup.reloader
     )
     runner = web.AppRunner(app)
     await runner.setup()
