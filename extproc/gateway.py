@@ -25,7 +25,7 @@ from extproc.decisions.provider_health import ProviderHealth
 from extproc.errors import GatewayError
 from extproc.metrics import Metrics
 from extproc.providers import ProviderAdapter, adapter_for
-from extproc.telemetry.reporter import Telemetry
+from extproc.telemetry.reporter import Telemetry, start_tracing
 
 _AVAILABLE = (Admission.ALLOW, Admission.PROBE)
 
@@ -120,7 +120,10 @@ class Gateway:
         self.config = config
         access_log = config.telemetry.access_log
         self.telemetry = telemetry or Telemetry(
-            metrics, access_log.enabled, access_log.include_content
+            metrics,
+            access_log.enabled,
+            access_log.include_content,
+            start_tracing(config.telemetry.tracing),
         )
         self.metrics = self.telemetry.metrics
         self.auth = Authenticator(config)

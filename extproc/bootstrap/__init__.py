@@ -74,6 +74,7 @@ with warnings.catch_warnings():
     )
     from extproc.bootstrap.common import socket_address
     from extproc.bootstrap.listener import listener
+    from extproc.bootstrap.tracing import collector_clusters
 
 NODE_ID = "llm-gateway"
 GENERATED_HEADER = (
@@ -128,6 +129,7 @@ def build_bootstrap(config: GatewayConfig) -> Bootstrap:
                     for model in config.models
                 ),
                 *fail_open_clusters(config, route_ids, providers, buffer_limit),
+                *collector_clusters(config.telemetry.tracing),
             ],
         ),
         layered_runtime=_layered_runtime(),

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -24,6 +24,9 @@ from extproc.pipeline.actions import Action, Continue, Respond
 from extproc.pipeline.attempt import UpstreamAttempt
 from extproc.pipeline.request import RequestPipeline
 from extproc.server.messages import attempt_target, headers_to_dict, last_message, to_response
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK loads only when tracing is on
+    from extproc.telemetry.tracing import StreamTrace
 
 log = logging.getLogger("extproc.server")
 
@@ -48,6 +51,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         """
         pipeline: Pipeline | None = None
         phase_timers = self.gateway.metrics.processing_phase
+        tracing = self.gateway.telemetry.tracing
+        trace: StreamTrace | None = None
         self.active += 1
         try:
             while True:
@@ -57,14 +62,24 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 phase = request.WhichOneof("request")
                 if pipeline is None:
                     pipeline, failed = self._pipeline_for(request)
+                    if tracing is not None:
+                        # Envoy names its span of this call in the metadata: our parent.
+                        attempt = isinstance(pipeline, UpstreamAttempt)
+                        trace = tracing.stream(context.invocation_metadata(), attempt)
                     if failed is not None:
                         await context.write(to_response(phase or "", failed))
                         return
                 started = time.perf_counter()
                 action = self._handle(pipeline, phase, request)
+                ended = time.perf_counter()
                 timer = phase_timers.get(phase or "")
                 if timer is not None:
-                    timer.observe(time.perf_counter() - started)
+                    timer.observe(ended - started)
+                if trace is not None:
+                    trace.phase(phase or "", started, ended, pipeline.record)
+                    if phase == "response_body" and isinstance(action, Continue):
+                        sent = action.body
+                        trace.answer(request.response_body.body if sent is None else sent)
                 if action is None:
                     continue
                 await context.write(to_response(phase or "", action))
@@ -80,6 +95,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             self.active -= 1
             if pipeline is not None:
                 pipeline.finish()
+            if trace is not None:
+                trace.stream_ended(pipeline if isinstance(pipeline, UpstreamAttempt) else None)
 
     def _pipeline_for(self, request: pb.ProcessingRequest) -> tuple[Pipeline, Action | None]:
         """Downstream filter streams get a RequestPipeline; upstream (per attempt) ones an
