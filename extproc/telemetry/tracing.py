@@ -284,7 +284,7 @@ def _request_span(record: RequestRecord, finish_reasons: list[str]) -> SpanEnd:
     _usage_attributes(attributes, record.usage)
     if finish_reasons:
         attributes["gen_ai.response.finish_reasons"] = finish_reasons
-    if record.first_chunk_at is not None:
+    if record.stream and record.first_chunk_at is not None:
         ttft = record.first_chunk_at - record.started
         attributes["gen_ai.response.time_to_first_chunk"] = round(ttft, 6)
     status = record.status
