@@ -62,7 +62,13 @@ def start_tracing(config: TracingConfig) -> Tracing | None:
     SDK is not even imported)."""
     if not config.enabled:
         return None
-    # Imported here: a processor without tracing never loads the OpenTelemetry SDK.
-    from extproc.telemetry.tracing import Tracing
-
+    try:
+        # Imported here: a processor without tracing never loads the OpenTelemetry SDK.
+        from extproc.telemetry.tracing import Tracing
+    except ImportError as exc:
+        # xds-protos ships an old copy of opentelemetry/proto/ that can shadow the real one.
+        raise RuntimeError(
+            f"tracing is on but the OTLP exporter cannot load ({exc}); reinstall it: pip "
+            "install --force-reinstall --no-deps opentelemetry-proto==<installed version>"
+        ) from exc
     return Tracing(config)
