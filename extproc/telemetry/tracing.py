@@ -237,6 +237,22 @@ class StreamTrace:
 SpanEnd = tuple[str, dict[str, AttributeValue], bool]
 
 
+# Span names must stay few: a client's own method or path never becomes one.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_ROUTES = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/models"})
+
+
+def _http_span_name(method: str, path: str) -> str:
+    """`POST /v1/chat/completions`, `GET /v1/models/{model}`, or the bare method (HTTP
+    conventions: `{method} {route}`, the route only when it is one the gateway serves)."""
+    method = method if method in _METHODS else "HTTP"
+    if path in _ROUTES:
+        return f"{method} {path}"
+    if path.startswith("/v1/models/"):
+        return f"{method} /v1/models/{{model}}"
+    return method
+
+
 def _genai_provider(provider_type: str) -> str:
     return GENAI_PROVIDER_NAMES.get(provider_type, provider_type)
 
@@ -276,7 +292,7 @@ def _request_span(record: RequestRecord, finish_reasons: list[str]) -> SpanEnd:
         attributes["gen_ai.request.model"] = record.model
         name = f"{operation or 'gateway'} {record.model}"
     elif record.method:
-        name = f"{record.method} {record.path}"
+        name = _http_span_name(record.method, record.path)
     if record.provider_type:
         attributes["gen_ai.provider.name"] = _genai_provider(record.provider_type)
     if record.response_model:

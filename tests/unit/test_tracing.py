@@ -200,6 +200,28 @@ async def test_an_error_is_reported_with_its_code(
     assert request.name == "POST /v1/chat/completions"  # no configured model was named
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "name"),
+    [
+        ("GET", "/v1/models/some-model", "GET /v1/models/{model}"),
+        ("GET", "/v1/whatever/the/client/likes", "GET"),
+        ("BREW", "/coffee", "HTTP"),
+    ],
+)
+async def test_span_names_never_take_a_clients_own_path_or_method(
+    traced: tuple[Any, Gateway],
+    exporter: InMemorySpanExporter,
+    method: str,
+    path: str,
+    name: str,
+) -> None:
+    client, gateway = traced
+    await exchange(client, header_msg(path, method, eos=True))
+    (request,) = [s for s in finished(gateway, exporter) if s.kind is SpanKind.SERVER]
+    assert request.name == name
+    assert dict(request.attributes or {})["url.path"] == path  # the path is an attribute
+
+
 async def test_a_stream_envoy_did_not_sample_makes_no_spans(
     traced: tuple[Any, Gateway], exporter: InMemorySpanExporter
 ) -> None:
