@@ -41,7 +41,7 @@ class Telemetry:
         return RequestRecord(self.emit)
 
     def emit(self, record: RequestRecord) -> None:
-        """A request ended: count it and write its access-log line."""
+        """A request ended: count it, write its access-log line, end its span (if traced)."""
         self.records.close(record)
         self.metrics.request_done(record)
         if self.access_log:
