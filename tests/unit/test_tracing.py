@@ -17,6 +17,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from opentelemetry.sdk.trace import ReadableSpan, Tracer
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import SecretStr
@@ -288,6 +289,7 @@ async def test_tracing_off_makes_no_tracer_and_no_spans(
         return original(self, name, *args, **kwargs)
 
     monkeypatch.setattr(Tracer, "start_span", counting)
+    monkeypatch.setattr(BatchSpanProcessor, "on_end", lambda self, span: started.append(span.name))
     loaded = LoadedConfig(parse_config(config_data()), {"oa": SecretStr("sk-up")}, "test")
     gateway = Gateway(loaded)
     assert gateway.telemetry.tracing is None
