@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -29,8 +28,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import (
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.util.types import AttributeValue
 
 from extproc.config.schema import ProviderConfig, TracingConfig
@@ -40,6 +45,12 @@ from extproc.providers.base import Usage
 from extproc.telemetry.record import RequestRecord
 
 TRACER_NAME = "extproc"
+# A stream's span is named for what it served when it ends (`chat gpt-4o`); until then, these.
+REQUEST_SPAN_NAME = "ext_proc"
+ATTEMPT_SPAN_NAME = "ext_proc attempt"
+INTERNAL = SpanKind.INTERNAL
+_UNSET = Status(StatusCode.UNSET)
+_ERROR = Status(StatusCode.ERROR)
 PHASE_SPAN_NAMES = {
     phase: f"ext_proc {phase}"
     for phase in ("request_headers", "request_body", "response_headers", "response_body")
@@ -113,25 +124,53 @@ class AttemptView(Protocol):
         """How the attempt ended (`Outcome`)."""
 
 
-class Tracing:
-    """The processor's tracer: OTLP gRPC export in a background thread, parent-based sampling."""
+# W3C Trace Context `traceparent` (the same rule as OpenTelemetry's propagator): version,
+# trace id, parent span id, flags; version 00 has nothing after the flags, ff is invalid.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_RANDOM = TraceFlags.RANDOM_TRACE_ID
+_MAX_TRACEPARENT = 512
 
-    __slots__ = ("_clock_offset_ns", "_ids", "_propagator", "_queue", "_scope", "provider",
-                 "tracer")  # fmt: skip
+
+def remote_parent(traceparent: str, tracestate: str = "") -> SpanContext | None:
+    """The remote span a `traceparent` (and `tracestate`) names; None when malformed."""
+    if len(traceparent) > _MAX_TRACEPARENT:
+        return None
+    match = _TRACEPARENT.fullmatch(traceparent.strip(" \t"))
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or int(trace_id, 16) == 0:
+        return None
+    if int(span_id, 16) == 0:
+        return None
+    state = TraceState.from_header([tracestate]) if tracestate else TraceState()
+    return SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)), state)
+
+
+class Tracing:
+    """The processor's tracer: parent-based sampling, OTLP gRPC export from a background thread.
+
+    Spans are built as finished `ReadableSpan`s and handed to the export queue when they end,
+    not through the SDK's `Tracer.start_span` / `Span.end`: a stream's span is sampled, named
+    and given its attributes once, when it ends, so the SDK's live-span machinery (a lock and
+    a validating bounded container per span, per-attribute checks, span limits) bought nothing
+    and cost 3-6x the CPU on the event loop (docs/architecture.md, "Tracing").
+    """
+
+    __slots__ = ("_clock_offset_ns", "_ids", "_queue", "_ratio", "_resource", "_scope",
+                 "provider")  # fmt: skip
 
     def __init__(self, config: TracingConfig, exporter: SpanExporter | None = None) -> None:
-        self.provider = TracerProvider(
-            resource=Resource.create({"service.name": config.service_name}),
-            sampler=ParentBased(TraceIdRatioBased(config.sampling_ratio)),
-        )
+        self._ratio = TraceIdRatioBased(config.sampling_ratio)
+        self._resource = Resource.create({"service.name": config.service_name})
+        # The provider owns the export queue: its flush and shutdown export what is queued.
+        self.provider = TracerProvider(resource=self._resource, sampler=ParentBased(self._ratio))
         if exporter is None:
             exporter = OTLPSpanExporter(endpoint=config.endpoint, insecure=True)
         self._queue = BatchSpanProcessor(exporter)
         self.provider.add_span_processor(self._queue)
-        self.tracer = self.provider.get_tracer(TRACER_NAME)
         self._scope = InstrumentationScope(TRACER_NAME)
         self._ids = RandomIdGenerator()
-        self._propagator = TraceContextTextMapPropagator()
         # Phases are timed with perf_counter (the servicer's clock); spans want wall-clock ns.
         self._clock_offset_ns = time.time_ns() - time.perf_counter_ns()
 
@@ -142,45 +181,68 @@ class Tracing:
 
         `metadata` is the call's gRPC metadata, where Envoy puts its span's `traceparent`;
         `attempt`: the stream is an upstream-filter attempt, not a downstream request.
+        Sampling is `ParentBased(TraceIdRatioBased(ratio))`'s: a parent's decision is kept,
+        the ratio decides only for a stream without one.
         """
-        carrier: dict[str, str] = {}
+        traceparent = tracestate = ""
         for key, value in metadata or ():
-            if key == "traceparent" or key == "tracestate":
-                carrier[key] = value if isinstance(value, str) else value.decode("latin-1")
-        parent: Context | None = self._propagator.extract(carrier) if carrier else None
-        span = self.tracer.start_span(
-            "ext_proc attempt" if attempt else "ext_proc", context=parent, kind=SpanKind.SERVER
-        )
-        if not span.is_recording():
-            return None
-        return StreamTrace(self, span, attempt)
+            if key == "traceparent":
+                traceparent = value if isinstance(value, str) else value.decode("latin-1")
+            elif key == "tracestate":
+                tracestate = value if isinstance(value, str) else value.decode("latin-1")
+        parent = remote_parent(traceparent, tracestate) if traceparent else None
+        if parent is not None:
+            if not parent.trace_flags.sampled:
+                return None
+            trace_id = parent.trace_id
+            flags = TraceFlags(TraceFlags.SAMPLED | (parent.trace_flags & _RANDOM))
+            state = parent.trace_state
+        else:
+            trace_id = self._ids.generate_trace_id()
+            if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT >= self._ratio.bound:
+                return None
+            flags = TraceFlags(TraceFlags.SAMPLED | _RANDOM)
+            state = TraceState()
+        span = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, state)
+        name = ATTEMPT_SPAN_NAME if attempt else REQUEST_SPAN_NAME
+        return StreamTrace(self, span, parent, name, attempt)
 
     def wall_ns(self, perf_seconds: float) -> int:
         """A `time.perf_counter()` reading as wall-clock nanoseconds."""
         return int(perf_seconds * 1e9) + self._clock_offset_ns
 
-    def finished_child(self, name: str, parent: SpanContext, started: float, ended: float) -> None:
-        """Export a child span of `parent` that ran from `started` to `ended` (perf_counter).
-
-        Born finished, it goes straight to the export queue as a `ReadableSpan`: through the
-        SDK's `start_span` and `end` (sampler, locks, bounded containers for attributes, events
-        and links it never gets) the same span cost six times as much CPU, on the event loop.
-        """
-        context = SpanContext(
+    def child(self, parent: SpanContext) -> SpanContext:
+        """A new span's context in `parent`'s trace."""
+        return SpanContext(
             parent.trace_id,
             self._ids.generate_span_id(),
             False,
             parent.trace_flags,
             parent.trace_state,
         )
+
+    def export(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        start_ns: int,
+        end_ns: int,
+        attributes: dict[str, AttributeValue] | None = None,
+        status: Status = _UNSET,
+    ) -> None:
+        """Queue a finished span for export (never blocks: the exporter's thread sends it)."""
         span = ReadableSpan(
             name,
             context,
             parent,
-            self.provider.resource,
-            kind=SpanKind.INTERNAL,
-            start_time=self.wall_ns(started),
-            end_time=self.wall_ns(ended),
+            self._resource,
+            attributes,
+            kind=kind,
+            status=status,
+            start_time=start_ns,
+            end_time=end_ns,
             instrumentation_scope=self._scope,
         )
         self._queue.on_end(span)
@@ -197,13 +259,23 @@ class Tracing:
 class StreamTrace:
     """The span of one sampled ext_proc stream and what it learns while the stream runs."""
 
-    __slots__ = ("_tail", "attempt", "attempt_number", "finish_reasons", "record", "span",
-                 "span_context", "tracing")  # fmt: skip
+    __slots__ = ("_tail", "attempt", "attempt_number", "ended", "finish_reasons", "name",
+                 "parent", "record", "span", "started_ns", "tracing")  # fmt: skip
 
-    def __init__(self, tracing: Tracing, span: Span, attempt: bool) -> None:
+    def __init__(
+        self,
+        tracing: Tracing,
+        span: SpanContext,
+        parent: SpanContext | None,
+        name: str,
+        attempt: bool,
+    ) -> None:
         self.tracing = tracing
-        self.span = span
-        self.span_context = span.get_span_context()  # the parent of this stream's child spans
+        self.span = span  # this stream's span: the parent of its phases' spans
+        self.parent = parent  # Envoy's span of this ext_proc call
+        self.name = name
+        self.started_ns = time.time_ns()
+        self.ended = False
         self.attempt = attempt
         self.record: RequestRecord | None = None
         self.attempt_number = 0
@@ -214,7 +286,9 @@ class StreamTrace:
         """A phase was handled between `started` and `ended` (perf_counter seconds)."""
         name = PHASE_SPAN_NAMES.get(phase)
         if name is not None:
-            self.tracing.finished_child(name, self.span_context, started, ended)
+            tracing = self.tracing
+            start, end = tracing.wall_ns(started), tracing.wall_ns(ended)
+            tracing.export(name, tracing.child(self.span), self.span, INTERNAL, start, end)
         if record is not None and self.record is None:
             self.record = record
             if not self.attempt:
@@ -250,15 +324,20 @@ class StreamTrace:
         self._end(_request_span(record, self.finish_reasons))
 
     def _end(self, ending: SpanEnd | None) -> None:
-        span = self.span
-        if ending is not None:
-            name, attributes, failed = ending
-            if name:
-                span.update_name(name)
-            if failed:
-                span.set_status(Status(StatusCode.ERROR))
-            span.set_attributes(attributes)
-        span.end()
+        if self.ended:
+            return
+        self.ended = True
+        name, attributes, failed = ending if ending is not None else ("", None, False)
+        self.tracing.export(
+            name or self.name,
+            self.span,
+            self.parent,
+            SpanKind.SERVER,
+            self.started_ns,
+            time.time_ns(),
+            attributes,
+            _ERROR if failed else _UNSET,
+        )
 
 
 # How a span ends: its final name ("" keeps it), its attributes, whether it failed.
@@ -327,7 +406,7 @@ def _request_span(record: RequestRecord, finish_reasons: list[str]) -> SpanEnd:
         attributes["gen_ai.response.model"] = record.response_model
     _usage_attributes(attributes, record.usage)
     if finish_reasons:
-        attributes["gen_ai.response.finish_reasons"] = finish_reasons
+        attributes["gen_ai.response.finish_reasons"] = tuple(finish_reasons)
     if record.stream and record.first_chunk_at is not None:
         ttft = record.first_chunk_at - record.started
         attributes["gen_ai.response.time_to_first_chunk"] = round(ttft, 6)
@@ -364,7 +443,7 @@ def _attempt_span(
         attributes["gen_ai.response.model"] = attempt.response_model
     _usage_attributes(attributes, attempt.usage)
     if finish_reasons:
-        attributes["gen_ai.response.finish_reasons"] = finish_reasons
+        attributes["gen_ai.response.finish_reasons"] = tuple(finish_reasons)
     status = attempt.final_status if attempt.final_status is not None else attempt.status
     if status:
         attributes["http.response.status_code"] = status

@@ -16,10 +16,13 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from opentelemetry.sdk.trace import ReadableSpan, Tracer
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from hypothesis import example, given
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, StatusCode, get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import SecretStr
 
 from extproc.config.loading import LoadedConfig, parse_config
@@ -28,12 +31,13 @@ from extproc.decisions.auth import hash_key
 from extproc.gateway import Gateway
 from extproc.server.serve import ProcessorServer
 from extproc.telemetry.reporter import Telemetry
-from extproc.telemetry.tracing import StreamTrace, Tracing
+from extproc.telemetry.tracing import StreamTrace, Tracing, remote_parent
 from tests.unit.test_server import KEY, attempt_headers, body_msg, header_msg
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 ENVOY_SPAN = "00f067aa0ba902b7"
 SAMPLED = f"00-{TRACE_ID}-{ENVOY_SPAN}-01"
+TRACESTATE = "envoy=1,vendor=abc"
 NOT_SAMPLED = f"00-{TRACE_ID}-{ENVOY_SPAN}-00"
 CHAT = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 # What the (imaginary) provider answers: the values the spans must report.
@@ -109,7 +113,7 @@ async def exchange(
         for m in messages:
             yield m
 
-    metadata = (("traceparent", traceparent),) if traceparent else None
+    metadata = (("traceparent", traceparent), ("tracestate", TRACESTATE)) if traceparent else None
     return [r async for r in stub.Process(requests(), metadata=metadata)]
 
 
@@ -166,6 +170,8 @@ async def test_a_request_span_continues_envoys_span_with_a_child_per_phase(
     # Envoy's span of this call (the metadata's traceparent) is the parent; same trace.
     assert f"{request.context.trace_id:032x}" == TRACE_ID
     assert f"{request.parent.span_id:016x}" == ENVOY_SPAN
+    assert request.context.trace_flags.sampled
+    assert request.context.trace_state.to_header() == TRACESTATE  # carried on, untouched
     for name, span in spans.items():
         if name != "chat m":
             assert span.parent is not None and span.parent.span_id == request.context.span_id
@@ -282,14 +288,10 @@ async def test_tracing_off_makes_no_tracer_and_no_spans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[str] = []
-    original = Tracer.start_span
-
-    def counting(self: Tracer, name: str, *args: Any, **kwargs: Any) -> Any:
-        started.append(name)
-        return original(self, name, *args, **kwargs)
-
-    monkeypatch.setattr(Tracer, "start_span", counting)
-    monkeypatch.setattr(BatchSpanProcessor, "on_end", lambda self, span: started.append(span.name))
+    # Every span, the SDK's or ours, reaches an exporter through a span processor's on_end.
+    for processor in (BatchSpanProcessor, SimpleSpanProcessor):
+        monkeypatch.setattr(processor, "on_end", lambda self, span: started.append(span.name))
+    monkeypatch.setattr(Tracing, "stream", lambda *args: started.append("stream"))
     loaded = LoadedConfig(parse_config(config_data()), {"oa": SecretStr("sk-up")}, "test")
     gateway = Gateway(loaded)
     assert gateway.telemetry.tracing is None
@@ -360,3 +362,54 @@ def test_finish_reason_text_inside_content_is_not_a_finish_reason(
     content = orjson.dumps({"content": 'say "finish_reason":"stop" please'})
     stream_trace.answer(b'{"choices":[{"message":' + content + b',"finish_reason":"stop"}]}')
     assert stream_trace.finish_reasons == ["stop"]
+
+
+def propagator_parent(traceparent: str, tracestate: str) -> SpanContext | None:
+    """What OpenTelemetry's own W3C propagator makes of the same header (the oracle)."""
+    carrier = {"traceparent": traceparent, "tracestate": tracestate}
+    context = get_current_span(TraceContextTextMapPropagator().extract(carrier))
+    span = context.get_span_context()
+    return span if span.is_valid else None
+
+
+traceparents = st.one_of(
+    st.text(max_size=80),
+    st.builds(
+        "{}-{}-{}-{}{}".format,
+        st.sampled_from(["00", "01", "ff", "0g", "AB", "cc"]),
+        st.sampled_from(["0" * 32, TRACE_ID, TRACE_ID.upper(), TRACE_ID[:31]]),
+        st.sampled_from(["0" * 16, ENVOY_SPAN, ENVOY_SPAN + "0"]),
+        st.sampled_from(["00", "01", "03", "f", "0G", "011"]),
+        st.sampled_from(["", "-", "-extra", " ", "\t"]),
+    ),
+)
+
+
+VALID = f"{TRACE_ID}-{ENVOY_SPAN}-01"
+
+
+@given(traceparents, st.sampled_from(["", "a=1", "envoy=1,vendor=abc", "bad key=1"]))
+@example(f"00-{VALID}", "envoy=1,vendor=abc")  # the common case, with its tracestate
+@example(f"ff-{VALID}", "")  # version ff is invalid
+@example(f"00-{VALID}-more", "")  # version 00 has nothing after the flags
+@example(f"cc-{VALID}-more", "")  # a later version may
+@example(f"00-{'0' * 32}-{ENVOY_SPAN}-01", "")  # an all-zero trace id
+@example(f"00-{TRACE_ID}-{'0' * 16}-01", "")  # an all-zero span id
+@example(f"00-{TRACE_ID.upper()}-{ENVOY_SPAN}-01", "")  # hex is lowercase
+@example(f" 00-{VALID}\t", "")  # surrounding blanks
+def test_the_traceparent_parser_agrees_with_opentelemetrys_propagator(
+    traceparent: str, tracestate: str
+) -> None:
+    ours = remote_parent(traceparent, tracestate)
+    theirs = propagator_parent(traceparent, tracestate)
+    if theirs is None:
+        assert ours is None
+    else:
+        assert ours is not None
+        assert (ours.trace_id, ours.span_id, ours.trace_flags, ours.is_remote) == (
+            theirs.trace_id,
+            theirs.span_id,
+            theirs.trace_flags,
+            theirs.is_remote,
+        )
+        assert ours.trace_state.to_header() == theirs.trace_state.to_header()
