@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -413,3 +414,26 @@ def test_the_traceparent_parser_agrees_with_opentelemetrys_propagator(
             theirs.is_remote,
         )
         assert ours.trace_state.to_header() == theirs.trace_state.to_header()
+
+
+def test_spans_are_exported_from_a_thread_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "10")  # the export thread's pace (ms)
+    exporting: list[int] = []
+    exported = threading.Event()
+
+    class Recording(InMemorySpanExporter):
+        def export(self, spans: Any) -> Any:
+            exporting.append(threading.get_ident())
+            result = super().export(spans)
+            exported.set()
+            return result
+
+    tracing = Tracing(TracingConfig(enabled=True), exporter=Recording())
+    try:
+        trace = tracing.stream([("traceparent", SAMPLED)], attempt=False)
+        assert trace is not None
+        trace.stream_ended(None)  # only queues the span; the export thread sends it
+        assert exported.wait(10)
+        assert exporting and threading.get_ident() not in exporting
+    finally:
+        tracing.shutdown()
