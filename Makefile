@@ -24,6 +24,12 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# xds-protos ships an old copy of opentelemetry/proto/ (no ScopeSpans); whichever of it and
+	@# opentelemetry-proto pip installs last wins, so put opentelemetry-proto's files back.
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+	@$(BIN)/python -c 'from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope' \
+	  || { echo "opentelemetry-proto is shadowed by an older copy (xds-protos)" >&2; exit 1; }
 	@test -x "$$($(BIN)/python -c 'from extproc.dev.stack import find_envoy_binary; print(find_envoy_binary())')" \
 	  || { echo "envoy binary missing after install" >&2; exit 1; }
 	@touch $(STAMP)

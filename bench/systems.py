@@ -27,6 +27,7 @@ from extproc.dev.stack import (
     FakeProcess,
     GatewayStack,
     ProcessGroup,
+    free_port,
     free_ports,
     loopback_sections,
 )
@@ -54,6 +55,9 @@ ALL_FEATURES = "gateway-all-features"
 # (reading the answer for its tokens) and the access log cost, by difference.
 PASSTHROUGH_UNREAD = "gateway-passthrough, usage accounting off"
 PASSTHROUGH_QUIET = "gateway-passthrough, accounting and access log off"
+# The all-features request on a processor and Envoy with tracing on (every request sampled,
+# exported to a do-nothing collector): what tracing costs, by difference.
+ALL_FEATURES_TRACED = "gateway-all-features, tracing on"
 ANTHROPIC_REFERENCE = "plain-envoy, Anthropic wire (reference)"
 # Envoy + a do-nothing Python ext_proc server (bench/floor_processor.py): the floor.
 FLOOR = "floor: Envoy + empty Python ext_proc"
@@ -373,6 +377,35 @@ def start_lean_gateway(
     return gateway.start()
 
 
+def start_traced_gateway(
+    children: ProcessGroup, workdir: Path, fake: FakeProcess
+) -> GatewayStack[SharedFake]:
+    """A second processor and Envoy on `gateway_config` with tracing on (ratio 1.0), sharing
+    the running fake, exporting to a do-nothing OTLP collector process."""
+    workdir.mkdir()
+    port = free_port()
+    argv = [sys.executable, "-m", "extproc.dev.otlp_collector", "--port", str(port), "--discard"]
+    children.spawn(argv, workdir / "collector.log")
+
+    def config(fake_url: str) -> dict[str, Any]:
+        data = gateway_config(fake_url, workdir)
+        tracing = {"enabled": True, "endpoint": f"127.0.0.1:{port}", "sampling_ratio": 1.0}
+        data["telemetry"] = {**data.get("telemetry", {}), "tracing": tracing}
+        return data
+
+    gateway = children.add(
+        GatewayStack(
+            workdir,
+            config,
+            SharedFake(fake),
+            processor_env=UPSTREAM_ENV,
+            processor_log_level="WARNING",
+            envoy_name="gateway-envoy",
+        )
+    )
+    return gateway.start()
+
+
 def start_gateway(children: ProcessGroup, workdir: Path) -> GatewayStack[FakeProcess]:
     """The fake, the processor (log level WARNING) and its Envoy, on `gateway_config`."""
     gateway = children.add(
@@ -443,6 +476,11 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
         lean[name] = Endpoint(stack.base_url, stack.envoy.pid, stack.processor.pid)
         log(f"{name}: processor (pid {stack.processor.pid}) and Envoy on {stack.base_url}")
 
+    traced = start_traced_gateway(children, workdir / "tracing-on", fake)
+    assert traced.processor is not None and traced.envoy is not None
+    on_traced = Endpoint(traced.base_url, traced.envoy.pid, traced.processor.pid)
+    log(f"{ALL_FEATURES_TRACED}: processor (pid {traced.processor.pid}) on {traced.base_url}")
+
     plain = start_plain_envoy(children, workdir, fake.port)
     log(f"plain Envoy (pid {plain.envoy_pid}) on {plain.url}")
     floor = start_floor(children, workdir, fake.port)
@@ -467,6 +505,9 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
             {**auth, "Authorization": f"Bearer {RBAC_KEY}", "x-gateway-timeout": "30"},
         ),
     }
+    targets[ALL_FEATURES_TRACED] = on_traced.target(
+        ALL_FEATURES_TRACED, chat, chat_body(MODEL_ALL), targets[ALL_FEATURES].headers
+    )
     anthropic_plain = plain.target(
         ANTHROPIC_REFERENCE,
         "/anthropic/v1/messages",

@@ -27,7 +27,7 @@ from extproc.decisions.provider_health import ProviderHealth
 from extproc.errors import GatewayError
 from extproc.metrics import Metrics
 from extproc.providers import ProviderAdapter, adapter_for
-from extproc.telemetry.reporter import Telemetry
+from extproc.telemetry.reporter import Telemetry, start_tracing
 
 _AVAILABLE = (Admission.ALLOW, Admission.PROBE)
 
@@ -132,7 +132,10 @@ class Gateway:
         if telemetry is None and previous is not None:
             telemetry = previous.telemetry  # one per processor: records outlive a swap
         self.telemetry: Telemetry = telemetry or Telemetry(
-            metrics, access_log.enabled, access_log.include_content
+            metrics,
+            access_log.enabled,
+            access_log.include_content,
+            start_tracing(config.telemetry.tracing),
         )
         self.metrics: Metrics = self.telemetry.metrics
         # ext_proc streams open on this gateway (the servicer counts them): a reload keeps the

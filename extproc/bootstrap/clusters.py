@@ -57,6 +57,7 @@ from envoy_data_plane.google.protobuf import Any, Struct
 
 from extproc.bootstrap.common import FAIL_OPEN_CLUSTER, is_ip, protocol_options, socket_address
 from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, upstream_ext_proc_filter
+from extproc.bootstrap.tracing import collector_clusters
 from extproc.config.schema import (
     GatewayConfig,
     HttpProtocol,
@@ -97,7 +98,8 @@ _LOOPBACK = "127.0.0.1"
 def model_clusters(
     config: GatewayConfig, route_ids: dict[str, str], buffer_limit: int
 ) -> list[Cluster]:
-    """One cluster per model (named by its route id), then the fail-open cluster if any."""
+    """One cluster per model (named by its route id), then the fail-open cluster and the trace
+    collector's, if any."""
     providers = {p.name: p for p in config.providers}
     return [
         *(
@@ -105,6 +107,7 @@ def model_clusters(
             for model in config.models
         ),
         *fail_open_clusters(config, route_ids, providers, buffer_limit),
+        *collector_clusters(config.telemetry.tracing),
     ]
 
 

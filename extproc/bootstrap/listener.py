@@ -28,6 +28,7 @@ from extproc.bootstrap.common import LISTENER_NAME, socket_address
 from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, ext_proc_filter
 from extproc.bootstrap.local_replies import local_reply_config
 from extproc.bootstrap.sources import RDS_FILE, file_source
+from extproc.bootstrap.tracing import hcm_tracing
 from extproc.config.schema import (
     GatewayConfig,
 )
@@ -69,6 +70,7 @@ def listener(
             HttpFilter(name=ROUTER_FILTER, typed_config=Any.pack(Router())),
         ],
         local_reply_config=local_reply_config(),
+        tracing=hcm_tracing(config.telemetry.tracing),
     )
     return Listener(
         name=LISTENER_NAME,

@@ -28,6 +28,8 @@ RESTART_ONLY: tuple[tuple[str, Callable[[GatewayConfig], object], str], ...] = (
     ("processor.ready_requires_envoy", lambda c: c.processor.ready_requires_envoy, _PROCESSOR),
     ("telemetry.log_level", lambda c: c.telemetry.log_level, _PROCESSOR),
     ("telemetry.log_format", lambda c: c.telemetry.log_format, _PROCESSOR),
+    # The processor's tracer (exporter, sampler) is set up once, at start.
+    ("telemetry.tracing", lambda c: c.telemetry.tracing, _PROCESSOR),
     # Envoy's bootstrap: its admin interface and where it reads its dynamic config.
     ("envoy_admin.address", lambda c: c.envoy_admin.address, _ENVOY),
     ("envoy_admin.port", lambda c: c.envoy_admin.port, _ENVOY),

@@ -349,8 +349,44 @@ class AccessLogConfig(_Strict):
     include_content: bool = False
 
 
+class TracingConfig(_Strict):
+    """Traces over OTLP gRPC from Envoy and the processor, one trace per request (off by default).
+
+    Both export to `endpoint` (a collector or agent, plaintext gRPC). Envoy samples new requests
+    at `sampling_ratio`; the processor follows Envoy's decision (parent-based) and applies the
+    ratio itself only to streams Envoy did not trace.
+    """
+
+    enabled: bool = False
+    # The collector's OTLP gRPC receiver, HOST:PORT (a name Envoy resolves by DNS, or an IP).
+    endpoint: str = "127.0.0.1:4317"
+    # Share of requests traced, 0..1 (Envoy's `random_sampling`, the processor's ratio sampler).
+    sampling_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    # `service.name` of the processor's spans; Envoy's spans carry "<service_name>-envoy".
+    service_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] = (
+        "llm-gateway"
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("endpoint must look like HOST:PORT (OTLP gRPC, e.g. 127.0.0.1:4317)")
+        if "/" in host or " " in host:
+            raise ValueError("endpoint is HOST:PORT, not a URL")
+        return value
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The endpoint's host (IPv6 without brackets) and port."""
+        host, _, port = self.endpoint.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class TelemetryConfig(_Strict):
-    """What the processor reports: logs, token accounting (metrics, traces in their sections)."""
+    """What the processor reports: logs, token accounting, traces (metrics in their section)."""
 
     # Level of the processor's own log (stderr); the access log is separate.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -361,6 +397,7 @@ class TelemetryConfig(_Strict):
     # buffered, streams read chunk by chunk as they pass (and asked for their usage). Costs
     # processor CPU per request (`make bench`, "accounting"); translated answers are always read.
     usage_accounting: bool = True
+    tracing: TracingConfig = TracingConfig()
 
 
 class GatewayConfig(_Strict):

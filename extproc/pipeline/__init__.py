@@ -11,6 +11,7 @@ from typing import Protocol
 
 from extproc.errors import GatewayError
 from extproc.pipeline.actions import Action, Respond
+from extproc.telemetry.record import RequestRecord
 
 
 class Pipeline(Protocol):
@@ -19,6 +20,9 @@ class Pipeline(Protocol):
     `request.RequestPipeline` (the downstream filter: one HTTP request) and
     `attempt.UpstreamAttempt` (the upstream filter: one try of it) both satisfy it.
     """
+
+    # The request's record, once a phase created (or, for an attempt, found) it.
+    record: RequestRecord | None
 
     def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
         """The request headers arrived."""

@@ -140,6 +140,7 @@ async def serve(loaded: LoadedConfig) -> None:
     await reloader.stop()
     await checks.stop()
     await admin.cleanup()
+    gateway.telemetry.close()
     if processor.unix_socket is not None and processor.unix_socket.exists():
         processor.unix_socket.unlink()
     log.info("stopped")

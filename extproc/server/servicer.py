@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -24,6 +24,9 @@ from extproc.pipeline.actions import Action, Continue, Respond
 from extproc.pipeline.attempt import UpstreamAttempt
 from extproc.pipeline.request import RequestPipeline
 from extproc.server.messages import attempt_target, headers_to_dict, last_message, to_response
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK loads only when tracing is on
+    from extproc.telemetry.tracing import StreamTrace
 
 log = logging.getLogger("extproc.server")
 
@@ -58,6 +61,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         pipeline: Pipeline | None = None
         gateway: Gateway | None = None
         phase_timers = self.gateway.metrics.processing_phase
+        tracing = self.gateway.telemetry.tracing
+        trace: StreamTrace | None = None
         self.active += 1
         try:
             while True:
@@ -68,14 +73,24 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if pipeline is None:
                     pipeline, gateway, failed = self._pipeline_for(request)
                     gateway.in_flight += 1
+                    if tracing is not None:
+                        # Envoy names its span of this call in the metadata: our parent.
+                        attempt = isinstance(pipeline, UpstreamAttempt)
+                        trace = tracing.stream(context.invocation_metadata(), attempt)
                     if failed is not None:
                         await context.write(to_response(phase or "", failed))
                         return
                 started = time.perf_counter()
                 action = self._handle(pipeline, phase, request)
+                ended = time.perf_counter()
                 timer = phase_timers.get(phase or "")
                 if timer is not None:
-                    timer.observe(time.perf_counter() - started)
+                    timer.observe(ended - started)
+                if trace is not None:
+                    trace.phase(phase or "", started, ended, pipeline.record)
+                    if phase == "response_body" and isinstance(action, Continue):
+                        sent = action.body
+                        trace.answer(request.response_body.body if sent is None else sent)
                 if action is None:
                     continue
                 await context.write(to_response(phase or "", action))
@@ -93,6 +108,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 gateway.in_flight -= 1
             if pipeline is not None:
                 pipeline.finish()
+            if trace is not None:
+                trace.stream_ended(pipeline if isinstance(pipeline, UpstreamAttempt) else None)
 
     def _pipeline_for(
         self, request: pb.ProcessingRequest

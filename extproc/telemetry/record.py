@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from extproc.providers.base import Usage
+
+if TYPE_CHECKING:  # tracing.py builds on this module
+    from extproc.telemetry.tracing import StreamTrace
 
 # `traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>` (W3C Trace Context).
 _TRACEPARENT_LENGTH = 55
@@ -57,6 +61,7 @@ class RequestRecord:
         "stream",
         "target",
         "tenant",
+        "trace",
         "trace_id",
         "upstream_model",
         "usage",
@@ -90,6 +95,8 @@ class RequestRecord:
         self.ended_at: float | None = None  # the answer's last byte passed the processor
         # Prompt and completion text, only when the access log is told to include content.
         self.content: dict[str, object] | None = None
+        # The downstream stream's span, when traced: it ends when this record is emitted.
+        self.trace: StreamTrace | None = None
 
     def hold(self) -> None:
         """Another stream (an attempt) works on this request."""

@@ -6,34 +6,69 @@ metrics survive a config swap.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from extproc.config.schema import TracingConfig
 from extproc.metrics import Metrics
 from extproc.telemetry.access_log import write_access_line
 from extproc.telemetry.record import RecordBook, RequestRecord
+
+if TYPE_CHECKING:
+    from extproc.telemetry.tracing import Tracing
 
 
 class Telemetry:
     """The processor's metrics, its open request records and what to do with finished ones."""
 
-    __slots__ = ("access_log", "include_content", "metrics", "records")
+    __slots__ = ("access_log", "include_content", "metrics", "records", "tracing")
 
     def __init__(
         self,
         metrics: Metrics | None = None,
         access_log: bool = True,
         include_content: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.records = RecordBook()
         self.access_log = access_log
         self.include_content = include_content
+        # None when tracing is off: then no tracer exists at all.
+        self.tracing = tracing
 
     def new_record(self) -> RequestRecord:
         """A record for a request starting now, emitted when its last stream lets go."""
         return RequestRecord(self.emit)
 
     def emit(self, record: RequestRecord) -> None:
-        """A request ended: count it and write its access-log line."""
+        """A request ended: count it, write its access-log line, end its span (if traced)."""
         self.records.close(record)
         self.metrics.request_done(record)
         if self.access_log:
             write_access_line(record)
+        trace = record.trace
+        if trace is not None:
+            record.trace = None
+            trace.request_ended(record)
+
+    def close(self) -> None:
+        """Export the spans still queued (the processor is stopping)."""
+        if self.tracing is not None:
+            self.tracing.shutdown()
+
+
+def start_tracing(config: TracingConfig) -> Tracing | None:
+    """The processor's tracing when the config turns it on, else None (and the OpenTelemetry
+    SDK is not even imported)."""
+    if not config.enabled:
+        return None
+    try:
+        # Imported here: a processor without tracing never loads the OpenTelemetry SDK.
+        from extproc.telemetry.tracing import Tracing
+    except ImportError as exc:
+        # xds-protos ships an old copy of opentelemetry/proto/ that can shadow the real one.
+        raise RuntimeError(
+            f"tracing is on but the OTLP exporter cannot load ({exc}); reinstall it: pip "
+            "install --force-reinstall --no-deps opentelemetry-proto==<installed version>"
+        ) from exc
+    return Tracing(config)

@@ -295,3 +295,17 @@ def test_fail_open_needs_a_keyless_openai_compatible_model() -> None:
     parse_config(data)
     data["resilience"] = {"fail_open_model": "m1"}
     assert any("only used with processor_failure_open" in p for p in problems(data))
+
+
+def test_tracing_is_off_by_default_and_checked_when_set() -> None:
+    tracing = parse_config(base()).telemetry.tracing
+    assert tracing.enabled is False
+    data = base()
+    data["telemetry"] = {
+        "tracing": {"enabled": True, "endpoint": "http://collector:4317", "sampling_ratio": 1.5}
+    }
+    found = problems(data)
+    assert any(p.startswith("telemetry.tracing.endpoint:") for p in found)
+    assert any(p.startswith("telemetry.tracing.sampling_ratio:") for p in found)
+    data["telemetry"] = {"tracing": {"enabled": True, "endpoint": "[::1]:4317"}}
+    assert parse_config(data).telemetry.tracing.host_port == ("::1", 4317)

@@ -243,6 +243,38 @@ def test_http_connection_manager_settings() -> None:
     ]
 
 
+def test_no_tracing_block_and_no_collector_while_tracing_is_off() -> None:
+    bootstrap = render_static_bootstrap(full_config())
+    assert "tracing" not in hcm(bootstrap)
+    assert "opentelemetry" not in json.dumps(bootstrap)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "host", "port", "kind"),
+    [("10.0.0.7:4317", "10.0.0.7", 4317, "STATIC"), ("otel-agent:14317", "otel-agent", 14317,
+     "STRICT_DNS"), ("[::1]:4317", "::1", 4317, "STATIC")],
+)  # fmt: skip
+def test_tracing_renders_the_opentelemetry_tracer_and_its_collector(
+    endpoint: str, host: str, port: int, kind: str
+) -> None:
+    tracing = {"enabled": True, "endpoint": endpoint, "sampling_ratio": 0.25}
+    bootstrap = render_static_bootstrap(full_config(telemetry={"tracing": tracing}))
+    block = hcm(bootstrap)["tracing"]
+    assert block["random_sampling"] == {"value": 25.0}
+    assert block["spawn_upstream_span"] is True
+    assert block["provider"]["name"] == "envoy.tracers.opentelemetry"
+    tracer = block["provider"]["typed_config"]
+    assert tracer["@type"].endswith("envoy.config.trace.v3.OpenTelemetryConfig")
+    assert tracer["service_name"] == "llm-gateway-envoy"
+    collector = cluster(bootstrap, tracer["grpc_service"]["envoy_grpc"]["cluster_name"])
+    assert collector["type"] == kind
+    (locality,) = collector["load_assignment"]["endpoints"]
+    (lb_endpoint,) = locality["lb_endpoints"]
+    assert socket(lb_endpoint["endpoint"]["address"]) == (host, port)
+    options = collector["typed_extension_protocol_options"][HTTP_PROTOCOL_OPTIONS]
+    assert "http2_protocol_options" in options["explicit_http_config"]  # OTLP is gRPC
+
+
 def test_render_static_yaml_is_the_bootstrap_with_a_do_not_edit_header() -> None:
     config = full_config()
     text = render_static_yaml(config)
@@ -966,6 +998,12 @@ TCP_PROCESSOR: Json = {"unix_socket": None, "tcp_address": "127.0.0.1:50051"}
             MODELS,
             {"processor": {"unix_socket": None, "tcp_address": "localhost:50051"}},
             id="dns-processor",
+        ),
+        pytest.param(
+            PROVIDERS,
+            MODELS,
+            {"telemetry": {"tracing": {"enabled": True, "endpoint": "otel-agent:4317"}}},
+            id="tracing",
         ),
         pytest.param(
             PROVIDERS,

@@ -82,6 +82,7 @@ def test_every_restart_only_setting_is_refused_with_what_to_restart(
         "ready_requires_envoy": False,
         "log_level": "DEBUG",
         "log_format": "json",
+        "tracing": {"enabled": True, "sampling_ratio": 0.5},
     }
     new.setdefault(section, {})[field] = values[field]
     (problem,) = restart_problems(parse_config(running), parse_config(new))
