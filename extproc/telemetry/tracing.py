@@ -211,6 +211,10 @@ class Tracing:
         """A `time.perf_counter()` reading as wall-clock nanoseconds."""
         return int(perf_seconds * 1e9) + self._clock_offset_ns
 
+    def now_ns(self) -> int:
+        """Now, on the clock of `wall_ns`."""
+        return time.perf_counter_ns() + self._clock_offset_ns
+
     def child(self, parent: SpanContext) -> SpanContext:
         """A new span's context in `parent`'s trace."""
         return SpanContext(
@@ -274,7 +278,9 @@ class StreamTrace:
         self.span = span  # this stream's span: the parent of its phases' spans
         self.parent = parent  # Envoy's span of this ext_proc call
         self.name = name
-        self.started_ns = time.time_ns()
+        # One clock for a stream's span and its phases' (perf_counter, see `wall_ns`), so a
+        # phase never seems to start before its stream even when the wall clock is adjusted.
+        self.started_ns = tracing.now_ns()
         self.ended = False
         self.attempt = attempt
         self.record: RequestRecord | None = None
@@ -334,7 +340,7 @@ class StreamTrace:
             self.parent,
             SpanKind.SERVER,
             self.started_ns,
-            time.time_ns(),
+            self.tracing.now_ns(),
             attributes,
             _ERROR if failed else _UNSET,
         )
