@@ -118,11 +118,13 @@ def test_a_whole_answer_is_counted_with_its_tokens(
         assert delta(before, after, "gateway_processing_seconds_count", phase=phase) >= 1, phase
 
 
-def stream_usage(stack: Stack, model: str, include_usage: bool) -> tuple[str, Any]:
+def stream_usage(
+    stack: Stack, model: str, include_usage: bool, headers: dict[str, str] | None = None
+) -> tuple[str, Any]:
     """Stream a chat answer; (its text, the usage chunk the client got or None)."""
     options: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
     stream = stack.client().chat.completions.create(
-        model=model, messages=USER, stream=True, **options
+        model=model, messages=USER, stream=True, extra_headers=headers, **options
     )
     text, usage = "", None
     for chunk in stream:
@@ -315,7 +317,7 @@ def test_a_failover_is_one_line_with_its_attempts_and_the_answering_provider(
     trace_id, header = traceparent()
     before = Scrape(pair_stack)
     if stream:
-        _, usage = stream_usage_with(pair_stack, header)
+        _, usage = stream_usage(pair_stack, "chat-pair", True, {"traceparent": header})
     else:
         answer = pair_stack.client().chat.completions.create(
             model="chat-pair", messages=USER, extra_headers={"traceparent": header}
@@ -333,19 +335,3 @@ def test_a_failover_is_one_line_with_its_attempts_and_the_answering_provider(
     assert tokens == usage.completion_tokens
     status = {"model": "chat-pair", "provider": "p-anthropic", "status": "200"}
     assert delta(before, after, "gateway_requests_total", **status) == 1
-
-
-def stream_usage_with(stack: Stack, header: str) -> tuple[str, Any]:
-    stream = stack.client().chat.completions.create(
-        model="chat-pair",
-        messages=USER,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_headers={"traceparent": header},
-    )
-    text, usage = "", None
-    for chunk in stream:
-        usage = chunk.usage or usage
-        if chunk.choices and chunk.choices[0].delta.content:
-            text += chunk.choices[0].delta.content
-    return text, usage
