@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import yaml
@@ -364,17 +364,12 @@ def start_lean_gateway(
 ) -> GatewayStack[SharedFake]:
     """A second processor and Envoy on `lean_config`, sharing the running fake."""
     workdir.mkdir()
-    gateway = children.add(
-        GatewayStack(
-            workdir,
-            lambda fake_url: lean_config(fake_url, workdir, access_log),
-            SharedFake(fake),
-            processor_env=UPSTREAM_ENV,
-            processor_log_level="WARNING",
-            envoy_name="gateway-envoy",
-        )
+    return _start_stack(
+        children,
+        workdir,
+        lambda fake_url: lean_config(fake_url, workdir, access_log),
+        SharedFake(fake),
     )
-    return gateway.start()
 
 
 def start_traced_gateway(
@@ -393,26 +388,31 @@ def start_traced_gateway(
         data["telemetry"] = {**data.get("telemetry", {}), "tracing": tracing}
         return data
 
-    gateway = children.add(
-        GatewayStack(
-            workdir,
-            config,
-            SharedFake(fake),
-            processor_env=UPSTREAM_ENV,
-            processor_log_level="WARNING",
-            envoy_name="gateway-envoy",
-        )
-    )
-    return gateway.start()
+    return _start_stack(children, workdir, config, SharedFake(fake))
 
 
 def start_gateway(children: ProcessGroup, workdir: Path) -> GatewayStack[FakeProcess]:
     """The fake, the processor (log level WARNING) and its Envoy, on `gateway_config`."""
+    return _start_stack(
+        children, workdir, lambda fake_url: gateway_config(fake_url, workdir), bench_fake(workdir)
+    )
+
+
+F = TypeVar("F", FakeProcess, SharedFake)
+
+
+def _start_stack(
+    children: ProcessGroup,
+    workdir: Path,
+    config: Callable[[str], dict[str, Any]],
+    fake: F,
+) -> GatewayStack[F]:
+    """A processor (log level WARNING) and its Envoy on `config`, tracked by `children`."""
     gateway = children.add(
         GatewayStack(
             workdir,
-            lambda fake_url: gateway_config(fake_url, workdir),
-            bench_fake(workdir),
+            config,
+            fake,
             processor_env=UPSTREAM_ENV,
             processor_log_level="WARNING",
             envoy_name="gateway-envoy",

@@ -147,14 +147,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_drain(args: argparse.Namespace) -> int:
-    from extproc.server.envoy_admin import EnvoyAdmin, drain_envoy
-
+def _config_or_none(path: str) -> GatewayConfig | None:
+    """The config at `path` (credentials not needed), or None after logging its problems."""
     try:
-        config = load_config(args.config, resolve_credentials=False).config
+        return load_config(path, resolve_credentials=False).config
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("%s: %s", exc.source, problem)
+        return None
+
+
+def _cmd_drain(args: argparse.Namespace) -> int:
+    from extproc.server.envoy_admin import EnvoyAdmin, drain_envoy
+
+    config = _config_or_none(args.config)
+    if config is None:
         return 2
     grace = config.processor.shutdown_grace_seconds if args.grace is None else args.grace
     outcome = drain_envoy(EnvoyAdmin.for_config(config), grace=grace, delay=args.delay)
@@ -164,11 +171,8 @@ def _cmd_drain(args: argparse.Namespace) -> int:
 def _cmd_wait_envoy_exit(args: argparse.Namespace) -> int:
     from extproc.server.envoy_admin import EnvoyAdmin, wait_for_envoy_exit
 
-    try:
-        config = load_config(args.config, resolve_credentials=False).config
-    except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("%s: %s", exc.source, problem)
+    config = _config_or_none(args.config)
+    if config is None:
         return 2
     if wait_for_envoy_exit(EnvoyAdmin.for_config(config), args.timeout):
         log.info("Envoy is not running (its admin refuses connections)")
