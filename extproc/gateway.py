@@ -25,6 +25,7 @@ from extproc.decisions.breaker import Admission, Breaker, BreakerBoard, BreakerS
 from extproc.decisions.openai_request import Endpoint
 from extproc.decisions.provider_health import ProviderHealth
 from extproc.errors import GatewayError
+from extproc.governance.governor import GovernanceState, Governor
 from extproc.metrics import Metrics
 from extproc.providers import ProviderAdapter, adapter_for
 from extproc.telemetry.reporter import Telemetry, start_tracing
@@ -142,6 +143,10 @@ class Gateway:
         # old gateway's routes and clusters in Envoy until this reaches 0.
         self.in_flight = 0
         self.auth = Authenticator(config)
+        # Limits, budgets and usage: the stores outlive a config (one per processor).
+        self.governance: GovernanceState = (
+            previous.governance if previous is not None else GovernanceState(loaded, self.metrics)
+        )
         self.max_body_bytes = config.limits.max_body_bytes
         self.max_json_depth = config.limits.max_json_depth
         self.default_timeout = config.limits.default_timeout_seconds
@@ -156,6 +161,14 @@ class Gateway:
             p.name: _carried_health(p, previous) or ProviderHealth(p.name) for p in config.providers
         }
         route_ids = model_route_ids(config)
+        self.governor = Governor(loaded, self.governance, self.metrics, route_ids)
+        # Answers are read for their usage when accounting is on, and whenever limits, budgets
+        # or prices need it.
+        self.account_usage = (
+            config.telemetry.usage_accounting
+            or self.governor.rules.needs_usage
+            or bool(self.governor.prices)
+        )
         self.models: dict[str, ModelRoute] = {}
         self.targets: dict[str, Target] = {}
         for model in config.models:
@@ -181,7 +194,7 @@ class Gateway:
             endpoint=Endpoint(model.kind),
             owned_by=model.owned_by,
             default_max_tokens=model.default_max_tokens,
-            account_usage=self.config.telemetry.usage_accounting,
+            account_usage=self.account_usage,
         )
         targets = []
         for index, spec in enumerate(model.targets):

@@ -18,6 +18,7 @@ _STATE_VALUES = {State.CLOSED: 0, State.HALF_OPEN: 1, State.OPEN: 2}
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # The bucket boundaries the OpenTelemetry GenAI semantic conventions recommend.
+ESTIMATE_RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 DURATION_BUCKETS = (
     0.01,
@@ -183,6 +184,52 @@ class Metrics:
             ["tenant", "key_id", "model", "provider", "token_type"],
             registry=self.registry,
         )
+        self.cost = LoopCounter(
+            "gateway_cost_total",
+            "What the answers cost at the configured prices (governance.currency), by caller, "
+            "model and provider.",
+            ["tenant", "key_id", "model", "provider"],
+            registry=self.registry,
+        )
+        self.rate_limited = LoopCounter(
+            "gateway_rate_limited_total",
+            "Requests refused with 429 by a limit or budget, by tenant, the limit's scope "
+            "(tenant, key, model, tenant_model) and kind (requests, tokens, concurrency, spend).",
+            ["tenant", "scope", "limit"],
+            registry=self.registry,
+        )
+        self.usage_estimated = LoopCounter(
+            "gateway_usage_estimated_total",
+            "Requests charged their admission estimate because the provider never reported "
+            "usage (a stream the client left, a provider without usage).",
+            ["tenant", "model"],
+            registry=self.registry,
+        )
+        self.prompt_estimate_ratio = LoopHistogram(
+            "gateway_prompt_estimate_ratio",
+            "Estimated prompt tokens at admission / prompt tokens the provider reported: the "
+            "estimator's error on this traffic (1 is exact).",
+            [],
+            buckets=ESTIMATE_RATIO_BUCKETS,
+            registry=self.registry,
+        ).labels()
+        self.limiter_redis_up = Gauge(
+            "gateway_limiter_redis_up",
+            "1 while the Redis of the limits answers, 0 while this processor uses local limits "
+            "(or refuses, when fail-closed). Absent without a Redis backend.",
+            registry=self.registry,
+        )
+        self.limiter_redis_failures = Counter(
+            "gateway_limiter_redis_failures_total",
+            "Redis calls of the limiter that failed or timed out, by operation.",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.limiter_local_decisions = Counter(
+            "gateway_limiter_local_decisions_total",
+            "Admissions decided by this processor's own limits because Redis was unreachable.",
+            registry=self.registry,
+        )
         self.response_streams = Gauge(
             "gateway_response_streams_active",
             "Streamed answers being relayed through the processor (translated streams, and "
@@ -293,6 +340,8 @@ class Metrics:
                     continue
                 self.genai_tokens.labels(*genai, token_type).observe(count)
                 self.tokens.labels(*caller, token_type).inc(count)
+        if record.cost:
+            self.cost.labels(record.tenant, record.key_id, model, provider).inc(record.cost)
         first = record.first_chunk_at
         if first is None or status >= 400 or not record.stream:
             return

@@ -17,14 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from extproc.config.schema import GatewayConfig
+from extproc.config.schema import PROCESSOR_ONLY_MODEL_FIELDS, GatewayConfig
 from extproc.contract import CDS_FILE, LDS_FILE, RDS_FILE
 
 XDS_FILE_NAMES = (CDS_FILE, RDS_FILE, LDS_FILE)  # the order to write them in
 INPUTS_PREFIX = "# inputs: "
 # Sections only the processor reads: they never change Envoy's files.
-_PROCESSOR_ONLY = frozenset({"auth", "tenants"})
+_PROCESSOR_ONLY = frozenset({"auth", "tenants", "governance"})
 # What the rendered files depend on besides the configs: the renderer's code and the libraries
 # that serialise it.
 _RENDERER = Path(__file__).parent
@@ -47,7 +48,9 @@ def inputs_digest(configs: Sequence[GatewayConfig]) -> str:
     processor-only sections, such as tenants and their keys, give the same digest)."""
     seen: list[object] = []
     for config in configs:
-        dumped = config.model_dump(mode="json", exclude=set(_PROCESSOR_ONLY))
+        exclude: dict[str, Any] = dict.fromkeys(_PROCESSOR_ONLY, True)
+        exclude["models"] = {"__all__": PROCESSOR_ONLY_MODEL_FIELDS}
+        dumped = config.model_dump(mode="json", exclude=exclude)
         if dumped not in seen:  # an older config that renders alike adds nothing
             seen.append(dumped)
     canonical = json.dumps([_renderer(), seen], sort_keys=True, separators=(",", ":"))

@@ -34,6 +34,11 @@ RESTART_ONLY: tuple[tuple[str, Callable[[GatewayConfig], object], str], ...] = (
     ("envoy_admin.address", lambda c: c.envoy_admin.address, _ENVOY),
     ("envoy_admin.port", lambda c: c.envoy_admin.port, _ENVOY),
     ("reload.xds_directory", lambda c: c.reload.xds_directory, _BOTH),
+    # The limits' store (memory or a Redis client) is made once, at start; the limits,
+    # budgets, keys and prices themselves reload.
+    ("governance.backend", lambda c: c.governance.backend, _PROCESSOR),
+    ("governance.redis", lambda c: c.governance.redis, _PROCESSOR),
+    ("governance.on_redis_failure", lambda c: c.governance.on_redis_failure, _PROCESSOR),
 )
 
 

@@ -5,6 +5,7 @@ Used by `extproc serve`, `check-config` and `render-envoy`. Nothing here runs pe
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ class LoadedConfig:
     config: GatewayConfig
     credentials: dict[str, Credential]  # provider name -> key (absent: no key)
     source: str
+    # governance.redis: the URL from `url_env` (which may hold a password), else `url`.
+    redis_url: str | None = None
 
 
 def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
@@ -81,6 +84,16 @@ def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedCon
                 continue
             if key is not None:
                 credentials[provider.name] = key
+        redis = config.governance.redis
+        redis_url = redis.url
+        if config.governance.backend == "redis" and redis.url_env:
+            redis_url = os.environ.get(redis.url_env) or None
+            if redis_url is None:
+                problems.append(
+                    f"governance.redis.url_env: environment variable {redis.url_env} is not set "
+                    "or empty"
+                )
         if problems:
             raise ConfigError(source, problems)
+        return LoadedConfig(config, credentials, source, redis_url)
     return LoadedConfig(config=config, credentials=credentials, source=source)

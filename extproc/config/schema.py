@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -167,6 +168,54 @@ class ProviderConfig(_Strict):
         return urlsplit(self.base_url).path.rstrip("/")
 
 
+class Price(_Strict):
+    """A target's price, in `governance.currency` per million tokens."""
+
+    input_per_million: Annotated[float, Field(ge=0, le=1_000_000)] = 0.0
+    output_per_million: Annotated[float, Field(ge=0, le=1_000_000)] = 0.0
+    # Prompt tokens the provider served from its cache (None: charged as input).
+    cached_input_per_million: Annotated[float | None, Field(ge=0, le=1_000_000)] = None
+
+
+class RateLimits(_Strict):
+    """Limits on one scope (a tenant, a key, a model, a tenant on a model); unset: no limit.
+
+    Requests and tokens are counted over a sliding 60-second window (no 60 s ever admits more);
+    tokens are input + output, reserved at admission and settled to the reported usage.
+    """
+
+    requests_per_minute: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
+    tokens_per_minute: Annotated[int | None, Field(ge=1, le=10_000_000_000)] = None
+    concurrent_requests: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
+
+    @property
+    def any(self) -> bool:
+        """True when at least one limit is set."""
+        return (
+            self.requests_per_minute is not None
+            or self.tokens_per_minute is not None
+            or self.concurrent_requests is not None
+        )
+
+
+class Budget(_Strict):
+    """A spend limit per calendar day or month (UTC), in currency or in tokens."""
+
+    limit: Annotated[float, Field(gt=0, le=1e12)]
+    unit: Literal["currency", "tokens"] = "currency"
+    period: Literal["day", "month"] = "month"
+
+
+def _unique_budgets(budgets: list[Budget]) -> list[Budget]:
+    seen = {(b.unit, b.period) for b in budgets}
+    if len(seen) != len(budgets):
+        raise ValueError("at most one budget per unit and period")
+    return budgets
+
+
+Budgets = Annotated[list[Budget], AfterValidator(_unique_budgets)]
+
+
 class TargetConfig(_Strict):
     """One place a model can be served: a provider and its name for the model."""
 
@@ -176,6 +225,8 @@ class TargetConfig(_Strict):
     # Lower is tried first; targets of equal priority share traffic by weight.
     # Default: the target's position in the list (0, 1, 2, ...).
     priority: Annotated[int | None, Field(ge=0, le=100)] = None
+    # What this target's tokens cost (usage accounting and spend budgets); None: nothing.
+    price: Price | None = None
 
 
 class ModelConfig(_Strict):
@@ -187,25 +238,80 @@ class ModelConfig(_Strict):
     owned_by: str = "llm-gateway"
     # max_tokens sent to APIs that require one (Anthropic) when the client sets none.
     default_max_tokens: Annotated[int, Field(ge=1, le=128_000)] = 4096
+    # Output tokens reserved at admission when the request sets no max_tokens (token limits and
+    # budgets); None: `default_max_tokens`. Settled to the real usage when the answer ends.
+    reserve_output_tokens: Annotated[int | None, Field(ge=0, le=128_000)] = None
+    # Limits on this model across every tenant.
+    limits: RateLimits = RateLimits()
+
+
+# Model fields only the processor reads (governance): they never change Envoy's routes.
+PROCESSOR_ONLY_MODEL_FIELDS: dict[str, Any] = {
+    "reserve_output_tokens": True,
+    "limits": True,
+    "targets": {"__all__": {"price"}},
+}
+
+
+KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
+
+
+def _check_digest(value: str) -> str:
+    if not SHA256_PATTERN.match(value):
+        raise ValueError(
+            "API key hashes must be 64 lower-case hex characters "
+            "(use `extproc hash-key` to make one)"
+        )
+    return value
+
+
+KeyDigest = Annotated[str, AfterValidator(_check_digest)]
+
+
+class KeyConfig(_Strict):
+    """One API key of a tenant, with what applies to it on top of its tenant's rules."""
+
+    sha256: KeyDigest
+    # Short, non-secret name of the key in logs, metrics and `/usage` (default: the first 12
+    # characters of `sha256`). Keep it when rotating the key, to keep its history together.
+    id: Annotated[str | None, Field(pattern=KEY_ID_PATTERN)] = None
+    # After this instant the key is refused (401). Needs a time zone (e.g. 2027-01-01T00:00:00Z).
+    expires_at: datetime | None = None
+    # Models this key may use, within its tenant's (None: all of the tenant's).
+    allowed_models: list[str] | None = None
+    limits: RateLimits = RateLimits()
+    budgets: Budgets = Field(default_factory=list)
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("expires_at needs a time zone, e.g. 2027-01-01T00:00:00Z")
+        return value
 
 
 class TenantConfig(_Strict):
-    """A caller: hashed API keys and the models it may use."""
+    """A caller: its API keys (hashed), the models it may use, its limits and budgets."""
 
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
-    api_key_sha256: Annotated[list[str], Field(min_length=1)]
+    # Plain key hashes (ids default to their first 12 characters); `keys` for more per key.
+    api_key_sha256: list[KeyDigest] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)
     allowed_models: list[str] = Field(default_factory=lambda: ["*"])
+    limits: RateLimits = RateLimits()
+    # Limits of this tenant on one model (tenant x model), by model name.
+    model_limits: dict[str, RateLimits] = Field(default_factory=dict)
+    budgets: Budgets = Field(default_factory=list)
 
-    @field_validator("api_key_sha256")
-    @classmethod
-    def _check_hashes(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not SHA256_PATTERN.match(value):
-                raise ValueError(
-                    "api_key_sha256 entries must be 64 lower-case hex characters "
-                    "(use `extproc hash-key` to make one)"
-                )
-        return values
+    @model_validator(mode="after")
+    def _need_a_key(self) -> TenantConfig:
+        if not self.api_key_sha256 and not self.keys:
+            raise ValueError("a tenant needs at least one key (api_key_sha256 or keys)")
+        return self
+
+    def all_keys(self) -> list[KeyConfig]:
+        """Every key of the tenant: `keys`, then the plain hashes as keys without extras."""
+        return [*self.keys, *(KeyConfig(sha256=digest) for digest in self.api_key_sha256)]
 
 
 class AuthConfig(_Strict):
@@ -400,6 +506,57 @@ class TelemetryConfig(_Strict):
     tracing: TracingConfig = TracingConfig()
 
 
+class RedisConfig(_Strict):
+    """The Redis that replicas share limits, budgets and usage through."""
+
+    # redis://[user@]HOST:PORT/DB (or rediss:// for TLS). Put a password in `url_env`'s
+    # variable, never in this file.
+    url: str | None = None
+    # Name of an environment variable holding the whole URL (takes precedence over `url`).
+    url_env: str | None = None
+    # Prefix of every key; the `{...}` hash tag keeps them on one Redis Cluster slot.
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,32}$")] = "llmgw"
+    # Per command (connect included): past it the request uses local limits (or is refused).
+    timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 250
+    # After a failure, use local limits for this long before trying Redis again.
+    retry_seconds: Annotated[float, Field(gt=0, le=300)] = 1.0
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        if parts.password:
+            raise ValueError("url must not carry a password; put the whole URL in url_env")
+        return value
+
+
+class GovernanceConfig(_Strict):
+    """Where rate limits, budgets and usage totals are kept, and what happens when that fails."""
+
+    # `memory`: in this processor (one replica); `redis`: shared by every replica.
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisConfig = RedisConfig()
+    # Redis unreachable: `local` keeps serving on this processor's own limits (a metric and a
+    # log line say so); `deny` answers 503 rate_limiter_unavailable.
+    on_redis_failure: Literal["local", "deny"] = "local"
+    # The currency of prices and currency budgets (a label only).
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    # Prompt estimate at admission: text characters per token (ASCII text; other text counts
+    # one token per `non_ascii_chars_per_token` characters).
+    chars_per_token: Annotated[float, Field(gt=0, le=100)] = 4.0
+    non_ascii_chars_per_token: Annotated[float, Field(gt=0, le=100)] = 1.0
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> GovernanceConfig:
+        if self.backend == "redis" and not (self.redis.url or self.redis.url_env):
+            raise ValueError("backend redis needs redis.url or redis.url_env")
+        return self
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration file."""
 
@@ -414,6 +571,7 @@ class GatewayConfig(_Strict):
     tenants: list[TenantConfig] = Field(default_factory=list)
     reload: ReloadConfig = ReloadConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    governance: GovernanceConfig = GovernanceConfig()
 
 
 def reference_problems(config: GatewayConfig) -> list[str]:
@@ -430,21 +588,44 @@ def reference_problems(config: GatewayConfig) -> list[str]:
                 problems.append(
                     f"models.{i}.targets.{j}.provider: unknown provider '{target.provider}'"
                 )
-    model_names = {m.name for m in config.models}
-    owner: dict[str, str] = {}
-    for i, tenant in enumerate(config.tenants):
-        for name in tenant.allowed_models:
-            if name != "*" and name not in model_names:
-                problems.append(f"tenants.{i}.allowed_models: unknown model '{name}'")
-        for k, digest in enumerate(tenant.api_key_sha256):
-            if digest in owner:
-                where = "this tenant" if owner[digest] == tenant.name else f"'{owner[digest]}'"
-                problems.append(f"tenants.{i}.api_key_sha256.{k}: key already used by {where}")
-            owner.setdefault(digest, tenant.name)
+    problems += _tenant_problems(config)
     if config.auth.enabled and not config.tenants:
         problems.append("tenants: auth is enabled but no tenant is configured")
     problems += _port_clashes(config)
     problems += _fail_open_problems(config)
+    return problems
+
+
+def _tenant_problems(config: GatewayConfig) -> list[str]:
+    model_names = {m.name for m in config.models}
+    owner: dict[str, str] = {}
+    problems: list[str] = []
+
+    def unknown(where: str, names: list[str]) -> None:
+        problems.extend(
+            f"{where}: unknown model '{name}'"
+            for name in names
+            if name != "*" and name not in model_names
+        )
+
+    for i, tenant in enumerate(config.tenants):
+        unknown(f"tenants.{i}.allowed_models", tenant.allowed_models)
+        unknown(f"tenants.{i}.model_limits", list(tenant.model_limits))
+        places = [(f"keys.{k}", key.sha256) for k, key in enumerate(tenant.keys)]
+        places += [(f"api_key_sha256.{k}", d) for k, d in enumerate(tenant.api_key_sha256)]
+        for where, digest in places:
+            if digest in owner:
+                holder = "this tenant" if owner[digest] == tenant.name else f"'{owner[digest]}'"
+                problems.append(f"tenants.{i}.{where}: key already used by {holder}")
+            owner.setdefault(digest, tenant.name)
+        ids: dict[str, str] = {}
+        for key in tenant.all_keys():
+            key_id = key.id or key.sha256[:12]
+            if ids.setdefault(key_id, key.sha256) != key.sha256:
+                problems.append(f"tenants.{i}.keys: two keys have the id '{key_id}'")
+        for k, key in enumerate(tenant.keys):
+            if key.allowed_models is not None:
+                unknown(f"tenants.{i}.keys.{k}.allowed_models", key.allowed_models)
     return problems
 
 

@@ -16,7 +16,12 @@ import hashlib
 import json
 import re
 
-from extproc.config.schema import GatewayConfig, ModelConfig, TargetConfig
+from extproc.config.schema import (
+    PROCESSOR_ONLY_MODEL_FIELDS,
+    GatewayConfig,
+    ModelConfig,
+    TargetConfig,
+)
 
 _SLUG_LENGTH = 40
 _HASH_LENGTH = 8
@@ -41,7 +46,7 @@ def _rendered_from(config: GatewayConfig, model: ModelConfig) -> str:
     providers = {p.name: p for p in config.providers}
     used = sorted({t.provider for t in model.targets})
     inputs = {
-        "model": model.model_dump(mode="json"),
+        "model": model.model_dump(mode="json", exclude=PROCESSOR_ONLY_MODEL_FIELDS),
         "providers": [providers[name].model_dump(mode="json") for name in used],
         "processor": config.processor.model_dump(mode="json"),
         "limits": config.limits.model_dump(mode="json"),

@@ -7,6 +7,7 @@ API keys are only ever held as SHA-256 hex digests; the raw key from the
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 from extproc.config.schema import GatewayConfig
@@ -33,7 +34,8 @@ class Tenant:
 
     name: str
     allowed_models: frozenset[str] | None
-    key_id: str = ""  # `key_id(digest)` of the key used; "" without auth
+    key_id: str = ""  # the key's configured id, else `key_id(digest)`; "" without auth
+    expires_at: float | None = None  # Unix time after which the key is refused
 
     def may_use(self, model: str) -> bool:
         """True when this tenant is allowed to call `model`."""
@@ -46,17 +48,33 @@ def _unauthorized(message: str) -> GatewayError:
     )
 
 
+def _allowed(names: list[str] | None) -> frozenset[str] | None:
+    return None if names is None or "*" in names else frozenset(names)
+
+
+def _within(tenant: frozenset[str] | None, key: frozenset[str] | None) -> frozenset[str] | None:
+    if tenant is None:
+        return key
+    return tenant if key is None else tenant & key
+
+
 class Authenticator:
-    """Maps `Authorization: Bearer KEY` to a tenant, or raises 401."""
+    """Maps `Authorization: Bearer KEY` to a tenant (through the key), or raises 401."""
 
     def __init__(self, config: GatewayConfig) -> None:
         self.enabled = config.auth.enabled
         self._anonymous = Tenant(config.auth.anonymous_tenant, None)
         self._by_hash: dict[str, Tenant] = {}
         for tenant in config.tenants:
-            allowed = None if "*" in tenant.allowed_models else frozenset(tenant.allowed_models)
-            for digest in tenant.api_key_sha256:
-                self._by_hash[digest] = Tenant(tenant.name, allowed, key_id(digest))
+            allowed = _allowed(tenant.allowed_models)
+            for key in tenant.all_keys():
+                expires = key.expires_at.timestamp() if key.expires_at is not None else None
+                self._by_hash[key.sha256] = Tenant(
+                    tenant.name,
+                    _within(allowed, _allowed(key.allowed_models)),
+                    key.id or key_id(key.sha256),
+                    expires,
+                )
 
     def authenticate(self, authorization: str | None) -> Tenant:
         """Return the tenant for an `Authorization` header value."""
@@ -71,6 +89,8 @@ class Authenticator:
         tenant = self._by_hash.get(hash_key(key))
         if tenant is None:
             raise _unauthorized("invalid API key")
+        if tenant.expires_at is not None and time.time() >= tenant.expires_at:
+            raise _unauthorized(f"this API key (id {tenant.key_id}) has expired")
         return tenant
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from extproc.errors import GatewayError
-from extproc.pipeline.actions import Action, Respond
+from extproc.pipeline.actions import Action, Deferred, Respond
 from extproc.telemetry.record import RequestRecord
 
 
@@ -28,7 +28,7 @@ class Pipeline(Protocol):
         """The request headers arrived."""
         ...
 
-    def on_request_body(self, body: bytes, end_of_stream: bool) -> Action:
+    def on_request_body(self, body: bytes, end_of_stream: bool) -> Action | Deferred:
         """The whole request body arrived (BUFFERED)."""
         ...
 

@@ -6,6 +6,7 @@ Shared by the downstream request pipeline and the per-attempt pipeline;
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,3 +54,11 @@ class Respond:
 
 
 Action = Continue | Respond
+
+
+@dataclass(slots=True)
+class Deferred:
+    """The phase's answer needs I/O first (a Redis round trip): the servicer awaits `pending`
+    for the action, handling its errors like the phase's own."""
+
+    pending: Awaitable[Action]

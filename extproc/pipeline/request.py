@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from extproc.contract import (
@@ -21,7 +22,7 @@ from extproc.contract import (
     UPSTREAM_TIMEOUT_HEADER,
 )
 from extproc.decisions.auth import Tenant, forbid_model
-from extproc.decisions.openai_request import Endpoint
+from extproc.decisions.openai_request import Endpoint, ValidatedRequest
 from extproc.decisions.validation import (
     check_model_id,
     check_timeout,
@@ -31,7 +32,8 @@ from extproc.decisions.validation import (
 )
 from extproc.errors import GatewayError, bad_request
 from extproc.gateway import Gateway, ModelRoute
-from extproc.pipeline.actions import Action, Continue, Respond
+from extproc.governance.governor import Reservation
+from extproc.pipeline.actions import Action, Continue, Deferred, Respond
 from extproc.pipeline.attempt import InlineAttempt, Outcome, response_status
 from extproc.providers.helpers import serialize
 from extproc.telemetry.record import RequestRecord, trace_id_from
@@ -55,6 +57,7 @@ class RequestPipeline:
         "finished",
         "gateway",
         "header_timeout",
+        "limit_headers",
         "model",
         "provider",
         "record",
@@ -73,6 +76,8 @@ class RequestPipeline:
         self.client_headers: dict[str, str] = {}
         self.provider = ""
         self.attempt: InlineAttempt | None = None
+        # OpenAI's x-ratelimit-* headers of the limits that applied, for the response.
+        self.limit_headers: dict[str, str] = {}
         # What this request did, for metrics and the access log (none for health checks).
         self.record: RequestRecord | None = None
 
@@ -151,8 +156,9 @@ class RequestPipeline:
 
     # -- request body ----------------------------------------------------
 
-    def on_request_body(self, body: bytes, end_of_stream: bool) -> Action:
-        """Parse, validate, authorize the model, check it can be served, route it."""
+    def on_request_body(self, body: bytes, end_of_stream: bool) -> Action | Deferred:
+        """Parse, validate, authorize the model, check it can be served, admit it against its
+        limits and budgets (deferred while Redis answers), route it."""
         gateway = self.gateway
         endpoint = self.endpoint
         tenant = self.tenant
@@ -193,7 +199,43 @@ class RequestPipeline:
         available, wait, cooling = route.availability(time.monotonic())
         if not available:
             raise _unavailable(model_name, wait, cooling)
+        reservation = gateway.governor.admit(
+            tenant.name,
+            tenant.key_id,
+            model_name,
+            request.body,
+            len(body),
+            request.max_tokens,
+            timeout,
+        )
+        if isinstance(reservation, Reservation):
+            self._reserved(reservation)
+            return self._route(route, request, timeout)
+        return Deferred(self._route_when_admitted(reservation, route, request, timeout))
 
+    def _reserved(self, reservation: Reservation) -> None:
+        """Hold the admitted request's reservation until its record closes (settlement)."""
+        self.limit_headers = reservation.headers()
+        record = self.record
+        if record is not None:
+            record.reservation = reservation
+        else:  # nothing will close: nothing to charge
+            reservation.settled = True
+
+    async def _route_when_admitted(
+        self,
+        pending: Awaitable[Reservation],
+        route: ModelRoute,
+        request: ValidatedRequest,
+        timeout: float,
+    ) -> Action:
+        self._reserved(await pending)
+        return self._route(route, request, timeout)
+
+    def _route(self, route: ModelRoute, request: ValidatedRequest, timeout: float) -> Continue:
+        """Translate (one target) and route the admitted request."""
+        gateway = self.gateway
+        record = self.record
         headers = {UPSTREAM_TIMEOUT_HEADER: str(max(1, int(timeout * 1000)))}
         if gateway.per_try_timeout is not None and gateway.per_try_timeout < timeout:
             per_try = str(max(1, int(gateway.per_try_timeout * 1000)))
@@ -228,7 +270,7 @@ class RequestPipeline:
             metadata={
                 METADATA_NAMESPACE: {
                     ROUTE_METADATA_KEY: route.route_id,
-                    MODEL_METADATA_KEY: model_name,
+                    MODEL_METADATA_KEY: route.name,
                 }
             },
             clear_route_cache=True,
@@ -247,6 +289,8 @@ class RequestPipeline:
                 self.record.provider = self.provider
             if attempt.final_status is not None:
                 self.answer(attempt.final_status)
+            if self.limit_headers:
+                action.set_headers.update(self.limit_headers)
             return action
         self.provider = headers.get(PROVIDER_HEADER, "")
         record = self.record
@@ -256,7 +300,7 @@ class RequestPipeline:
                 record.code = envoy_reply
             record.provider = self.provider
         self.answer(response_status(headers))
-        return Continue()
+        return Continue(set_headers=self.limit_headers) if self.limit_headers else Continue()
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
         """Translate an inline attempt's answer; otherwise not requested (pass through)."""

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from extproc.decisions.auth import key_id
 from extproc.decisions.breaker import Admission
 from extproc.gateway import Gateway, LiveGateways
 from extproc.metrics import Metrics
@@ -41,7 +42,7 @@ def make_admin_app(
     reloader: Reloader | None = None,
 ) -> web.Application:
     """The aiohttp app: `/healthz`, `/readyz`, `/metrics`, `/breakers`, `/breaker/health`,
-    `/reload` (GET: the last reload's result; POST: reload now, given `reloader`).
+    `/usage`, `/reload` (GET: the last reload's result; POST: reload now, given `reloader`).
 
     `/healthz` is the processor alone (liveness); `/readyz` is 200 only while the processor
     serves and, given `envoy`, Envoy answers LIVE. Otherwise 503 with the reason: `starting`,
@@ -91,6 +92,33 @@ def make_admin_app(
             }
         return web.json_response(snapshot, dumps=_dumps)
 
+    async def usage(request: web.Request) -> web.Response:
+        # Per tenant and key: its windows now and its totals (from Redis when shared, so every
+        # replica answers the same). `?tenant=NAME` narrows it to one tenant.
+        if live is None:
+            return web.json_response({"error": "usage is not available"}, status=404)
+        gateway = live.current
+        wanted = request.query.get("tenant")
+        callers = [
+            (t.name, [key.id or key_id(key.sha256) for key in t.all_keys()])
+            for t in gateway.config.tenants
+            if wanted is None or t.name == wanted
+        ]
+        if not gateway.config.auth.enabled and wanted in (
+            None,
+            gateway.config.auth.anonymous_tenant,
+        ):
+            callers.append((gateway.config.auth.anonymous_tenant, [""]))
+        if wanted is not None and not callers:
+            return web.json_response({"error": f"unknown tenant {wanted[:64]!r}"}, status=404)
+        try:
+            report = await gateway.governor.usage_report(callers)
+        except Exception as exc:  # Redis unreachable: say so, never a stack trace
+            return web.json_response(
+                {"error": f"usage store unavailable ({type(exc).__name__})"}, status=503
+            )
+        return web.json_response(report, dumps=_dumps)
+
     async def reset_breakers(_: web.Request) -> web.Response:
         changed = live.current.breakers.reset(time.monotonic()) if live else 0
         return web.json_response({"reset": changed})
@@ -124,6 +152,7 @@ def make_admin_app(
     app.router.add_get("/breaker/health", breaker_health)
     app.router.add_post("/breakers/reset", reset_breakers)
     app.router.add_get("/breakers", breakers)
+    app.router.add_get("/usage", usage)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -140,6 +140,7 @@ async def serve(loaded: LoadedConfig) -> None:
     await reloader.stop()
     await checks.stop()
     await admin.cleanup()
+    await gateway.governance.drain()  # settlements still on their way to Redis
     gateway.telemetry.close()
     if processor.unix_socket is not None and processor.unix_socket.exists():
         processor.unix_socket.unlink()

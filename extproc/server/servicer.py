@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from extproc.errors import GatewayError, internal_error
 from extproc.gateway import Gateway, LiveGateways
 from extproc.pipeline import Pipeline
-from extproc.pipeline.actions import Action, Continue, Respond
+from extproc.pipeline.actions import Action, Continue, Deferred, Respond
 from extproc.pipeline.attempt import UpstreamAttempt
 from extproc.pipeline.request import RequestPipeline
 from extproc.server.messages import attempt_target, headers_to_dict, last_message, to_response
@@ -82,6 +82,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                         return
                 started = time.perf_counter()
                 action = self._handle(pipeline, phase, request)
+                if isinstance(action, Deferred):  # a Redis round trip (rate limits)
+                    action = await self._resolve(pipeline, phase, action)
                 ended = time.perf_counter()
                 timer = phase_timers.get(phase or "")
                 if timer is not None:
@@ -130,9 +132,25 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         pipeline = RequestPipeline(gateway)
         return pipeline, gateway, pipeline.fail(internal_error())
 
+    async def _resolve(self, pipeline: Pipeline, phase: str | None, deferred: Deferred) -> Action:
+        """The action a phase deferred to I/O, with the phase's error handling."""
+        try:
+            return await deferred.pending
+        except GatewayError as error:
+            return pipeline.fail(error)
+        except Exception:
+            return self._crashed(pipeline, phase)
+
+    def _crashed(self, pipeline: Pipeline, phase: str | None) -> Respond:
+        # Log the failure without request content: bodies and headers may carry secrets.
+        # The client gets a generic 500.
+        log.exception("processor failed in phase %s", phase)
+        self.gateway.metrics.processor_failures.inc()
+        return pipeline.fail(internal_error())
+
     def _handle(
         self, pipeline: Pipeline, phase: str | None, request: pb.ProcessingRequest
-    ) -> Action | None:
+    ) -> Action | Deferred | None:
         try:
             if phase == "request_headers":
                 msg = request.request_headers
@@ -155,8 +173,4 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         except GatewayError as error:
             return pipeline.fail(error)
         except Exception:
-            # Log the failure without request content: bodies and headers may
-            # carry secrets. The client gets a generic 500.
-            log.exception("processor failed in phase %s", phase)
-            self.gateway.metrics.processor_failures.inc()
-            return pipeline.fail(internal_error())
+            return self._crashed(pipeline, phase)

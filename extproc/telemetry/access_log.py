@@ -51,6 +51,7 @@ def access_line(record: RequestRecord) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens if usage else None,
         "cached_tokens": usage.cached_tokens if usage else None,
         "total_tokens": usage.total_tokens if usage else None,
+        "cost": record.cost,
         "latency_ms": _ms(started, record.ended_at),
         "headers_ms": _ms(started, record.headers_at),
         "ttft_ms": _ms(started, record.first_chunk_at),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from extproc.providers.base import Usage
 
 if TYPE_CHECKING:  # tracing.py builds on this module
+    from extproc.governance.governor import Reservation
     from extproc.telemetry.tracing import StreamTrace
 
 # `traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>` (W3C Trace Context).
@@ -41,6 +42,7 @@ class RequestRecord:
         "attempts",
         "code",
         "content",
+        "cost",
         "ended_at",
         "first_chunk_at",
         "headers_at",
@@ -54,6 +56,7 @@ class RequestRecord:
         "provider",
         "provider_type",
         "request_id",
+        "reservation",
         "response_model",
         "started",
         "started_wall",
@@ -90,6 +93,9 @@ class RequestRecord:
         self.code = ""  # the gateway's error code, "" for a success
         self.attempts = 0
         self.usage: Usage | None = None
+        # What the request reserved of its limits and budgets, settled when the record closes.
+        self.reservation: Reservation | None = None
+        self.cost = 0.0  # at the target's price (governance), once settled
         self.headers_at: float | None = None  # response headers reached the processor
         self.first_chunk_at: float | None = None  # first response body chunk (streams)
         self.ended_at: float | None = None  # the answer's last byte passed the processor

@@ -6,6 +6,7 @@ metrics survive a config swap.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from extproc.config.schema import TracingConfig
@@ -15,6 +16,8 @@ from extproc.telemetry.record import RecordBook, RequestRecord
 
 if TYPE_CHECKING:
     from extproc.telemetry.tracing import Tracing
+
+log = logging.getLogger("extproc.telemetry")
 
 
 class Telemetry:
@@ -41,8 +44,16 @@ class Telemetry:
         return RequestRecord(self.emit)
 
     def emit(self, record: RequestRecord) -> None:
-        """A request ended: count it, write its access-log line, end its span (if traced)."""
+        """A request ended: settle its reservation, count it, write its access-log line, end
+        its span (if traced)."""
         self.records.close(record)
+        reservation = record.reservation
+        if reservation is not None:
+            record.reservation = None
+            try:
+                reservation.settle(record)
+            except Exception:  # a settlement must never cost the request its record
+                log.exception("settling a request's reservation failed")
         self.metrics.request_done(record)
         if self.access_log:
             write_access_line(record)

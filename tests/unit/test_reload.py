@@ -67,7 +67,10 @@ def gateway(config: Json, previous: Gateway | None = None) -> Gateway:
 def test_every_restart_only_setting_is_refused_with_what_to_restart(
     path: str, _read: Any, who: str
 ) -> None:
-    running = data(processor={"tcp_address": "127.0.0.1:5000"})
+    running = data(
+        processor={"tcp_address": "127.0.0.1:5000"},
+        governance={"redis": {"url": "redis://127.0.0.1:6379/0"}},
+    )
     new = copy.deepcopy(running)
     section, field = path.split(".")
     values = {
@@ -83,6 +86,9 @@ def test_every_restart_only_setting_is_refused_with_what_to_restart(
         "log_level": "DEBUG",
         "log_format": "json",
         "tracing": {"enabled": True, "sampling_ratio": 0.5},
+        "backend": "redis",
+        "redis": {"url": "redis://127.0.0.1:6380/0"},
+        "on_redis_failure": "deny",
     }
     new.setdefault(section, {})[field] = values[field]
     (problem,) = restart_problems(parse_config(running), parse_config(new))
@@ -100,7 +106,15 @@ def test_everything_else_reloads_hot() -> None:
         reload={"watch_interval_seconds": 0, "drain_seconds": 1},
         telemetry={"access_log": {"include_content": True}, "usage_accounting": False},
         auth={"enabled": True},
-        tenants=[{"name": "t", "api_key_sha256": ["a" * 64]}],
+        tenants=[
+            {
+                "name": "t",
+                "api_key_sha256": ["a" * 64],
+                "limits": {"requests_per_minute": 5},
+                "keys": [{"sha256": "b" * 64, "id": "ci", "budgets": [{"limit": 3}]}],
+            }
+        ],
+        governance={"currency": "EUR", "chars_per_token": 3},
     )
     assert restart_problems(parse_config(running), parse_config(new)) == []
 
