@@ -54,6 +54,7 @@ typecheck: $(STAMP)
 tools:
 	@bash scripts/install-helm.sh
 	@bash scripts/install-promtool.sh
+	@bash scripts/install-redis.sh
 
 unit: $(STAMP) tools
 	$(BIN)/python -m pytest tests/unit
