@@ -16,6 +16,8 @@ from typing import Any
 PER_MESSAGE_TOKENS = 4
 IMAGE_PART_TOKENS = 256
 MAX_NODES = 20_000
+# Keys whose values are structure, not text sent to the model as such.
+_FRAMING = frozenset({"role", "type"})
 
 
 class PromptEstimator:
@@ -67,7 +69,7 @@ class PromptEstimator:
         if isinstance(value, dict):
             if value.get("type") in ("image_url", "input_image", "image"):
                 return IMAGE_PART_TOKENS
-            return sum(self._walk(v, budget) for k, v in value.items() if k != "role")
+            return sum(self._walk(v, budget) for k, v in value.items() if k not in _FRAMING)
         if isinstance(value, list):
             if value and isinstance(value[0], int):  # token ids (embeddings input)
                 return float(len(value))
