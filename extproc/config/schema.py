@@ -596,6 +596,10 @@ def reference_problems(config: GatewayConfig) -> list[str]:
     return problems
 
 
+def _key_rules(key: KeyConfig) -> tuple[object, ...]:
+    return (key.allowed_models, key.limits, key.budgets)
+
+
 def _tenant_problems(config: GatewayConfig) -> list[str]:
     model_names = {m.name for m in config.models}
     owner: dict[str, str] = {}
@@ -618,11 +622,17 @@ def _tenant_problems(config: GatewayConfig) -> list[str]:
                 holder = "this tenant" if owner[digest] == tenant.name else f"'{owner[digest]}'"
                 problems.append(f"tenants.{i}.{where}: key already used by {holder}")
             owner.setdefault(digest, tenant.name)
-        ids: dict[str, str] = {}
+        # Keys sharing an id are one key being rotated: they share its limits and budgets, so
+        # they must agree on them.
+        by_id: dict[str, KeyConfig] = {}
         for key in tenant.all_keys():
             key_id = key.id or key.sha256[:12]
-            if ids.setdefault(key_id, key.sha256) != key.sha256:
-                problems.append(f"tenants.{i}.keys: two keys have the id '{key_id}'")
+            first = by_id.setdefault(key_id, key)
+            if first.sha256 != key.sha256 and _key_rules(first) != _key_rules(key):
+                problems.append(
+                    f"tenants.{i}.keys: keys sharing the id '{key_id}' must have the same "
+                    "allowed_models, limits and budgets (they are one key being rotated)"
+                )
         for k, key in enumerate(tenant.keys):
             if key.allowed_models is not None:
                 unknown(f"tenants.{i}.keys.{k}.allowed_models", key.allowed_models)

@@ -100,7 +100,7 @@ def make_admin_app(
         gateway = live.current
         wanted = request.query.get("tenant")
         callers = [
-            (t.name, [key.id or key_id(key.sha256) for key in t.all_keys()])
+            (t.name, list(dict.fromkeys(key.id or key_id(key.sha256) for key in t.all_keys())))
             for t in gateway.config.tenants
             if wanted is None or t.name == wanted
         ]

@@ -350,8 +350,13 @@ def test_an_expired_key_is_refused_and_key_models_narrow_the_tenant_s() -> None:
             "tenants.0.keys.0.expires_at: expires_at needs a time zone",
         ),
         (
-            {"keys": [{"sha256": "a" * 64, "id": "x"}, {"sha256": "b" * 64, "id": "x"}]},
-            "tenants.0.keys: two keys have the id 'x'",
+            {
+                "keys": [
+                    {"sha256": "a" * 64, "id": "x"},
+                    {"sha256": "b" * 64, "id": "x", "limits": {"requests_per_minute": 1}},
+                ]
+            },
+            "tenants.0.keys: keys sharing the id 'x' must have the same",
         ),
     ],
 )
@@ -361,6 +366,18 @@ def test_bad_governance_config_is_a_clear_error_with_its_path(change: Json, prob
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+def test_keys_sharing_an_id_share_its_limits() -> None:
+    data = config()
+    keys = data["tenants"][0]["keys"]
+    keys[0]["limits"] = {"requests_per_minute": 1}
+    keys.append({"sha256": hash_key("sk-rotated"), "id": "ci", "limits": keys[0]["limits"]})
+    gw = gateway(data)
+    assert gw.auth.authenticate("Bearer sk-rotated").key_id == "ci"
+    admit(gw)  # through the old key
+    with pytest.raises(GatewayError, match="key 'ci'"):
+        admit(gw)  # the rotated key: same id, same window
 
 
 def test_a_redis_backend_needs_a_url_without_a_password() -> None:
