@@ -115,7 +115,9 @@ class Reservation:
         self.prompt = prompt
         self.output = output
         self.decision = decision
-        self.redis = decision is not None and not decision.local and governor.redis_backed
+        # Settled where it was decided: in Redis, unless this processor admitted it locally
+        # (Redis was down). With no rule to check, only usage totals: Redis too, when shared.
+        self.redis = governor.redis_backed and (decision is None or not decision.local)
         self.settled = False
 
     def headers(self) -> dict[str, str]:
@@ -188,11 +190,11 @@ class Governor:
     ) -> Reservation | Awaitable[Reservation]:
         """Reserve what the request may use on every rule that applies (429 if one has no
         room). Returns the reservation, or an awaitable of it when the rules live in Redis."""
-        rid = os.urandom(8).hex()
         rules = self.rules.for_request(tenant, key_id, model)
         output = max_tokens if max_tokens is not None else self.reserve_output.get(model, 0)
-        if not rules:
-            return Reservation(self, rid, (), 0, output, None)
+        if not rules:  # nothing to check: only the usage totals, at settlement
+            return Reservation(self, "", (), 0, output, None)
+        rid = os.urandom(8).hex()
         prompt = self.estimator.prompt(body, raw_size)  # only when a rule needs it
         tokens = prompt + output
         checks = tuple(Check(rule, self._amount(rule, model, prompt, output)) for rule in rules)

@@ -100,6 +100,9 @@ class RedisStore:
 
     async def settle(self, settlement: Settlement) -> None:
         """Charge what the request used, and add its usage totals, in one script call."""
+        if time.monotonic() < self._down_until:  # known down: keep the totals here
+            self.fallback.settle(Settlement(settlement.rid, (), (), (), settlement.usage))
+            return
         checks = settlement.checks
         keys = [self.prefix + c.rule.key for c in checks]
         args: list[str | int | float] = [settlement.rid, len(checks)]
