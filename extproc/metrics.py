@@ -213,11 +213,13 @@ class Metrics:
             buckets=ESTIMATE_RATIO_BUCKETS,
             registry=self.registry,
         ).labels()
+        # Registered only by a Redis backend (`limiter_uses_redis`): absent otherwise, so an
+        # alert on 0 never fires for an in-memory gateway.
         self.limiter_redis_up = Gauge(
             "gateway_limiter_redis_up",
             "1 while the Redis of the limits answers, 0 while this processor uses local limits "
             "(or refuses, when fail-closed). Absent without a Redis backend.",
-            registry=self.registry,
+            registry=None,
         )
         self.limiter_redis_failures = Counter(
             "gateway_limiter_redis_failures_total",
@@ -289,6 +291,12 @@ class Metrics:
             "1 if the last reload (or the start) applied its config, 0 if refused or failed.",
             registry=self.registry,
         )
+
+    def limiter_uses_redis(self) -> None:
+        """Export `gateway_limiter_redis_up` (a Redis backend is configured), starting at 1."""
+        if self.registry.get_sample_value("gateway_limiter_redis_up") is None:
+            self.registry.register(self.limiter_redis_up)
+        self.limiter_redis_up.set(1)
 
     def breakers_known(self, targets: Iterable[str]) -> None:
         """Export every configured breaker (closed until a transition says otherwise).

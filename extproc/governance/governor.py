@@ -61,7 +61,7 @@ class GovernanceState:
                 governance.on_redis_failure == "deny",
                 self._redis_state,
             )
-            metrics.limiter_redis_up.set(1)
+            metrics.limiter_uses_redis()
         self._settling: set[asyncio.Task[None]] = set()
 
     def _redis_state(self, up: bool, what: str) -> None:
