@@ -75,9 +75,10 @@ class MemoryStore:
             period = ""
             if kind is Kind.CONCURRENCY:
                 leases = self._leases.setdefault(rule.key, {})
-                for lease, expiry in list(leases.items()):
-                    if expiry <= now:
-                        del leases[lease]
+                if len(leases) + 1 > rule.limit:  # full: first drop leases that lapsed
+                    for lease, expiry in list(leases.items()):
+                        if expiry <= now:
+                            del leases[lease]
                 used = float(len(leases))
                 fits = used + 1 <= rule.limit
                 wait, reset = 1000, 0
