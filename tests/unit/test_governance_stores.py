@@ -15,6 +15,7 @@ import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import pytest
@@ -595,3 +596,23 @@ async def test_keys_are_bounded_by_the_rules_not_the_requests(redis_store: Redis
     assert float(await client.get(prefix + f"t:acme:spend:currency:day:{day}")) == pytest.approx(
         60.0
     )
+
+
+# -- Redis restarted ----------------------------------------------------------------------
+
+
+async def test_a_restarted_redis_is_used_at_once_by_an_idle_store(tmp_path: Path) -> None:
+    # A store whose pooled connection Redis closed (it restarted while the store sat idle)
+    # reconnects on its next call instead of counting Redis as down.
+    with RedisServer(tmp_path / "redis") as server:
+        store = await make_redis_store(server)
+        checks = (Check(rpm(10), 1.0),)
+        try:
+            assert (await store.admit(checks, rid(), LEASE_MS)).allowed
+            server.kill()
+            server.start()
+            decision = await store.admit(checks, rid(), LEASE_MS)  # fail-closed: raises if down
+            assert decision.allowed and not decision.local and store.up
+            assert decision.states[0].remaining == 9  # an empty Redis: a new window
+        finally:
+            await store.close()
