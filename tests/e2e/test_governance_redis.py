@@ -140,7 +140,7 @@ def metric(stack: Stack, name: str, **labels: str) -> float:
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
-    return 0.0  # a counter not yet incremented (no labels seen) is absent
+    raise AssertionError(f"no sample {name}{labels}")
 
 
 def usage_window(stack: Stack, tenant: str) -> dict[str, Any]:
@@ -195,12 +195,14 @@ def test_three_replicas_enforce_one_requests_per_minute_limit_under_load(
     total = 2 * BURST_RPM
     spread = itertools.cycle(range(3))
     plan = [next(spread) for _ in range(total)]
+    started = time.monotonic()
     with ThreadPoolExecutor(48) as pool:
         outcomes = list(pool.map(lambda index: (index, ask(clients[index])), plan))
+    took = time.monotonic() - started  # reported, not asserted: all of it in one window
 
     statuses = Counter(o.status for _, o in outcomes)
     admitted = statuses[200]
-    print(f"admitted {admitted} of {total} (limit {BURST_RPM}): {dict(statuses)}")
+    print(f"admitted {admitted} of {total} (limit {BURST_RPM}) in {took:.1f} s: {dict(statuses)}")
     assert admitted <= BURST_RPM  # never more
     assert admitted >= BURST_RPM * 0.99
     assert admitted == BURST_RPM  # exactly, in fact: one sliding window in Redis
