@@ -58,7 +58,10 @@ class RedisStore:
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            # One retry, at once: a pooled connection Redis closed while it sat idle (Redis
+            # restarted, its idle timeout) fails on first use, and the retry reconnects. The
+            # call as a whole stays within `timeout` (`asyncio.timeout` below).
+            retry=Retry(NoBackoff(), 1),
             decode_responses=True,
         )
         self.prefix = "{" + config.key_prefix + "}:"

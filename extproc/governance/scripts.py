@@ -149,7 +149,9 @@ if denied == 0 and not peek then
     local amount = ARGV[6 + (i - 1) * 3]
     if code == 'c' then
       redis.call('ZADD', key, now + lease, rid)
-      redis.call('PEXPIRE', key, lease)
+      -- The key lives as long as its latest lease (leases differ with requests' timeouts).
+      local latest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      redis.call('PEXPIREAT', key, tonumber(latest[2]))
     elseif code == 'bd' or code == 'bm' then
       local counter = key .. ':' .. pids[i]
       redis.call('INCRBYFLOAT', counter, amount)
