@@ -1,17 +1,21 @@
-"""The benchmark's measurements: the load rounds, processor memory, streaming, the 1 MB prompt.
+"""The benchmark's measurements: the load rounds, processor memory, streaming, the 1 MB prompt,
+small requests while 1 MB prompts run.
 
 Load runs interleave scenarios in rounds (drift hits every scenario alike) and read CPU from
-`/proc` around each 8-client slice; streaming and the 1 MB prompt use httpx, sequentially.
+`/proc` around each 8-client slice; streaming and the 1 MB prompt use httpx, sequentially; the
+small requests beside 1 MB prompts are hey's, the 1 MB prompts an httpx thread's.
 Results are dataclasses and dicts; turning them into tables is `report`'s job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +48,14 @@ class Settings:
     stream_runs: int
     big_runs: int
     memory_requests: int
+    # Small requests while 1 MB prompts run: rounds of this many small requests at 1 client,
+    # alone, then with 1 MB prompts sent back to back.
+    beside_big_rounds: int
+    beside_big_requests: int
 
 
-FULL = Settings("full", 3, 10, 400, 3, 5.0, 100, 20, 200_000)
-QUICK = Settings("quick", 1, 4, 400, 2, 2.5, 30, 20, 20_000)
+FULL = Settings("full", 3, 10, 400, 3, 5.0, 100, 20, 200_000, 5, 1000)
+QUICK = Settings("quick", 1, 4, 400, 2, 2.5, 30, 20, 20_000, 2, 500)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -78,6 +86,8 @@ class ScenarioResult:
     processor_cpu_ms_per_req: float | None
     envoy_cpu_ms_per_req: float
     fake_cpu_ms_per_req: float
+    # The redis-server holding the scenario's limits (None: no Redis behind it).
+    redis_cpu_ms_per_req: float | None = None
 
 
 def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioResult]:
@@ -104,11 +114,12 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
 
     log(f"8 clients: {s.eight_client_rounds} rounds of ~{s.eight_client_slice_s:g}s per scenario")
     eight: dict[str, list[CsvRun]] = {t.name: [] for t in targets}
-    cpu = {t.name: [0.0, 0.0, 0.0] for t in targets}  # processor, Envoy, fake
+    cpu = {t.name: [0.0, 0.0, 0.0, 0.0] for t in targets}  # processor, Envoy, fake, Redis
     for _ in range(s.eight_client_rounds):
         for target in targets:
             processor = target.processor_pid or system.processor_pid
             pids = [processor, target.envoy_pid, system.fake_pid]
+            pids += [target.redis_pid] if target.redis_pid else []
             before = [cpu_seconds(pid) for pid in pids]
             eight[target.name].append(hey.run_csv(target, 8, slice_requests[target.name]))
             for index, pid in enumerate(pids):
@@ -125,6 +136,7 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
             per_req[0] if target.processor_pid is not None else None,
             per_req[1],
             per_req[2],
+            per_req[3] if target.redis_pid is not None else None,
         )
         log(
             f"{target.name}: {eight_clients.rps:.0f} req/s at 8 clients, p50 "
@@ -285,3 +297,91 @@ def measure_big(targets: Sequence[Target], runs: int) -> dict[str, dict[str, Any
         }
         for name, values in samples.items()
     }
+
+
+def measure_beside_big(
+    hey: Hey, pairs: Sequence[tuple[Target, Target]], rounds: int, requests: int
+) -> list[dict[str, Any]]:
+    """p50/p95/p99 of small requests at 1 client, alone and while 1 MB prompts run.
+
+    Per pair (small, big), each round runs `requests` small requests with hey alone, then again
+    while a thread sends `big` (a 1 MB prompt) back to back, one at a time: whether a big body
+    stalls the requests behind it. Rounds interleave the pairs and both phases, so drift hits
+    them alike. A pair on plain Envoy shows what the machine, the client and the fake alone do.
+    """
+    alone: dict[str, list[CsvRun]] = {small.name: [] for small, _ in pairs}
+    beside: dict[str, list[CsvRun]] = {small.name: [] for small, _ in pairs}
+    senders = {small.name: _BigSender(big) for small, big in pairs}
+    for _ in range(rounds):
+        for small, _big in pairs:
+            alone[small.name].append(hey.run_csv(small, 1, requests))
+            with senders[small.name].running():
+                beside[small.name].append(hey.run_csv(small, 1, requests))
+    results = []
+    for small, big in pairs:
+        sender = senders[small.name]
+        result: dict[str, Any] = {
+            "small": small.name,
+            "big": big.name,
+            "big_body_bytes": len(big.body),
+            "rounds": rounds,
+            "requests_per_round": requests,
+            "big_requests": sender.done,
+            "big_failures": sender.failures,
+            "big_median_ms": median(sender.latencies),
+        }
+        for phase, runs in (("alone", alone), ("beside_big", beside)):
+            run = pooled(runs[small.name])
+            result[phase] = {
+                "responses": run.responses,
+                "p50_ms": run.p50_ms,
+                "p95_ms": run.p95_ms,
+                "p99_ms": run.p99_ms,
+                "non_200": run.non_200,
+            }
+        log(
+            f"{small.name} beside 1 MB prompts to {big.name}: p99 "
+            f"{fmt(result['alone']['p99_ms'])} ms alone, {fmt(result['beside_big']['p99_ms'])} "
+            f"ms beside {sender.done} of them ({sender.failures} failed)"
+        )
+        results.append(result)
+    return results
+
+
+class _BigSender:
+    """Sends one target's request back to back, one at a time, while `running()` is entered."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.done = 0
+        self.failures = 0
+        self.latencies: list[float] = []
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """A thread sends from entry until exit (it finishes its request in flight first)."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._send_until, args=(stop,), daemon=True)
+        thread.start()
+        time.sleep(0.2)  # the first 1 MB request is on its way before the small ones start
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _send_until(self, stop: threading.Event) -> None:
+        target = self.target
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                start = time.perf_counter()
+                try:
+                    response = client.post(target.url, content=target.body, headers=target.headers)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    self.done += 1
+                    self.latencies.append((time.perf_counter() - start) * 1000)
+                else:
+                    self.failures += 1

@@ -152,6 +152,7 @@ def render_tables(report: dict[str, Any]) -> str:
                 fmt(s["processor_cpu_ms_per_req"], 3),
                 fmt(s["envoy_cpu_ms_per_req"], 3),
                 fmt(s["fake_cpu_ms_per_req"], 3),
+                fmt(s.get("redis_cpu_ms_per_req"), 3),
                 str(eight["non_200"]),
             ]
         )
@@ -169,6 +170,7 @@ def render_tables(report: dict[str, Any]) -> str:
                 "processor CPU",
                 "Envoy CPU",
                 "fake CPU",
+                "Redis CPU",
                 "non-200",
             ],
             rows,
@@ -232,6 +234,46 @@ def render_tables(report: dict[str, Any]) -> str:
                 ]
                 for name, b in big.items()
             ],
+        )
+    )
+
+    beside = report["beside_big_prompt"]
+    parts.append(
+        f"\nSmall requests while 1 MB prompts run (1 client, {beside[0]['rounds']} x "
+        f"{beside[0]['requests_per_round']} requests per phase; ms; beside = while a thread sends "
+        "1 MB prompts back to back; added = beside - alone)"
+    )
+    rows = []
+    for b in beside:
+        alone, with_big = b["alone"], b["beside_big"]
+        rows.append(
+            [
+                b["small"],
+                b["big"],
+                *(fmt(alone[p]) for p in ("p50_ms", "p99_ms")),
+                *(fmt(with_big[p]) for p in ("p50_ms", "p99_ms")),
+                *(fmt(minus(with_big[p], alone[p])) for p in ("p50_ms", "p99_ms")),
+                str(b["big_requests"]),
+                fmt(b["big_median_ms"]),
+                str(alone["non_200"] + with_big["non_200"] + b["big_failures"]),
+            ]
+        )
+    parts.append(
+        markdown(
+            [
+                "small requests to",
+                "1 MB prompts to",
+                "p50 alone",
+                "p99 alone",
+                "p50 beside",
+                "p99 beside",
+                "+p50",
+                "+p99",
+                "1 MB sent",
+                "1 MB median",
+                "non-200",
+            ],
+            rows,
         )
     )
 

@@ -11,9 +11,10 @@
 
 It then measures with `hey` (installed with apt when missing) and a small httpx client:
 throughput at 8 clients, p50/p95/p99 at 1 and 8 clients, processor CPU per request, streaming
-time to first content event / last event, a 1 MB prompt, and the processor's RSS growth over many
-requests. It prints side-by-side tables (Markdown) with the issue's targets marked PASS/MISS, and
-writes the same figures as JSON to `bench/results/<UTC timestamp>.json` and `latest.json`.
+time to first content event / last event, a 1 MB prompt (also under token limits), small requests'
+p50/p99 alone and while 1 MB prompts run, and the processor's RSS growth over many requests.
+It prints side-by-side tables (Markdown) with the issue's targets marked PASS/MISS, and writes
+the same figures as JSON to `bench/results/<UTC timestamp>.json` and `latest.json`.
 Misses are reported, never asserted: the exit code is 0 whenever the measurement itself worked.
 Every process it starts is stopped at the end, on errors, Ctrl-C and SIGTERM too.
 
@@ -42,6 +43,7 @@ from bench.measure import (
     QUICK,
     Settings,
     big_prompt_body,
+    measure_beside_big,
     measure_big,
     measure_load,
     measure_memory,
@@ -51,7 +53,12 @@ from bench.measure import (
 from bench.progress import elapsed_s, log
 from bench.report import evaluate_targets, log_lines, machine_info, render_tables, write_results
 from bench.systems import (
+    ALL_FEATURES,
+    ALL_FEATURES_REDIS,
+    ALL_FEATURES_UNLIMITED,
     ANTHROPIC,
+    MODEL_ALL,
+    MODEL_ALL_UNLIMITED,
     MODEL_ANTHROPIC,
     MODEL_PASSTHROUGH,
     PASSTHROUGH,
@@ -104,9 +111,39 @@ def run(
 
     log(f"1 MB prompt: {settings.big_runs} sequential requests per path")
     big = big_prompt_body(MODEL_PASSTHROUGH)
+    # All features too, without limits and under token limits (in memory, on Redis): what the
+    # prompt estimate and the reservation cost on a 1 MB body, by difference.
+    big_all = {
+        ALL_FEATURES_UNLIMITED: big_prompt_body(MODEL_ALL_UNLIMITED),
+        ALL_FEATURES: big_prompt_body(MODEL_ALL),
+        ALL_FEATURES_REDIS: big_prompt_body(MODEL_ALL),
+    }
     report["big_prompt"] = measure_big(
-        [replace(system.targets[PLAIN], body=big), replace(system.targets[PASSTHROUGH], body=big)],
+        [
+            replace(system.targets[PLAIN], body=big),
+            replace(system.targets[PASSTHROUGH], body=big),
+            *(replace(system.targets[name], body=body) for name, body in big_all.items()),
+        ],
         settings.big_runs,
+    )
+
+    log(
+        f"small requests beside 1 MB prompts: {settings.beside_big_rounds} rounds of "
+        f"{settings.beside_big_requests} at 1 client, alone and beside"
+    )
+    report["beside_big_prompt"] = measure_beside_big(
+        hey,
+        [
+            (system.targets[PLAIN], replace(system.targets[PLAIN], body=big)),
+            # Small pass-through requests and 1 MB prompts under token limits: the same Envoy
+            # and processor.
+            (
+                system.targets[PASSTHROUGH],
+                replace(system.targets[ALL_FEATURES], body=big_all[ALL_FEATURES]),
+            ),
+        ],
+        settings.beside_big_rounds,
+        settings.beside_big_requests,
     )
 
     report["targets"] = evaluate_targets(report)

@@ -23,6 +23,7 @@ import yaml
 from bench.progress import log
 from extproc.bootstrap import RUNTIME_FLAGS
 from extproc.decisions.auth import hash_key
+from extproc.dev.redis_server import RedisServer
 from extproc.dev.stack import (
     FakeProcess,
     GatewayStack,
@@ -37,6 +38,7 @@ FLOOR_PROCESSOR = ROOT / "bench" / "floor_processor.py"
 
 CLIENT_KEY = "sk-bench-client"
 RBAC_KEY = "sk-bench-rbac-client"
+RBAC_UNLIMITED_KEY = "sk-bench-rbac-unlimited-client"
 UPSTREAM_ENV = {"BENCH_OPENAI_KEY": "sk-bench-upstream", "BENCH_ANTHROPIC_KEY": "sk-ant-bench"}
 STREAM_EVENTS = 200
 # ~200 tokens of 4 characters: each of the 200 stream events carries 4 characters.
@@ -46,11 +48,20 @@ MODEL_PASSTHROUGH = "bench-passthrough"
 MODEL_ANTHROPIC = "bench-anthropic"
 MODEL_ALL = "bench-all"
 MODEL_ALL_UPSTREAM = "bench-all-upstream"
+# MODEL_ALL again, with no limits and no prices: for the all-features row without governance.
+MODEL_ALL_UNLIMITED = "bench-all-unlimited"
 
 PLAIN = "plain-envoy"
 PASSTHROUGH = "gateway-passthrough"
 ANTHROPIC = "gateway-anthropic"
+# All features, with limits (RPM, TPM, concurrency per tenant, key, model, tenant x model), a
+# daily spend budget and prices, kept in the processor's memory.
 ALL_FEATURES = "gateway-all-features"
+# The same request on a second processor and Envoy whose limits live in the bench's own
+# redis-server; and on the first processor from a tenant, to a model, that no limit applies to:
+# what governance costs, in memory and on Redis, by difference.
+ALL_FEATURES_REDIS = "gateway-all-features, limits on Redis"
+ALL_FEATURES_UNLIMITED = "gateway-all-features, no limits"
 # The same pass-through request on processors with less telemetry: what usage accounting
 # (reading the answer for its tokens) and the access log cost, by difference.
 PASSTHROUGH_UNREAD = "gateway-passthrough, usage accounting off"
@@ -67,8 +78,19 @@ FLOOR = "floor: Envoy + empty Python ext_proc"
 
 
 def gateway_config(fake: str, workdir: Path) -> dict[str, Any]:
-    """ONE gateway config serving every gateway scenario from the same fake."""
+    """ONE gateway config serving every gateway scenario from the same fake.
+
+    Governance (in memory) applies to the all-features tenant and model only. Its limits are
+    real rules, checked and settled on every request, but far above what the bench sends: it
+    never gets a 429, a 1 MB prompt (~260 000 tokens) included.
+    """
     check = {"path": "/models", "interval_seconds": 1}
+    limits = {
+        "requests_per_minute": 10_000_000,
+        "tokens_per_minute": 10_000_000_000,
+        "concurrent_requests": 10_000,
+    }
+    price = {"input_per_million": 2.5, "output_per_million": 10.0}
     config = loopback_sections(workdir)
     config["processor"]["shutdown_grace_seconds"] = 2
     return {
@@ -113,9 +135,19 @@ def gateway_config(fake: str, workdir: Path) -> dict[str, Any]:
                 "name": MODEL_ANTHROPIC,
                 "targets": [{"provider": "p-anthropic", "model": "claude-bench"}],
             },
-            # Model rewrite (body re-serialized), failover to another provider type.
+            # Model rewrite (body re-serialized), failover to another provider type, prices,
+            # a limit on the model across tenants.
             {
                 "name": MODEL_ALL,
+                "targets": [
+                    {"provider": "p-primary", "model": MODEL_ALL_UPSTREAM, "price": price},
+                    {"provider": "p-secondary", "model": "claude-bench", "price": price},
+                ],
+                "limits": limits,
+            },
+            # The same without governance: no limits and no prices.
+            {
+                "name": MODEL_ALL_UNLIMITED,
                 "targets": [
                     {"provider": "p-primary", "model": MODEL_ALL_UPSTREAM},
                     {"provider": "p-secondary", "model": "claude-bench"},
@@ -124,12 +156,23 @@ def gateway_config(fake: str, workdir: Path) -> dict[str, Any]:
         ],
         "tenants": [
             {"name": "bench", "api_key_sha256": [hash_key(CLIENT_KEY)]},
+            # RBAC and every kind of limit: tenant, key, tenant x model, a daily spend budget.
             {
                 "name": "bench-rbac",
-                "api_key_sha256": [hash_key(RBAC_KEY)],
+                "keys": [{"sha256": hash_key(RBAC_KEY), "id": "bench-rbac-key", "limits": limits}],
                 "allowed_models": [MODEL_PASSTHROUGH, MODEL_ALL],
+                "limits": limits,
+                "model_limits": {MODEL_ALL: limits},
+                "budgets": [{"limit": 1e12, "unit": "currency", "period": "day"}],
+            },
+            # RBAC alone: no limit applies to this tenant's requests to MODEL_ALL_UNLIMITED.
+            {
+                "name": "bench-rbac-unlimited",
+                "api_key_sha256": [hash_key(RBAC_UNLIMITED_KEY)],
+                "allowed_models": [MODEL_PASSTHROUGH, MODEL_ALL_UNLIMITED],
             },
         ],
+        "governance": {"backend": "memory"},
     }
 
 
@@ -286,6 +329,8 @@ class Target:
     headers: dict[str, str]
     envoy_pid: int
     processor_pid: int | None
+    # The redis-server holding this scenario's limits (None: limits, if any, in memory).
+    redis_pid: int | None = None
 
 
 @dataclass
@@ -329,10 +374,13 @@ class Endpoint:
     url: str
     envoy_pid: int
     processor_pid: int | None
+    redis_pid: int | None = None
 
     def target(self, name: str, path: str, body: bytes, headers: dict[str, str]) -> Target:
         """A scenario on this Envoy."""
-        return Target(name, self.url + path, body, headers, self.envoy_pid, self.processor_pid)
+        return Target(
+            name, self.url + path, body, headers, self.envoy_pid, self.processor_pid, self.redis_pid
+        )
 
 
 def bench_fake(workdir: Path) -> FakeProcess:
@@ -389,6 +437,22 @@ def start_traced_gateway(
         return data
 
     return _start_stack(children, workdir, config, SharedFake(fake))
+
+
+def start_redis_gateway(
+    children: ProcessGroup, workdir: Path, fake: FakeProcess
+) -> tuple[GatewayStack[SharedFake], RedisServer]:
+    """A second processor and Envoy on `gateway_config` with governance on Redis (a throwaway
+    redis-server started here, tracked by `children`), sharing the running fake."""
+    workdir.mkdir()
+    redis = children.add(RedisServer(workdir / "redis")).start()
+
+    def config(fake_url: str) -> dict[str, Any]:
+        data = gateway_config(fake_url, workdir)
+        data["governance"] = {"backend": "redis", "redis": {"url": redis.url}}
+        return data
+
+    return _start_stack(children, workdir, config, SharedFake(fake)), redis
 
 
 def start_gateway(children: ProcessGroup, workdir: Path) -> GatewayStack[FakeProcess]:
@@ -476,10 +540,17 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
         lean[name] = Endpoint(stack.base_url, stack.envoy.pid, stack.processor.pid)
         log(f"{name}: processor (pid {stack.processor.pid}) and Envoy on {stack.base_url}")
 
+    on_redis, redis = start_redis_gateway(children, workdir / "limits-on-redis", fake)
     traced = start_traced_gateway(children, workdir / "tracing-on", fake)
-    assert traced.processor is not None and traced.envoy is not None
-    on_traced = Endpoint(traced.base_url, traced.envoy.pid, traced.processor.pid)
-    log(f"{ALL_FEATURES_TRACED}: processor (pid {traced.processor.pid}) on {traced.base_url}")
+    second = {}
+    for name, stack, redis_pid in (
+        (ALL_FEATURES_REDIS, on_redis, redis.proc.pid if redis.proc else None),
+        (ALL_FEATURES_TRACED, traced, None),
+    ):
+        assert stack.processor is not None and stack.envoy is not None
+        second[name] = Endpoint(stack.base_url, stack.envoy.pid, stack.processor.pid, redis_pid)
+        log(f"{name}: processor (pid {stack.processor.pid}) on {stack.base_url}")
+    log(f"redis-server (pid {second[ALL_FEATURES_REDIS].redis_pid}) on {redis.url}")
 
     plain = start_plain_envoy(children, workdir, fake.port)
     log(f"plain Envoy (pid {plain.envoy_pid}) on {plain.url}")
@@ -497,17 +568,17 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
             for name, endpoint in lean.items()
         },
         ANTHROPIC: on_gateway.target(ANTHROPIC, chat, chat_body(MODEL_ANTHROPIC), auth),
-        ALL_FEATURES: on_gateway.target(
-            ALL_FEATURES,
-            chat,
-            chat_body(MODEL_ALL),
-            # A tenant with an explicit model list (RBAC) and a per-request timeout header.
-            {**auth, "Authorization": f"Bearer {RBAC_KEY}", "x-gateway-timeout": "30"},
-        ),
     }
-    targets[ALL_FEATURES_TRACED] = on_traced.target(
-        ALL_FEATURES_TRACED, chat, chat_body(MODEL_ALL), targets[ALL_FEATURES].headers
+    # A tenant with an explicit model list (RBAC) and a per-request timeout header; with no
+    # limit that applies, then with limits in memory, on Redis, and with tracing on.
+    rbac = {**auth, "Authorization": f"Bearer {RBAC_KEY}", "x-gateway-timeout": "30"}
+    unlimited = {**rbac, "Authorization": f"Bearer {RBAC_UNLIMITED_KEY}"}
+    targets[ALL_FEATURES_UNLIMITED] = on_gateway.target(
+        ALL_FEATURES_UNLIMITED, chat, chat_body(MODEL_ALL_UNLIMITED), unlimited
     )
+    targets[ALL_FEATURES] = on_gateway.target(ALL_FEATURES, chat, chat_body(MODEL_ALL), rbac)
+    for name, endpoint in second.items():
+        targets[name] = endpoint.target(name, chat, chat_body(MODEL_ALL), rbac)
     anthropic_plain = plain.target(
         ANTHROPIC_REFERENCE,
         "/anthropic/v1/messages",
