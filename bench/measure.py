@@ -309,17 +309,17 @@ def measure_beside_big(
     stalls the requests behind it. Rounds interleave the pairs and both phases, so drift hits
     them alike. A pair on plain Envoy shows what the machine, the client and the fake alone do.
     """
-    alone: dict[str, list[CsvRun]] = {small.name: [] for small, _ in pairs}
-    beside: dict[str, list[CsvRun]] = {small.name: [] for small, _ in pairs}
-    senders = {small.name: _BigSender(big) for small, big in pairs}
+    alone: list[list[CsvRun]] = [[] for _ in pairs]
+    beside: list[list[CsvRun]] = [[] for _ in pairs]
+    senders = [_BigSender(big) for _, big in pairs]
     for _ in range(rounds):
-        for small, _big in pairs:
-            alone[small.name].append(hey.run_csv(small, 1, requests))
-            with senders[small.name].running():
-                beside[small.name].append(hey.run_csv(small, 1, requests))
+        for index, (small, _big) in enumerate(pairs):
+            alone[index].append(hey.run_csv(small, 1, requests))
+            with senders[index].running():
+                beside[index].append(hey.run_csv(small, 1, requests))
     results = []
-    for small, big in pairs:
-        sender = senders[small.name]
+    for index, (small, big) in enumerate(pairs):
+        sender = senders[index]
         result: dict[str, Any] = {
             "small": small.name,
             "big": big.name,
@@ -331,7 +331,7 @@ def measure_beside_big(
             "big_median_ms": median(sender.latencies),
         }
         for phase, runs in (("alone", alone), ("beside_big", beside)):
-            run = pooled(runs[small.name])
+            run = pooled(runs[index])
             result[phase] = {
                 "responses": run.responses,
                 "p50_ms": run.p50_ms,

@@ -135,11 +135,13 @@ def run(
         hey,
         [
             (system.targets[PLAIN], replace(system.targets[PLAIN], body=big)),
-            # Small pass-through requests and 1 MB prompts under token limits: the same Envoy
-            # and processor.
-            (
-                system.targets[PASSTHROUGH],
-                replace(system.targets[ALL_FEATURES], body=big_all[ALL_FEATURES]),
+            # Small pass-through requests beside 1 MB prompts on the same Envoy and processor:
+            # a pass-through model (what any 1 MB body costs the loop), the all-features model
+            # without limits and with them (what the estimate and the limits add to it).
+            (system.targets[PASSTHROUGH], replace(system.targets[PASSTHROUGH], body=big)),
+            *(
+                (system.targets[PASSTHROUGH], replace(system.targets[name], body=big_all[name]))
+                for name in (ALL_FEATURES_UNLIMITED, ALL_FEATURES)
             ),
         ],
         settings.beside_big_rounds,
