@@ -252,15 +252,23 @@ class Governor:
         """Settle `reservation` to what `record` says the request used."""
         usage = record.usage
         reached = record.attempts > 0 and record.provider != ""
+        # A stream cut short (the client left) may hold counts so far (Anthropic's
+        # message_start, Gemini's running usageMetadata), not what the provider went on to
+        # generate: its output is not known.
+        partial = usage is not None and record.stream and not record.answer_complete
         stood = False
-        if usage is not None:
+        if usage is not None and not partial:
             prompt, output = usage.prompt_tokens, usage.completion_tokens
             cached = usage.cached_tokens or 0
             if reservation.prompt and prompt:
                 self.metrics.prompt_estimate_ratio.observe(reservation.prompt / prompt)
         elif reached and (200 <= record.status < 300 or record.status == 499):
-            # It reached a provider, which said nothing of its usage: the estimate stands.
+            # It reached a provider, which said nothing (final) of its usage: the estimate
+            # stands, but for the prompt count a cut stream did report.
             prompt, output, cached = reservation.prompt, reservation.output, 0
+            if usage is not None:
+                prompt, cached = usage.prompt_tokens, usage.cached_tokens or 0
+                output = max(output, usage.completion_tokens)
             stood = True
             self.metrics.usage_estimated.labels(record.tenant, record.model).inc()
         else:
