@@ -5,8 +5,8 @@ At admission the processor reserves what the request may use: its prompt estimat
 the model's dearest target price for spend budgets, one request, one concurrency lease. A request
 that does not fit gets 429 before any provider call. When the request's record closes (the
 answer ended, whatever the way), the reservation is settled: to the usage the provider reported,
-or, when a request reached a provider and ended without a report (a stream the client left),
-to the reservation itself ("an estimate that stood", counted).
+or, when a request reached a provider and ended without a final report (a stream the client
+left), to the reservation itself ("an estimate that stood", counted).
 """
 
 from __future__ import annotations
