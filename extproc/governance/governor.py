@@ -5,8 +5,8 @@ At admission the processor reserves what the request may use: its prompt estimat
 the model's dearest target price for spend budgets, one request, one concurrency lease. A request
 that does not fit gets 429 before any provider call. When the request's record closes (the
 answer ended, whatever the way), the reservation is settled: to the usage the provider reported,
-or, when a request reached a provider and ended without a report (a stream the client left),
-to the reservation itself ("an estimate that stood", counted).
+or, when a request reached a provider and ended without a final report (a stream the client
+left), to the reservation itself ("an estimate that stood", counted).
 """
 
 from __future__ import annotations
@@ -254,15 +254,23 @@ class Governor:
         """Settle `reservation` to what `record` says the request used."""
         usage = record.usage
         reached = record.attempts > 0 and record.provider != ""
+        # A stream cut short (the client left) may hold counts so far (Anthropic's
+        # message_start, Gemini's running usageMetadata), not what the provider went on to
+        # generate: its output is not known.
+        partial = usage is not None and record.stream and not record.answer_complete
         stood = False
-        if usage is not None:
+        if usage is not None and not partial:
             prompt, output = usage.prompt_tokens, usage.completion_tokens
             cached = usage.cached_tokens or 0
             if reservation.prompt and prompt:
                 self.metrics.prompt_estimate_ratio.observe(reservation.prompt / prompt)
         elif reached and (200 <= record.status < 300 or record.status == 499):
-            # It reached a provider, which said nothing of its usage: the estimate stands.
+            # It reached a provider, which said nothing (final) of its usage: the estimate
+            # stands, but for the prompt count a cut stream did report.
             prompt, output, cached = reservation.prompt, reservation.output, 0
+            if usage is not None:
+                prompt, cached = usage.prompt_tokens, usage.cached_tokens or 0
+                output = max(output, usage.completion_tokens)
             stood = True
             self.metrics.usage_estimated.labels(record.tenant, record.model).inc()
         else:

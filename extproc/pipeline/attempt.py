@@ -241,6 +241,7 @@ class Attempt:
                 record.first_chunk_at = now
             if end_of_stream:
                 record.ended_at = now
+                record.answer_complete = True
         if plan is BodyPlan.STREAM:
             out = self._keep(adapter.stream_chunk(chunk, end_of_stream))
             if end_of_stream:

@@ -39,6 +39,7 @@ class RequestRecord:
     """What one request did, filled in as its phases run (plain fields, no logic per phase)."""
 
     __slots__ = (
+        "answer_complete",
         "attempts",
         "code",
         "content",
@@ -99,6 +100,9 @@ class RequestRecord:
         self.headers_at: float | None = None  # response headers reached the processor
         self.first_chunk_at: float | None = None  # first response body chunk (streams)
         self.ended_at: float | None = None  # the answer's last byte passed the processor
+        # The provider's answer reached its end (a stream the client left did not): only then
+        # is the usage it reported final, not the counts so far of a stream cut short.
+        self.answer_complete = False
         # Prompt and completion text, only when the access log is told to include content.
         self.content: dict[str, object] | None = None
         # The downstream stream's span, when traced: it ends when this record is emitted.
