@@ -73,6 +73,7 @@ class RedisStore:
         self._settle = self.client.register_script(SETTLE)
         self._down_until = 0.0
         self.up = True
+        self._probe: asyncio.Task[None] | None = None  # while Redis is down
         self._on_state = on_state  # (up, what failed) on every change
 
     # -- admission and settlement -----------------------------------------------------------
@@ -148,7 +149,10 @@ class RedisStore:
         return _decision(tuple(checks), reply, peek=True).states
 
     async def close(self) -> None:
-        """Close the connections."""
+        """Stop probing, close the connections."""
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
         await self.client.aclose()
 
     # -- health -----------------------------------------------------------------------------
@@ -166,6 +170,21 @@ class RedisStore:
                 mode,
             )
         self._on_state(False, what)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        """PING Redis every `retry_seconds` while it is down, so its return is noticed (and
+        `gateway_limiter_redis_up` set back to 1) even on a replica without traffic."""
+        while not self.up:
+            await asyncio.sleep(self.retry_seconds)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self.client.ping()
+            except _FAILURES:
+                continue
+            self._down_until = 0.0
+            self._recovered()
 
     def _recovered(self) -> None:
         if not self.up:

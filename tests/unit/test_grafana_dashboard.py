@@ -18,7 +18,7 @@ from tests.monitoring import (
     dashboard_expressions,
     dashboard_panels,
 )
-from tests.promql import selectors
+from tests.promql import metric_names, selectors
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -72,3 +72,33 @@ def test_panels_are_titled_unique_and_do_not_overlap() -> None:
         apart_x = ga["x"] + ga["w"] <= gb["x"] or gb["x"] + gb["w"] <= ga["x"]
         apart_y = ga["y"] + ga["h"] <= gb["y"] or gb["y"] + gb["h"] <= ga["y"]
         assert apart_x or apart_y, f"{a!r} overlaps {b!r}"
+
+
+def row_panels(title: str) -> list[Json]:
+    """The panels laid out under the row `title`, down to the next row."""
+    panels = sorted(dashboard()["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))
+    start = next(n for n, p in enumerate(panels) if p["type"] == "row" and p["title"] == title)
+    below = []
+    for panel in panels[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        below.append(panel)
+    return below
+
+
+def test_the_limits_and_spend_row_shows_every_governance_metric() -> None:
+    read = {
+        name
+        for panel in row_panels("Limits and spend")
+        for target in panel["targets"]
+        for name in metric_names(target["expr"])
+    }
+    assert read == {
+        "gateway_rate_limited_total",
+        "gateway_cost_total",
+        "gateway_usage_estimated_total",
+        "gateway_prompt_estimate_ratio_bucket",
+        "gateway_limiter_redis_up",
+        "gateway_limiter_local_decisions_total",
+        "gateway_limiter_redis_failures_total",
+    }

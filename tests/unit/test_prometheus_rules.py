@@ -96,6 +96,13 @@ MUTANTS = {
     "latency at 9 s": (") > 10", ") > 9", 1),
     "latency p90": ("histogram_quantile(0.95", "histogram_quantile(0.90", 1),
     "breaker alert after 4 minutes": ("for: 5m", "for: 4m", 2),
+    "limiter Redis alert while it answers": (
+        "(gateway_limiter_redis_up) == 0",
+        "(gateway_limiter_redis_up) <= 1",
+        1,
+    ),
+    "limiter Redis alert after 1 minute": ("for: 2m", "for: 1m", 2),
+    "limiter Redis alert after 5 minutes": ("for: 2m", "for: 5m", 2),
 }
 
 
