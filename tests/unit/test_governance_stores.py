@@ -9,6 +9,7 @@ back by `ms`, in the memory store's structures and in the Redis sorted sets alik
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import math
@@ -614,5 +615,28 @@ async def test_a_restarted_redis_is_used_at_once_by_an_idle_store(tmp_path: Path
             decision = await store.admit(checks, rid(), LEASE_MS)  # fail-closed: raises if down
             assert decision.allowed and not decision.local and store.up
             assert decision.states[0].remaining == 9  # an empty Redis: a new window
+        finally:
+            await store.close()
+
+
+async def test_a_store_without_traffic_notices_that_redis_is_back(tmp_path: Path) -> None:
+    events: list[bool] = []
+    with RedisServer(tmp_path / "probe") as server:
+        config = RedisConfig(url=server.url, timeout_ms=200, retry_seconds=0.1)
+        store = RedisStore(
+            config, server.url, MemoryStore(), False, lambda up, _: events.append(up)
+        )
+        rule = Rule("t:probe:rpm", Scope.TENANT, Kind.REQUESTS, 10, "tenant 'probe'")
+        try:
+            server.kill()
+            decision = await store.admit((Check(rule, 1.0),), "a", 1000)
+            assert decision.local and not store.up
+            server.start()
+            for _ in range(100):  # no request meanwhile: the probe alone must see it
+                if store.up:
+                    break
+                await asyncio.sleep(0.05)
+            assert store.up and events[-1] is True
+            assert not (await store.admit((Check(rule, 1.0),), "b", 1000)).local
         finally:
             await store.close()
