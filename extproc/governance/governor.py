@@ -196,28 +196,19 @@ class Governor:
             return Reservation(self, "", (), 0, output, None)
         rid = os.urandom(8).hex()
         prompt = self.estimator.prompt(body, raw_size)  # only when a rule needs it
-        tokens = prompt + output
         checks = tuple(Check(rule, self._amount(rule, model, prompt, output)) for rule in rules)
         lease_ms = int(timeout * 1000) + LEASE_MARGIN_MS
+        pending = Reservation(self, rid, checks, prompt, output, None)
         redis = self.state.redis
         if redis is not None and self.redis_backed:
-            return self._admit_redis(redis, tenant, model, rid, checks, prompt, output, lease_ms)
-        decision = self.state.memory.admit(checks, rid, lease_ms)
-        return self._decided(tenant, model, rid, checks, prompt, output, tokens, decision)
+            return self._admit_redis(redis, tenant, pending, lease_ms)
+        return self._decided(tenant, pending, self.state.memory.admit(checks, rid, lease_ms))
 
     async def _admit_redis(
-        self,
-        redis: RedisStore,
-        tenant: str,
-        model: str,
-        rid: str,
-        checks: tuple[Check, ...],
-        prompt: int,
-        output: int,
-        lease_ms: int,
+        self, redis: RedisStore, tenant: str, pending: Reservation, lease_ms: int
     ) -> Reservation:
-        decision = await redis.admit(checks, rid, lease_ms)
-        return self._decided(tenant, model, rid, checks, prompt, output, prompt + output, decision)
+        decision = await redis.admit(pending.checks, pending.rid, lease_ms)
+        return self._decided(tenant, pending, decision)
 
     def _amount(self, rule: Rule, model: str, prompt: int, output: int) -> float:
         kind = rule.kind
@@ -228,25 +219,18 @@ class Governor:
             return cost(price, prompt, output, 0) if price is not None else 0.0
         return 1.0
 
-    def _decided(
-        self,
-        tenant: str,
-        model: str,
-        rid: str,
-        checks: tuple[Check, ...],
-        prompt: int,
-        output: int,
-        tokens: int,
-        decision: Decision,
-    ) -> Reservation:
+    def _decided(self, tenant: str, pending: Reservation, decision: Decision) -> Reservation:
+        """The reservation of an admitted request (with the store's decision), or the 429."""
         if decision.local:
             self.metrics.limiter_local_decisions.inc()
+        checks = pending.checks
         if not decision.allowed:
-            check = checks[decision.denied]
-            rule = check.rule
+            rule = checks[decision.denied].rule
             self.metrics.rate_limited.labels(tenant, rule.scope.value, rule.kind.value).inc()
-            raise refusal(checks, decision, tokens, self.currency)
-        return Reservation(self, rid, checks, prompt, output, decision)
+            raise refusal(checks, decision, pending.prompt + pending.output, self.currency)
+        pending.decision = decision
+        pending.redis = self.redis_backed and not decision.local
+        return pending
 
     # -- settlement -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
@@ -235,6 +236,16 @@ def unread_fake(unread_stack: Stack) -> Iterator[FakeProviderServer]:
     unread_stack.fake.clear()
     yield unread_stack.fake
     unread_stack.fake.clear()
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    """The processor's sample `name` with exactly `labels` (a missing sample fails the test)."""
+    text = httpx.get(f"{stack.admin_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name}{labels}")
 
 
 def reset_breakers(stack: Stack) -> None:

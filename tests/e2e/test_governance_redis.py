@@ -18,12 +18,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
 from extproc.dev.redis_server import RedisServer
-from tests.e2e.conftest import UPSTREAM_KEYS, Stack, gateway_config
+from tests.e2e.conftest import UPSTREAM_KEYS, Stack, gateway_config, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -132,15 +131,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
 
 def client(stack: Stack, key: str) -> openai.OpenAI:
     return stack.client(key, timeout=60)
-
-
-def metric(stack: Stack, name: str, **labels: str) -> float:
-    text = httpx.get(f"{stack.admin_url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    raise AssertionError(f"no sample {name}{labels}")
 
 
 def usage_window(stack: Stack, tenant: str) -> dict[str, Any]:

@@ -21,12 +21,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.config.topology import model_route_ids
 from extproc.decisions.auth import hash_key
 from extproc.dev.stack import stop_process
-from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack, make_stack
+from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack, make_stack, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -131,15 +130,6 @@ def failures(outcomes: list[Outcome], allowed: frozenset[tuple[int, str | None]]
         for o in outcomes
         if (o.status, o.text) != (200, f"echo: {o.sent}") and (o.status, o.code) not in allowed
     ]
-
-
-def metric(stack: Stack, name: str, **labels: str) -> float:
-    text = httpx.get(f"{stack.admin_url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    raise AssertionError(f"no sample {name}{labels}")
 
 
 def envoy_clusters(stack: Stack) -> set[str]:
