@@ -12,7 +12,6 @@ left), to the reservation itself ("an estimate that stood", counted).
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 from collections.abc import Awaitable
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from extproc.governance.redis_store import RedisStore
     from extproc.telemetry.record import RequestRecord
 
-log = logging.getLogger("extproc.governance")
 
 # A concurrency lease outlives its request's timeout by this much, then lapses by itself (a
 # processor that died holding it).
