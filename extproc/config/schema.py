@@ -254,6 +254,8 @@ PROCESSOR_ONLY_MODEL_FIELDS: dict[str, Any] = {
 
 
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$"
+# A key without an `id` is known by the start of its SHA-256 digest (public in the config).
+DEFAULT_KEY_ID_LENGTH = 12
 
 
 def _check_digest(value: str) -> str:
@@ -281,6 +283,11 @@ class KeyConfig(_Strict):
     allowed_models: list[str] | None = None
     limits: RateLimits = RateLimits()
     budgets: Budgets = Field(default_factory=list)
+
+    @property
+    def key_id(self) -> str:
+        """The key's id: `id`, else the first characters of its digest."""
+        return self.id or self.sha256[:DEFAULT_KEY_ID_LENGTH]
 
     @field_validator("expires_at")
     @classmethod
@@ -626,7 +633,7 @@ def _tenant_problems(config: GatewayConfig) -> list[str]:
         # they must agree on them.
         by_id: dict[str, KeyConfig] = {}
         for key in tenant.all_keys():
-            key_id = key.id or key.sha256[:12]
+            key_id = key.key_id
             first = by_id.setdefault(key_id, key)
             if first.sha256 != key.sha256 and _key_rules(first) != _key_rules(key):
                 problems.append(

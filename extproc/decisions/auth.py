@@ -10,10 +10,10 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from extproc.config.schema import GatewayConfig
+from extproc.config.schema import DEFAULT_KEY_ID_LENGTH, GatewayConfig
 from extproc.errors import GatewayError
 
-KEY_ID_LENGTH = 12
+KEY_ID_LENGTH = DEFAULT_KEY_ID_LENGTH
 
 
 def hash_key(key: str) -> str:
@@ -72,7 +72,7 @@ class Authenticator:
                 self._by_hash[key.sha256] = Tenant(
                     tenant.name,
                     _within(allowed, _allowed(key.allowed_models)),
-                    key.id or key_id(key.sha256),
+                    key.key_id,
                     expires,
                 )
 

@@ -93,7 +93,6 @@ class Reservation:
         "governor",
         "output",
         "prompt",
-        "redis",
         "rid",
         "settled",
     )
@@ -113,10 +112,14 @@ class Reservation:
         self.prompt = prompt
         self.output = output
         self.decision = decision
-        # Settled where it was decided: in Redis, unless this processor admitted it locally
-        # (Redis was down). With no rule to check, only usage totals: Redis too, when shared.
-        self.redis = governor.redis_backed and (decision is None or not decision.local)
         self.settled = False
+
+    @property
+    def redis(self) -> bool:
+        """Settled where it was decided: in Redis, unless this processor admitted it locally
+        (Redis was down). With no rule to check, only usage totals: Redis too, when shared."""
+        decision = self.decision
+        return self.governor.redis_backed and (decision is None or not decision.local)
 
     def headers(self) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers for the tightest request and token limits."""
@@ -146,7 +149,8 @@ class Governor:
         self.state = state
         self.metrics = metrics
         self.rules = RuleBook(config)
-        self.redis_backed = state.redis is not None and config.governance.backend == "redis"
+        # The backend is restart-only: the shared state has a Redis store exactly when it is on.
+        self.redis_backed = state.redis is not None
         governance = config.governance
         self.estimator = PromptEstimator(
             governance.chars_per_token, governance.non_ascii_chars_per_token
@@ -198,7 +202,7 @@ class Governor:
         lease_ms = int(timeout * 1000) + LEASE_MARGIN_MS
         pending = Reservation(self, rid, checks, prompt, output, None)
         redis = self.state.redis
-        if redis is not None and self.redis_backed:
+        if redis is not None:
             return self._admit_redis(redis, tenant, pending, lease_ms)
         return self._decided(tenant, pending, self.state.memory.admit(checks, rid, lease_ms))
 
@@ -209,10 +213,9 @@ class Governor:
         return self._decided(tenant, pending, decision)
 
     def _amount(self, rule: Rule, model: str, prompt: int, output: int) -> float:
-        kind = rule.kind
-        if kind is Kind.TOKENS or (kind is Kind.SPEND and rule.unit == "tokens"):
+        if rule.counts_tokens:
             return float(prompt + output)
-        if kind is Kind.SPEND:
+        if rule.kind is Kind.SPEND:
             price = self.dearest.get(model)
             return cost(price, prompt, output, 0) if price is not None else 0.0
         return 1.0
@@ -227,7 +230,6 @@ class Governor:
             self.metrics.rate_limited.labels(tenant, rule.scope.value, rule.kind.value).inc()
             raise refusal(checks, decision, pending.prompt + pending.output, self.currency)
         pending.decision = decision
-        pending.redis = self.redis_backed and not decision.local
         return pending
 
     # -- settlement -------------------------------------------------------------------------
@@ -257,13 +259,13 @@ class Governor:
             self.metrics.usage_estimated.labels(record.tenant, record.model).inc()
         else:
             prompt = output = cached = 0
-        price = self.price_of(record.target)
+        price = self.prices.get(record.target)
         spent = cost(price, prompt, output, cached) if price is not None else 0.0
         record.cost = spent
         amounts = []
         for check in reservation.checks:
             rule = check.rule
-            if rule.kind is Kind.TOKENS or (rule.kind is Kind.SPEND and rule.unit == "tokens"):
+            if rule.counts_tokens:
                 amounts.append(float(prompt + output))
             elif rule.kind is Kind.SPEND:
                 amounts.append(spent)
@@ -291,10 +293,6 @@ class Governor:
         else:
             self.state.memory.settle(settlement)
 
-    def price_of(self, target: str) -> Price | None:
-        """The price of a target id (None: unpriced)."""
-        return self.prices.get(target)
-
     # -- reading ----------------------------------------------------------------------------
 
     async def usage_report(self, tenants: list[tuple[str, list[str]]]) -> dict[str, object]:
@@ -313,13 +311,13 @@ class Governor:
 
     def _backend(self) -> str:
         redis = self.state.redis
-        if redis is None or not self.redis_backed:
+        if redis is None:
             return "memory"
         return "redis" if redis.up else "redis (unreachable: local limits)"
 
     async def _report(self, base: str, rules: list[Rule]) -> dict[str, object]:
         checks = [Check(rule, 0.0) for rule in rules]
-        redis = self.state.redis if self.redis_backed else None
+        redis = self.state.redis
         totals: dict[str, float]
         states: list[RuleState]
         if redis is not None:

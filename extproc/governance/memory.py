@@ -11,7 +11,7 @@ import math
 import time
 from collections import deque
 
-from extproc.governance.rules import WINDOW_MS, Check, Kind
+from extproc.governance.rules import WINDOW_MS, Check, Kind, Rule
 from extproc.governance.store import Decision, RuleState, Settlement, period_of
 
 
@@ -70,33 +70,8 @@ class MemoryStore:
         periods: list[str] = []
         denied, retry = -1, 0
         for index, check in enumerate(checks):
-            rule, amount = check.rule, check.amount
-            kind = rule.kind
-            period = ""
-            if kind is Kind.CONCURRENCY:
-                leases = self._leases.setdefault(rule.key, {})
-                if len(leases) + 1 > rule.limit:  # full: first drop leases that lapsed
-                    for lease, expiry in list(leases.items()):
-                        if expiry <= now:
-                            del leases[lease]
-                used = float(len(leases))
-                fits = used + 1 <= rule.limit
-                wait, reset = 1000, 0
-            elif kind is Kind.SPEND:
-                period, end = period_of(now, rule.period)
-                current = self._spent.get(rule.key)
-                used = current[1] if current is not None and current[0] == period else 0.0
-                fits = used + amount <= rule.limit
-                wait = reset = end - now
-            else:
-                log = self._logs.get(rule.key)
-                if log is None:
-                    log = self._logs[rule.key] = SlidingLog()
-                log.trim(now)
-                used = log.total
-                fits = used + amount <= rule.limit
-                wait = 0 if fits else log.wait_for(amount, rule.limit, now)
-                reset = log.reset_ms(now)
+            rule = check.rule
+            used, fits, wait, reset, period = self._look(rule, check.amount, now)
             periods.append(period)
             states.append(RuleState(rule.limit, rule.limit - used, reset))
             if not fits and denied < 0:
@@ -110,14 +85,41 @@ class MemoryStore:
                 state.reset_ms = WINDOW_MS
         return Decision(True, states, periods)
 
+    def _look(
+        self, rule: Rule, amount: float, now: int, peek: bool = False
+    ) -> tuple[float, bool, int, int, str]:
+        """A rule now: its use, whether `amount` fits, ms until it would, ms until the rule is
+        whole again, and the budget's period id ("" for other kinds)."""
+        if rule.kind is Kind.CONCURRENCY:
+            leases = self._leases.setdefault(rule.key, {})
+            if peek or len(leases) + 1 > rule.limit:  # full: first drop leases that lapsed
+                for lease, expiry in list(leases.items()):
+                    if expiry <= now:
+                        del leases[lease]
+            used = float(len(leases))
+            return used, used + 1 <= rule.limit, 1000, 0, ""
+        if rule.kind is Kind.SPEND:
+            period, end = period_of(now, rule.period)
+            used = self._spent_in(rule.key, period)
+            return used, used + amount <= rule.limit, end - now, end - now, period
+        log = self._logs.get(rule.key)
+        if log is None:
+            log = self._logs[rule.key] = SlidingLog()
+        log.trim(now)
+        fits = log.total + amount <= rule.limit
+        wait = 0 if fits else log.wait_for(amount, rule.limit, now)
+        return log.total, fits, wait, log.reset_ms(now), ""
+
+    def _spent_in(self, key: str, period: str) -> float:
+        current = self._spent.get(key)
+        return current[1] if current is not None and current[0] == period else 0.0
+
     def _take(self, check: Check, rid: str, now: int, lease_ms: int, period: str) -> None:
         rule = check.rule
         if rule.kind is Kind.CONCURRENCY:
             self._leases[rule.key][rid] = now + lease_ms
         elif rule.kind is Kind.SPEND:
-            current = self._spent.get(rule.key)
-            spent = current[1] if current is not None and current[0] == period else 0.0
-            self._spent[rule.key] = (period, spent + check.amount)
+            self._spent[rule.key] = (period, self._spent_in(rule.key, period) + check.amount)
         else:
             log = self._logs[rule.key]
             log.entries.append((now, rid))
@@ -134,9 +136,9 @@ class MemoryStore:
             if rule.kind is Kind.CONCURRENCY:
                 self._leases.get(rule.key, {}).pop(rid, None)
             elif rule.kind is Kind.SPEND:
-                current = self._spent.get(rule.key)
-                if current is not None and current[0] == period:
-                    self._spent[rule.key] = (period, current[1] + amount - check.amount)
+                if rule.key in self._spent and self._spent[rule.key][0] == period:
+                    spent = self._spent_in(rule.key, period) + amount - check.amount
+                    self._spent[rule.key] = (period, spent)
             elif rule.kind is Kind.TOKENS:
                 log = self._logs.get(rule.key)
                 if log is not None and rid in log.amounts:  # still in the window
@@ -153,21 +155,8 @@ class MemoryStore:
     def state(self, check: Check, now: int | None = None) -> RuleState:
         """A rule's current state, without taking anything (for `/usage`)."""
         now = _now_ms() if now is None else now
-        rule = check.rule
-        if rule.kind is Kind.CONCURRENCY:
-            leases = self._leases.get(rule.key, {})
-            used = float(sum(1 for expiry in leases.values() if expiry > now))
-            return RuleState(rule.limit, rule.limit - used, 0)
-        if rule.kind is Kind.SPEND:
-            period, end = period_of(now, rule.period)
-            current = self._spent.get(rule.key)
-            used = current[1] if current is not None and current[0] == period else 0.0
-            return RuleState(rule.limit, rule.limit - used, end - now)
-        log = self._logs.get(rule.key)
-        if log is None:
-            return RuleState(rule.limit, rule.limit, 0)
-        log.trim(now)
-        return RuleState(rule.limit, rule.limit - log.total, log.reset_ms(now))
+        used, _, _, reset, _ = self._look(check.rule, 0.0, now, peek=True)
+        return RuleState(check.rule.limit, check.rule.limit - used, reset)
 
 
 def _now_ms() -> int:

@@ -85,7 +85,7 @@ class RedisStore:
         keys = [self.prefix + c.rule.key for c in checks]
         args: list[str | int | float] = [rid, lease_ms, 0]
         for check in checks:
-            args += [_code(check), check.rule.limit, check.amount]
+            args += [check.rule.code, check.rule.limit, check.amount]
         try:
             async with asyncio.timeout(self.timeout):
                 reply = await self._admit(keys=keys, args=args)
@@ -113,7 +113,7 @@ class RedisStore:
         for check, amount, period in zip(
             checks, settlement.amounts, settlement.periods, strict=True
         ):
-            args += [_code(check), check.amount, amount, period]
+            args += [check.rule.code, check.amount, amount, period]
         for key, name, increment in settlement.usage:
             keys.append(self.prefix + key)
             args += [name, increment]
@@ -143,7 +143,7 @@ class RedisStore:
         keys = [self.prefix + c.rule.key for c in checks]
         args: list[str | int | float] = ["", 0, 1]
         for check in checks:
-            args += [_code(check), check.rule.limit, 0]
+            args += [check.rule.code, check.rule.limit, 0]
         async with asyncio.timeout(self.timeout * 4):
             reply = await self._admit(keys=keys, args=args)
         return _decision(tuple(checks), reply, peek=True).states
@@ -191,11 +191,6 @@ class RedisStore:
             self.up = True
             log.warning("redis answers again: limits are shared across replicas again")
             self._on_state(True, "")
-
-
-def _code(check: Check) -> str:
-    rule = check.rule
-    return "b" + rule.period[0] if rule.code == "b" else rule.code
 
 
 def _decision(checks: tuple[Check, ...], reply: list[object], peek: bool = False) -> Decision:

@@ -48,8 +48,13 @@ class Rule:
 
     @property
     def code(self) -> str:
-        """The one-letter kind the stores' scripts use."""
-        return _CODES[self.kind]
+        """The kind as the Redis scripts know it: r, t, c, bd (daily budget), bm (monthly)."""
+        return _CODES[self.kind] + self.period[:1]
+
+    @property
+    def counts_tokens(self) -> bool:
+        """True when the rule counts tokens (a token limit, a token budget): settled to usage."""
+        return self.kind is Kind.TOKENS or (self.kind is Kind.SPEND and self.unit == "tokens")
 
 
 _CODES = {Kind.REQUESTS: "r", Kind.TOKENS: "t", Kind.CONCURRENCY: "c", Kind.SPEND: "b"}
@@ -127,7 +132,7 @@ class RuleBook:
                 if scoped:
                     self._by_tenant_model[(tenant.name, model)] = scoped
             for key in tenant.all_keys():
-                key_id = key.id or key.sha256[:12]
+                key_id = key.key_id
                 kbase = key_base(tenant.name, key_id)
                 who = f"key '{key_id}' of tenant '{tenant.name}'"
                 rules = _rate_rules(kbase, Scope.KEY, who, key.limits)
@@ -142,11 +147,6 @@ class RuleBook:
             if rules:
                 self._by_model[model_config.name] = rules
         self._cache: dict[tuple[str, str, str], tuple[Rule, ...]] = {}
-
-    @property
-    def empty(self) -> bool:
-        """True when the config sets no limit or budget at all."""
-        return not (self._by_tenant or self._by_key or self._by_model or self._by_tenant_model)
 
     @property
     def needs_usage(self) -> bool:
@@ -173,10 +173,6 @@ class RuleBook:
             # Bounded by the config's tenants x keys x models, so the cache cannot grow past it.
             self._cache[lookup] = found
         return found
-
-    def for_caller(self, tenant: str, key_id: str) -> list[Rule]:
-        """The tenant's and the key's own rules (for `/usage`)."""
-        return [*self._by_tenant.get(tenant, ()), *self._by_key.get((tenant, key_id), ())]
 
     def tenant_rules(self, tenant: str) -> list[Rule]:
         """The tenant's rules, and its rules on each model (for `/usage`)."""

@@ -13,7 +13,6 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from extproc.decisions.auth import key_id
 from extproc.decisions.breaker import Admission
 from extproc.gateway import Gateway, LiveGateways
 from extproc.metrics import Metrics
@@ -100,7 +99,7 @@ def make_admin_app(
         gateway = live.current
         wanted = request.query.get("tenant")
         callers = [
-            (t.name, list(dict.fromkeys(key.id or key_id(key.sha256) for key in t.all_keys())))
+            (t.name, list(dict.fromkeys(key.key_id for key in t.all_keys())))
             for t in gateway.config.tenants
             if wanted is None or t.name == wanted
         ]
