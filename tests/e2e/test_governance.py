@@ -41,6 +41,8 @@ PRICE_IN, PRICE_OUT = 1000.0, 3000.0  # per million tokens, model "chat-priced"
 CURRENCY_BUDGET = 0.5  # per day, tenant "budget-burst"
 BURST = 50
 CONCURRENT = 2  # tenant "conc"
+MODEL_RPM = 2  # model "chat-model-rpm", across tenants "mrpm-x" and "mrpm-y"
+TENANT_MODEL_RPM = 1  # tenant "tmrpm" on chat-openai (its other models are not limited)
 
 
 def key_of(tenant: str, key_id: str = "k") -> str:
@@ -73,7 +75,17 @@ def governed(config: Json) -> None:
             ],
         }
     )
+    config["models"].append(
+        {
+            "name": "chat-model-rpm",
+            "targets": [{"provider": "p-openai", "model": "gpt-model-rpm"}],
+            "limits": {"requests_per_minute": MODEL_RPM},
+        }
+    )
     config["tenants"] += [
+        tenant("mrpm-x"),
+        tenant("mrpm-y"),
+        tenant("tmrpm", model_limits={"chat-openai": {"requests_per_minute": TENANT_MODEL_RPM}}),
         tenant(
             "rpm",
             [{"id": "a"}, {"id": "b"}],
@@ -260,6 +272,27 @@ def test_a_key_limit_refuses_only_that_key(gov: Stack, gfake: FakeProviderServer
     assert entry["keys"]["b"]["windows"] == []
     assert metric(gov, "gateway_rate_limited_total", tenant="keyrpm", scope="key") == 1
     assert metric(gov, "gateway_rate_limited_total", tenant="keyrpm", scope="tenant") == 0
+
+
+def test_a_model_limit_counts_every_tenant_and_a_tenant_model_limit_one_model(
+    gov: Stack, gfake: FakeProviderServer
+) -> None:
+    x, y = gov.client(key_of("mrpm-x")), gov.client(key_of("mrpm-y"))
+    chat(x, "chat-model-rpm")
+    chat(y, "chat-model-rpm")  # another tenant, the same model's window
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(x, "chat-model-rpm")
+    assert "model 'chat-model-rpm'" in refused.value.message
+    assert metric(gov, "gateway_rate_limited_total", tenant="mrpm-x", scope="model") == 1
+
+    limited = gov.client(key_of("tmrpm"))
+    chat(limited)  # chat-openai: its one request this minute
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(limited)
+    assert "tenant 'tmrpm' on model 'chat-openai'" in refused.value.message
+    chat(limited, "chat-anthropic")  # the tenant's other models are not limited
+    assert metric(gov, "gateway_rate_limited_total", tenant="tmrpm", scope="tenant_model") == 1
+    assert len(gfake.requests) == MODEL_RPM + TENANT_MODEL_RPM + 1
 
 
 # -- 2. tokens per minute, settled to the usage reported ------------------------------------
