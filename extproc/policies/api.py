@@ -125,18 +125,19 @@ class Completion:
 class Policy:
     """Base class of policies (optional: any class with these members works).
 
-    Class attributes, read once when the config loads:
+    Read once when the config loads (`headers` and `wants_answer` from the built instance, so
+    they may depend on the options):
     - `Options`: the pydantic model of the policy's `options` (forbid unknown keys).
-    - `headers`: the request headers `check` may read (lower-case).
+    - `headers`: the request headers `check` may read (lower-case names).
     - `wants_answer`: read buffered answers so `completed` gets their text (costs a body read).
     - `inline`: a plain (not async) `check` runs on the event loop — only for checks that take
       microseconds and never block; otherwise it runs in a worker thread under its deadline.
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
-    headers: ClassVar[frozenset[str]] = frozenset()
-    wants_answer: ClassVar[bool] = False
     inline: ClassVar[bool] = False
+    headers: frozenset[str] = frozenset()
+    wants_answer: bool = False
 
     def __init__(self, options: Any) -> None:
         self.options = options
