@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 from extproc.config.credentials import Credential
 from extproc.config.loading import LoadedConfig
-from extproc.config.schema import GatewayConfig, ModelConfig, ProviderConfig, ResilienceConfig
+from extproc.config.schema import (
+    GatewayConfig,
+    ModelConfig,
+    ProviderConfig,
+    ResilienceConfig,
+    policy_lists,
+)
 from extproc.config.topology import (
     breaker_key,
     inline_translation,
@@ -27,6 +33,7 @@ from extproc.decisions.provider_health import ProviderHealth
 from extproc.errors import GatewayError
 from extproc.governance.governor import GovernanceState, Governor
 from extproc.metrics import Metrics
+from extproc.policies.chain import BoundPolicy, PolicyChain, chain_for
 from extproc.providers import ProviderAdapter, adapter_for
 from extproc.telemetry.reporter import Telemetry, start_tracing
 
@@ -175,11 +182,35 @@ class Gateway:
             route = self._model_route(model, route_ids[model.name], providers, loaded.credentials)
             self.models[model.name] = route
             self.targets.update((t.id, t) for t in route.targets)
+        # Policies: each configured use built once (here, so a policy that fails to start fails
+        # the load), chained per (tenant, model) on first use.
+        self.telemetry.metric_tags = frozenset(config.telemetry.metric_tags)
+        self._policies: dict[int, BoundPolicy] = {}
+        for _, policies in policy_lists(config):
+            for policy in policies:
+                self._policies[id(policy)] = BoundPolicy.of(policy)
+        self._tenant_policies = {t.name: t.policies for t in config.tenants}
+        self._model_policies = {m.name: m.policies for m in config.models}
+        self._chains: dict[tuple[str, str], PolicyChain | None] = {}
         # Every breaker is taken over by now; keeping the link would keep every older gateway
         # alive through a chain of boards.
         self.breakers.forget_previous()
         self.metrics.breakers_known(t.breaker.target for t in self.targets.values())
         self.created = 0
+
+    def policy_chain(self, tenant: str, model: str) -> PolicyChain | None:
+        """The policies of `tenant`'s requests to `model` (None: there are none)."""
+        key = (tenant, model)
+        try:
+            return self._chains[key]
+        except KeyError:
+            configs = [
+                *self.config.policies,
+                *self._tenant_policies.get(tenant, ()),
+                *self._model_policies.get(model, ()),
+            ]
+            chain = self._chains[key] = chain_for(configs, self.metrics, self._policies)
+            return chain
 
     def _model_route(
         self,

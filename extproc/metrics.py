@@ -72,6 +72,9 @@ PROCESSING_BUCKETS = (
     0.1,
     0.25,
 )
+POLICY_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 1.0)
+# Distinct values per tag kept as label values (gateway_tagged_requests_total).
+MAX_TAG_VALUES = 50
 GENAI_LABELS = [
     "gen_ai_operation_name",
     "gen_ai_provider_name",
@@ -232,6 +235,65 @@ class Metrics:
             "Admissions decided by this processor's own limits because Redis was unreachable.",
             registry=self.registry,
         )
+        self.policy_decisions = LoopCounter(
+            "gateway_policy_decisions_total",
+            "Admission decisions of each configured policy (its id): allow, deny, modify, or "
+            "error (raised, overran its deadline or answered nonsense; see on_error).",
+            ["policy", "decision"],
+            registry=self.registry,
+        )
+        self.policy_errors = LoopCounter(
+            "gateway_policy_errors_total",
+            "Policy failures by policy id, stage (check, completed) and reason (raised, "
+            "timeout, invalid).",
+            ["policy", "stage", "reason"],
+            registry=self.registry,
+        )
+        self.policy_duration = LoopHistogram(
+            "gateway_policy_duration_seconds",
+            "Seconds each policy's admission check took (the processor's wall clock).",
+            ["policy"],
+            buckets=POLICY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tagged_requests = LoopCounter(
+            "gateway_tagged_requests_total",
+            "Requests by policy tag, for the tag names listed in telemetry.metric_tags "
+            f"(at most {MAX_TAG_VALUES} values per tag; the rest are 'other').",
+            ["tag", "value"],
+            registry=self.registry,
+        )
+        self.cache_requests = LoopCounter(
+            "gateway_cache_requests_total",
+            "Cacheable requests by model and result: hit, miss (went to the provider), "
+            "coalesced (waited for an identical request in flight, then hit), bypass.",
+            ["model", "result"],
+            registry=self.registry,
+        )
+        self.cache_stores = LoopCounter(
+            "gateway_cache_stores_total",
+            "Answers offered to the cache by model and result: stored, too_large, "
+            "not_stored (an error, an incomplete answer).",
+            ["model", "result"],
+            registry=self.registry,
+        )
+        self.cache_errors = Counter(
+            "gateway_cache_errors_total",
+            "Cache store operations that failed (Redis unreachable or slow): the request "
+            "went to the provider.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.cache_entries = Gauge(
+            "gateway_cache_entries",
+            "Answers held by this processor's in-memory cache (0 with a Redis cache).",
+            registry=self.registry,
+        )
+        self.cache_bytes = Gauge(
+            "gateway_cache_bytes",
+            "Bytes of keys and answers held by this processor's in-memory cache.",
+            registry=self.registry,
+        )
         self.response_streams = Gauge(
             "gateway_response_streams_active",
             "Streamed answers being relayed through the processor (translated streams, and "
@@ -271,6 +333,7 @@ class Metrics:
             registry=self.registry,
         )
         self._response_models: dict[str, set[str]] = {}
+        self._tag_values: dict[str, set[str]] = {}
         self.reloads = Counter(
             "gateway_config_reloads_total",
             "Config reloads by result: success; rejected (the new file is invalid or needs a "
@@ -369,6 +432,19 @@ class Metrics:
             return OTHER
         seen.add(response_model)
         return response_model
+
+    def tagged(self, tags: dict[str, str], names: frozenset[str]) -> None:
+        """Count a request's tags whose names `telemetry.metric_tags` lists (bounded values)."""
+        for name, value in tags.items():
+            if name not in names:
+                continue
+            seen = self._tag_values.setdefault(name, set())
+            if value not in seen:
+                if len(seen) >= MAX_TAG_VALUES or len(value) > 64:
+                    value = OTHER
+                else:
+                    seen.add(value)
+            self.tagged_requests.labels(name, value).inc()
 
     def attempt(self, model: str, provider: str, outcome: str) -> None:
         """Count one attempt sent to a provider, by outcome."""

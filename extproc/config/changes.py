@@ -39,6 +39,9 @@ RESTART_ONLY: tuple[tuple[str, Callable[[GatewayConfig], object], str], ...] = (
     ("governance.backend", lambda c: c.governance.backend, _PROCESSOR),
     ("governance.redis", lambda c: c.governance.redis, _PROCESSOR),
     ("governance.on_redis_failure", lambda c: c.governance.on_redis_failure, _PROCESSOR),
+    # The cache's store is made once too (its entries outlive a reload).
+    ("cache.backend", lambda c: c.cache.backend, _PROCESSOR),
+    ("cache.max_bytes", lambda c: c.cache.max_bytes, _PROCESSOR),
 )
 
 
@@ -73,7 +76,18 @@ def change_summary(running: GatewayConfig, new: GatewayConfig) -> str:
         for verb, names in (("added", added), ("removed", removed), ("changed", changed)):
             if names:
                 parts.append(f"{kind} {verb}: {', '.join(names)}")
-    sections = ("listener", "limits", "auth", "resilience", "processor", "reload", "telemetry")
+    sections = (
+        "listener",
+        "limits",
+        "auth",
+        "resilience",
+        "processor",
+        "reload",
+        "telemetry",
+        "governance",
+        "cache",
+        "policies",
+    )
     other = [s for s in sections if getattr(running, s) != getattr(new, s)]
     if other:
         parts.append(f"sections changed: {', '.join(other)}")

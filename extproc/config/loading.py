@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from extproc.config.credentials import Credential, read_credential
 from extproc.config.schema import GatewayConfig, reference_problems
+from extproc.policies.registry import policy_problems
 
 
 class ConfigError(Exception):
@@ -33,7 +34,8 @@ class LoadedConfig:
     config: GatewayConfig
     credentials: dict[str, Credential]  # provider name -> key (absent: no key)
     source: str
-    # governance.redis: the URL from `url_env` (which may hold a password), else `url`.
+    # governance.redis (limits and the cache): the URL from `url_env` (which may hold a
+    # password), else `url`.
     redis_url: str | None = None
 
 
@@ -43,7 +45,7 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
-    problems = reference_problems(config)
+    problems = reference_problems(config) + policy_problems(config)
     if problems:
         raise ConfigError(source, problems)
     return config
@@ -86,7 +88,8 @@ def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedCon
                 credentials[provider.name] = key
         redis = config.governance.redis
         redis_url = redis.url
-        if config.governance.backend == "redis" and redis.url_env:
+        uses_redis = config.governance.backend == "redis" or config.cache.backend == "redis"
+        if uses_redis and redis.url_env:
             redis_url = os.environ.get(redis.url_env) or None
             if redis_url is None:
                 problems.append(

@@ -229,6 +229,29 @@ class TargetConfig(_Strict):
     price: Price | None = None
 
 
+POLICY_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+
+
+class PolicyConfig(_Strict):
+    """One policy applied to requests: which one (by name), its options, how it may fail."""
+
+    # The policy's name: a built-in, or an entry point of the `llm_gateway.policies` group.
+    policy: Annotated[str, Field(pattern=POLICY_NAME_PATTERN)]
+    # How metrics and logs name this use of it (default: `policy`); unique within its list.
+    id: Annotated[str | None, Field(pattern=NAME_PATTERN)] = None
+    # Checked against the policy's own options model when the config loads.
+    options: dict[str, Any] = Field(default_factory=dict)
+    # A policy that raises, overruns its deadline or answers nonsense: refuse the request
+    # (503 `policy_unavailable`) or let it go on as if the policy had allowed it.
+    on_error: Literal["deny", "allow"] = "deny"
+    timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 250
+
+    @property
+    def policy_id(self) -> str:
+        """The name this use of the policy goes by: `id`, else the policy's name."""
+        return self.id or self.policy
+
+
 class ModelConfig(_Strict):
     """A model name clients send and the targets that can serve it (chosen by weight)."""
 
@@ -243,12 +266,19 @@ class ModelConfig(_Strict):
     reserve_output_tokens: Annotated[int | None, Field(ge=0, le=128_000)] = None
     # Limits on this model across every tenant.
     limits: RateLimits = RateLimits()
+    # Policies for requests to this model (after the gateway's and the tenant's).
+    policies: list[PolicyConfig] = Field(default_factory=list)
+    # Cache this model's deterministic answers; None: as `cache.enabled` says.
+    cache: bool | None = None
 
 
-# Model fields only the processor reads (governance): they never change Envoy's routes.
+# Model fields only the processor reads (governance, policies, cache): they never change
+# Envoy's routes.
 PROCESSOR_ONLY_MODEL_FIELDS: dict[str, Any] = {
     "reserve_output_tokens": True,
     "limits": True,
+    "policies": True,
+    "cache": True,
     "targets": {"__all__": {"price"}},
 }
 
@@ -309,6 +339,8 @@ class TenantConfig(_Strict):
     # Limits of this tenant on one model (tenant x model), by model name.
     model_limits: dict[str, RateLimits] = Field(default_factory=dict)
     budgets: Budgets = Field(default_factory=list)
+    # Policies for this tenant's requests (after the gateway's, before the model's).
+    policies: list[PolicyConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _need_a_key(self) -> TenantConfig:
@@ -511,6 +543,11 @@ class TelemetryConfig(_Strict):
     # processor CPU per request (`make bench`, "accounting"); translated answers are always read.
     usage_accounting: bool = True
     tracing: TracingConfig = TracingConfig()
+    # Policy tags counted in gateway_tagged_requests_total{tag,value} (others reach only the
+    # access log): a short list, since each tag's values become label values.
+    metric_tags: Annotated[
+        list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]], Field(max_length=10)
+    ] = Field(default_factory=list)
 
 
 class RedisConfig(_Strict):
@@ -564,6 +601,24 @@ class GovernanceConfig(_Strict):
         return self
 
 
+class CacheConfig(_Strict):
+    """The response cache: deterministic answers served again without calling a provider."""
+
+    # Off by default; `models[].cache` turns it on or off per model.
+    enabled: bool = False
+    # memory: this replica's own LRU; redis: shared by every replica (`governance.redis`).
+    backend: Literal["memory", "redis"] = "memory"
+    ttl_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
+    # Answers larger than this are never stored (the body is read up to this size).
+    max_entry_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # memory backend: the LRU's bound, in bytes of keys and answers.
+    max_bytes: Annotated[int, Field(ge=64 * 1024, le=64 * 1024**3)] = 64 * 1024 * 1024
+    # How long identical requests wait for the one in flight to fill the entry before going to
+    # the provider themselves, and how long a filler's lock lives if it never lets go.
+    wait_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
+    lock_ttl_seconds: Annotated[float, Field(gt=0, le=3600)] = 120.0
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration file."""
 
@@ -579,6 +634,9 @@ class GatewayConfig(_Strict):
     reload: ReloadConfig = ReloadConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     governance: GovernanceConfig = GovernanceConfig()
+    cache: CacheConfig = CacheConfig()
+    # Policies for every request (before the tenant's and the model's).
+    policies: list[PolicyConfig] = Field(default_factory=list)
 
 
 def reference_problems(config: GatewayConfig) -> list[str]:
@@ -600,7 +658,21 @@ def reference_problems(config: GatewayConfig) -> list[str]:
         problems.append("tenants: auth is enabled but no tenant is configured")
     problems += _port_clashes(config)
     problems += _fail_open_problems(config)
+    for where, policies in policy_lists(config):
+        problems += _duplicates(where, [p.policy_id for p in policies])
+    if config.cache.backend == "redis" and not (
+        config.governance.redis.url or config.governance.redis.url_env
+    ):
+        problems.append("cache.backend: redis needs governance.redis.url or url_env")
     return problems
+
+
+def policy_lists(config: GatewayConfig) -> list[tuple[str, list[PolicyConfig]]]:
+    """Every policy list of the config, with its path."""
+    lists = [("policies", config.policies)]
+    lists += [(f"tenants.{i}.policies", t.policies) for i, t in enumerate(config.tenants)]
+    lists += [(f"models.{i}.policies", m.policies) for i, m in enumerate(config.models)]
+    return [(where, policies) for where, policies in lists if policies]
 
 
 def _key_rules(key: KeyConfig) -> tuple[object, ...]:

@@ -35,6 +35,7 @@ from extproc.gateway import Gateway, ModelRoute
 from extproc.governance.governor import Reservation
 from extproc.pipeline.actions import Action, Continue, Deferred, Respond
 from extproc.pipeline.attempt import InlineAttempt, Outcome, response_status
+from extproc.policies.chain import PolicyChain, Subject
 from extproc.providers.helpers import serialize
 from extproc.telemetry.record import RequestRecord, trace_id_from
 
@@ -59,6 +60,7 @@ class RequestPipeline:
         "header_timeout",
         "limit_headers",
         "model",
+        "policy_headers",
         "provider",
         "record",
         "started",
@@ -76,6 +78,8 @@ class RequestPipeline:
         self.client_headers: dict[str, str] = {}
         self.provider = ""
         self.attempt: InlineAttempt | None = None
+        # Headers the policies set for the provider.
+        self.policy_headers: dict[str, str] = {}
         # OpenAI's x-ratelimit-* headers of the limits that applied, for the response.
         self.limit_headers: dict[str, str] = {}
         # What this request did, for metrics and the access log (none for health checks).
@@ -157,8 +161,8 @@ class RequestPipeline:
     # -- request body ----------------------------------------------------
 
     def on_request_body(self, body: bytes, end_of_stream: bool) -> Action | Deferred:
-        """Parse, validate, authorize the model, check it can be served, admit it against its
-        limits and budgets (deferred while Redis answers), route it."""
+        """Parse, validate, authorize the model, run the policies, then admit and route it
+        (`_admit`); deferred while a policy or Redis answers."""
         gateway = self.gateway
         endpoint = self.endpoint
         tenant = self.tenant
@@ -193,18 +197,99 @@ class RequestPipeline:
                 record.content = {"request": _prompt(request.body)}
         if route.unsupported is not None:
             raise route.unsupported
+        chain = gateway.policy_chain(tenant.name, model_name)
+        if chain is None:
+            return self._admit(route, request, len(body))
+        if record is not None and chain.completion:
+            record.policies = chain
+        first = route.targets[0]
+        subject = Subject(
+            tenant.name,
+            tenant.key_id,
+            model_name,
+            endpoint.value,
+            first.provider.name,
+            first.upstream_model,
+            request.body,
+            self.client_headers,
+            self._switchable,
+        )
+        if chain.inline:
+            chain.run_now(subject)
+            route, request = self._policed(subject, route, request)
+            return self._admit(route, request, len(body))
+        return Deferred(self._police(chain, subject, route, request, len(body)))
+
+    async def _police(
+        self,
+        chain: PolicyChain,
+        subject: Subject,
+        route: ModelRoute,
+        request: ValidatedRequest,
+        size: int,
+    ) -> Action:
+        """Run a chain that awaits (async or threaded policies), then admit the request."""
+        await chain.run(subject)
+        route, request = self._policed(subject, route, request)
+        action = self._admit(route, request, size)
+        return await action.pending if isinstance(action, Deferred) else action
+
+    def _switchable(self, model: str) -> tuple[str, str] | None:
+        """(provider, upstream model) of `model` if a policy may switch this request to it."""
+        route = self.gateway.models.get(model)
+        tenant = self.tenant
+        if route is None or tenant is None or route.endpoint is not self.endpoint:
+            return None
+        if not tenant.may_use(model) or route.unsupported is not None:
+            return None
+        first = route.targets[0]
+        return first.provider.name, first.upstream_model
+
+    def _policed(
+        self, subject: Subject, route: ModelRoute, request: ValidatedRequest
+    ) -> tuple[ModelRoute, ValidatedRequest]:
+        """The route and request as the policies left them."""
+        record = self.record
+        if subject.tags and record is not None:
+            record.tags = subject.tags
+        self.policy_headers = subject.set_headers
+        if subject.model != route.name:
+            route = self.gateway.models[subject.model]  # `_switchable` checked it
+            self.model = subject.model
+            if record is not None:
+                record.model = subject.model
+        if subject.changed:
+            try:
+                request = validate(route.endpoint, subject.body, subject.model)._replace(
+                    body_changed=True
+                )
+            except GatewayError as error:
+                self.gateway.metrics.policy_errors.labels("(chain)", "check", "invalid").inc()
+                raise GatewayError(
+                    503,
+                    "policy_unavailable",
+                    f"the policies changed the request into an invalid one: {error.message}",
+                ) from None
+        return route, request
+
+    def _admit(self, route: ModelRoute, request: ValidatedRequest, size: int) -> Action | Deferred:
+        """Check the model can be served, admit the request against its limits and budgets
+        (deferred while Redis answers), route it."""
+        gateway = self.gateway
+        tenant = self.tenant
+        assert tenant is not None
         timeout = request.timeout or self.header_timeout or gateway.default_timeout
         if route.timeout_cap is not None and timeout > route.timeout_cap:
             timeout = route.timeout_cap
         available, wait, cooling = route.availability(time.monotonic())
         if not available:
-            raise _unavailable(model_name, wait, cooling)
+            raise _unavailable(route.name, wait, cooling)
         reservation = gateway.governor.admit(
             tenant.name,
             tenant.key_id,
-            model_name,
+            route.name,
             request.body,
-            len(body),
+            size,
             request.max_tokens,
             timeout,
         )
@@ -237,6 +322,8 @@ class RequestPipeline:
         gateway = self.gateway
         record = self.record
         headers = {UPSTREAM_TIMEOUT_HEADER: str(max(1, int(timeout * 1000)))}
+        if self.policy_headers:
+            headers.update(self.policy_headers)
         if gateway.per_try_timeout is not None and gateway.per_try_timeout < timeout:
             per_try = str(max(1, int(gateway.per_try_timeout * 1000)))
             headers[PER_TRY_TIMEOUT_HEADER] = per_try

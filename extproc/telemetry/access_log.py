@@ -55,6 +55,8 @@ def access_line(record: RequestRecord) -> dict[str, Any]:
         "latency_ms": _ms(started, record.ended_at),
         "headers_ms": _ms(started, record.headers_at),
         "ttft_ms": _ms(started, record.first_chunk_at),
+        "cache": record.cache,
+        "tags": record.tags,
     }
     if record.content is not None:
         line["content"] = record.content

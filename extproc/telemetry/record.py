@@ -15,6 +15,7 @@ from extproc.providers.base import Usage
 
 if TYPE_CHECKING:  # tracing.py builds on this module
     from extproc.governance.governor import Reservation
+    from extproc.policies.chain import PolicyChain
     from extproc.telemetry.tracing import StreamTrace
 
 # `traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>` (W3C Trace Context).
@@ -39,8 +40,10 @@ class RequestRecord:
     """What one request did, filled in as its phases run (plain fields, no logic per phase)."""
 
     __slots__ = (
+        "answer",
         "answer_complete",
         "attempts",
+        "cache",
         "code",
         "content",
         "cost",
@@ -54,6 +57,7 @@ class RequestRecord:
         "on_close",
         "operation",
         "path",
+        "policies",
         "provider",
         "provider_type",
         "request_id",
@@ -63,6 +67,7 @@ class RequestRecord:
         "started_wall",
         "status",
         "stream",
+        "tags",
         "target",
         "tenant",
         "trace",
@@ -105,6 +110,13 @@ class RequestRecord:
         self.answer_complete = False
         # Prompt and completion text, only when the access log is told to include content.
         self.content: dict[str, object] | None = None
+        # The response cache's part: "hit", "miss", "bypass", or "" (not cacheable).
+        self.cache = ""
+        # Tags the policies set (None: none), the chain to tell of the completion, and the
+        # answer's text for policies that asked for it.
+        self.tags: dict[str, str] | None = None
+        self.policies: PolicyChain | None = None
+        self.answer: str | None = None
         # The downstream stream's span, when traced: it ends when this record is emitted.
         self.trace: StreamTrace | None = None
 

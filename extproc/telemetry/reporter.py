@@ -6,6 +6,7 @@ metrics survive a config swap.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,15 @@ log = logging.getLogger("extproc.telemetry")
 class Telemetry:
     """The processor's metrics, its open request records and what to do with finished ones."""
 
-    __slots__ = ("access_log", "include_content", "metrics", "records", "tracing")
+    __slots__ = (
+        "access_log",
+        "completions",
+        "include_content",
+        "metric_tags",
+        "metrics",
+        "records",
+        "tracing",
+    )
 
     def __init__(
         self,
@@ -38,6 +47,10 @@ class Telemetry:
         self.include_content = include_content
         # None when tracing is off: then no tracer exists at all.
         self.tracing = tracing
+        # Tag names counted in metrics (the config in force sets them); policies' completion
+        # calls in flight.
+        self.metric_tags: frozenset[str] = frozenset()
+        self.completions: set[asyncio.Task[None]] = set()
 
     def new_record(self) -> RequestRecord:
         """A record for a request starting now, emitted when its last stream lets go."""
@@ -55,6 +68,15 @@ class Telemetry:
             except Exception:  # a settlement must never cost the request its record
                 log.exception("settling a request's reservation failed")
         self.metrics.request_done(record)
+        if record.tags and self.metric_tags:
+            self.metrics.tagged(record.tags, self.metric_tags)
+        policies = record.policies
+        if policies is not None and policies.completion:
+            record.policies = None
+            try:
+                policies.complete(record, self.completions)
+            except Exception:  # a policy must never cost the request its record
+                log.exception("telling the policies of a completion failed")
         if self.access_log:
             write_access_line(record)
         trace = record.trace

@@ -89,6 +89,7 @@ def test_every_restart_only_setting_is_refused_with_what_to_restart(
         "backend": "redis",
         "redis": {"url": "redis://127.0.0.1:6380/0"},
         "on_redis_failure": "deny",
+        "max_bytes": 128 * 1024,
     }
     new.setdefault(section, {})[field] = values[field]
     (problem,) = restart_problems(parse_config(running), parse_config(new))
