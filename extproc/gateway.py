@@ -33,6 +33,7 @@ from extproc.decisions.provider_health import ProviderHealth
 from extproc.errors import GatewayError
 from extproc.governance.governor import GovernanceState, Governor
 from extproc.metrics import Metrics
+from extproc.pipeline.cached import CacheState
 from extproc.policies.chain import BoundPolicy, PolicyChain, chain_for
 from extproc.providers import ProviderAdapter, adapter_for
 from extproc.telemetry.reporter import Telemetry, start_tracing
@@ -90,6 +91,8 @@ class ModelRoute:
     inline: bool = False
     # Read pass-through answers for their usage (`telemetry.usage_accounting`).
     account_usage: bool = False
+    # Deterministic answers are served again from the response cache.
+    cache: bool = False
 
     def availability(self, now: float) -> tuple[bool, float, bool]:
         """(any target may take traffic, shortest retry-after, all unavailable ones cooling)."""
@@ -154,6 +157,12 @@ class Gateway:
         self.governance: GovernanceState = (
             previous.governance if previous is not None else GovernanceState(loaded, self.metrics)
         )
+        # The response cache: its store outlives a config (one per processor), and exists
+        # only once a config turned the cache on for some model.
+        self.cache: CacheState | None = previous.cache if previous is not None else None
+        if self.cache is None and _caches(config):
+            self.cache = CacheState(loaded, self.metrics)
+        self.cache_wait = config.cache.wait_seconds
         self.max_body_bytes = config.limits.max_body_bytes
         self.max_json_depth = config.limits.max_json_depth
         self.default_timeout = config.limits.default_timeout_seconds
@@ -226,6 +235,7 @@ class Gateway:
             owned_by=model.owned_by,
             default_max_tokens=model.default_max_tokens,
             account_usage=self.account_usage,
+            cache=self.config.cache.enabled if model.cache is None else model.cache,
         )
         targets = []
         for index, spec in enumerate(model.targets):
@@ -258,6 +268,11 @@ class Gateway:
         if all(cap is not None for cap in caps):
             route.timeout_cap = max(cap for cap in caps if cap is not None)
         return route
+
+
+def _caches(config: GatewayConfig) -> bool:
+    """Whether some model's answers are cached."""
+    return any(config.cache.enabled if m.cache is None else m.cache for m in config.models)
 
 
 def _carried_health(provider: ProviderConfig, previous: Gateway | None) -> ProviderHealth | None:

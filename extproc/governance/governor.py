@@ -263,10 +263,12 @@ class Governor:
         spent = cost(price, prompt, output, cached) if price is not None else 0.0
         record.cost = spent
         amounts = []
+        # A cache hit used no provider: it counts as a request, never as tokens or spend.
+        hit = record.cache == "hit"
         for check in reservation.checks:
             rule = check.rule
             if rule.counts_tokens:
-                amounts.append(float(prompt + output))
+                amounts.append(0.0 if hit else float(prompt + output))
             elif rule.kind is Kind.SPEND:
                 amounts.append(spent)
             else:
@@ -277,6 +279,7 @@ class Governor:
             ("output_tokens", float(output)),
             ("cached_tokens", float(cached)),
             ("cost", spent),
+            ("cache_hits", 1.0 if hit else 0.0),
         ]
         if stood:
             fields.append(("estimated_requests", 1.0))

@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+from extproc.cache.key import CacheMode, cache_key, cache_mode
+from extproc.cache.store import CachedAnswer, Lease
 from extproc.contract import (
     GATEWAY_ERROR_HEADER,
     METADATA_NAMESPACE,
@@ -34,8 +36,16 @@ from extproc.errors import GatewayError, bad_request
 from extproc.gateway import Gateway, ModelRoute
 from extproc.governance.governor import Reservation
 from extproc.pipeline.actions import Action, Continue, Deferred, Respond
-from extproc.pipeline.attempt import InlineAttempt, Outcome, response_status
+from extproc.pipeline.attempt import (
+    BodyPlan,
+    InlineAttempt,
+    Outcome,
+    answer_text,
+    response_status,
+)
+from extproc.pipeline.cached import CACHE_HEADER, CachePass
 from extproc.policies.chain import PolicyChain, Subject
+from extproc.providers.base import ResponseMode
 from extproc.providers.helpers import serialize
 from extproc.telemetry.record import RequestRecord, trace_id_from
 
@@ -53,6 +63,7 @@ class RequestPipeline:
 
     __slots__ = (
         "attempt",
+        "cache",
         "client_headers",
         "endpoint",
         "finished",
@@ -62,6 +73,7 @@ class RequestPipeline:
         "model",
         "policy_headers",
         "provider",
+        "reading",
         "record",
         "started",
         "tenant",
@@ -78,6 +90,10 @@ class RequestPipeline:
         self.client_headers: dict[str, str] = {}
         self.provider = ""
         self.attempt: InlineAttempt | None = None
+        # The response cache's part of this request (None: not cacheable).
+        self.cache: CachePass | None = None
+        # The answer's bytes as they pass, when the cache or a policy reads them.
+        self.reading: bytearray | None = None
         # Headers the policies set for the provider.
         self.policy_headers: dict[str, str] = {}
         # OpenAI's x-ratelimit-* headers of the limits that applied, for the response.
@@ -295,8 +311,8 @@ class RequestPipeline:
         )
         if isinstance(reservation, Reservation):
             self._reserved(reservation)
-            return self._route(route, request, timeout)
-        return Deferred(self._route_when_admitted(reservation, route, request, timeout))
+            return self._serve(route, request, timeout)
+        return Deferred(self._serve_when_admitted(reservation, route, request, timeout))
 
     def _reserved(self, reservation: Reservation) -> None:
         """Hold the admitted request's reservation until its record closes (settlement)."""
@@ -307,7 +323,7 @@ class RequestPipeline:
         else:  # nothing will close: nothing to charge
             reservation.settled = True
 
-    async def _route_when_admitted(
+    async def _serve_when_admitted(
         self,
         pending: Awaitable[Reservation],
         route: ModelRoute,
@@ -315,6 +331,53 @@ class RequestPipeline:
         timeout: float,
     ) -> Action:
         self._reserved(await pending)
+        action = self._serve(route, request, timeout)
+        return await action.pending if isinstance(action, Deferred) else action
+
+    def _serve(
+        self, route: ModelRoute, request: ValidatedRequest, timeout: float
+    ) -> Action | Deferred:
+        """Answer from the cache when it can (deferred while it waits for an identical
+        request in flight, or for Redis), else route the request to the provider."""
+        state = self.gateway.cache if route.cache else None
+        if state is None:
+            return self._route(route, request, timeout)
+        mode = cache_mode(request.body, self.client_headers)
+        if mode is None:
+            return self._route(route, request, timeout)
+        tenant = self.tenant
+        assert tenant is not None
+        key = cache_key(tenant.name, route.name, route.endpoint.value, request.body)
+        cache = self.cache = CachePass(state, key, mode, route.name)
+        if mode is not CacheMode.LOOKUP:
+            return self._from_cache(None, route, request, timeout)
+        found = state.store.lookup_now(key)
+        if found is None:  # an identical request is filling it, or the store is Redis
+            return Deferred(self._serve_when_looked_up(cache, route, request, timeout))
+        return self._from_cache(found, route, request, timeout)
+
+    async def _serve_when_looked_up(
+        self, cache: CachePass, route: ModelRoute, request: ValidatedRequest, timeout: float
+    ) -> Action:
+        found = await cache.state.store.lookup(cache.key, self.gateway.cache_wait)
+        return self._from_cache(found, route, request, timeout)
+
+    def _from_cache(
+        self,
+        found: CachedAnswer | Lease | None,
+        route: ModelRoute,
+        request: ValidatedRequest,
+        timeout: float,
+    ) -> Action:
+        cache = self.cache
+        assert cache is not None
+        if isinstance(found, CachedAnswer):
+            respond = cache.hit(found, self.record, self.limit_headers)
+            self.answer(200)
+            if self.record is not None and not found.stream:
+                self._keep_answer(found.body)
+            return respond
+        cache.missed(found, self.record)
         return self._route(route, request, timeout)
 
     def _route(self, route: ModelRoute, request: ValidatedRequest, timeout: float) -> Continue:
@@ -330,7 +393,7 @@ class RequestPipeline:
         client = self.client_headers
         # x-envoy-* headers steer Envoy's router (timeouts, retries): only the gateway may set
         # them, so any a client sent are dropped upstream.
-        remove = ["authorization", "accept-encoding", TIMEOUT_HEADER]
+        remove = ["authorization", "accept-encoding", TIMEOUT_HEADER, CACHE_HEADER]
         remove.extend(h for h in client if h.startswith("x-envoy-"))
         if route.inline:
             # One target: every attempt goes to it, so translate here, once. (Several
@@ -366,7 +429,8 @@ class RequestPipeline:
     # -- response --------------------------------------------------------
 
     def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Action:
-        """Count the answer (translated by its attempt: upstream, or inline here)."""
+        """Count the answer (translated by its attempt: upstream, or inline here); have it
+        read when the cache stores it or a policy wants its text."""
         attempt = self.attempt
         if attempt is not None:
             action = attempt.on_response_headers(headers, end_of_stream)
@@ -376,28 +440,90 @@ class RequestPipeline:
                 self.record.provider = self.provider
             if attempt.final_status is not None:
                 self.answer(attempt.final_status)
-            if self.limit_headers:
-                action.set_headers.update(self.limit_headers)
-            return action
-        self.provider = headers.get(PROVIDER_HEADER, "")
-        record = self.record
-        if record is not None:
+            usable = attempt.rejection is None and attempt.plan in _USABLE_PLANS
+        else:
+            self.provider = headers.get(PROVIDER_HEADER, "")
+            record = self.record
             envoy_reply = headers.get(GATEWAY_ERROR_HEADER)
-            if envoy_reply is not None:
-                record.code = envoy_reply
-            record.provider = self.provider
-        self.answer(response_status(headers))
-        return Continue(set_headers=self.limit_headers) if self.limit_headers else Continue()
+            if record is not None:
+                if envoy_reply is not None:
+                    record.code = envoy_reply
+                record.provider = self.provider
+            status = response_status(headers)
+            self.answer(status)
+            action = Continue()
+            usable = envoy_reply is None
+        if self.limit_headers:
+            action.set_headers = {**action.set_headers, **self.limit_headers}
+        if self.cache is not None or self._wants_answer():
+            ok = usable and response_status(headers) == 200 and not end_of_stream
+            self._read_answer(action, ok)
+        return action
+
+    def _wants_answer(self) -> bool:
+        """A completion policy asked for the text of this (whole, not streamed) answer."""
+        record = self.record
+        return (
+            record is not None
+            and record.policies is not None
+            and record.policies.wants_answer
+            and not record.stream
+        )
+
+    def _read_answer(self, action: Continue, ok: bool) -> None:
+        """Read a good 200's body as it passes (one more message per chunk for a stream)."""
+        cache = self.cache
+        if cache is not None:
+            action.set_headers = {**action.set_headers, CACHE_HEADER: cache.result}
+            if not ok:
+                cache.release()  # errors are never stored
+        if not ok or not ((cache is not None and cache.fills) or self._wants_answer()):
+            return
+        self.reading = bytearray()
+        if action.mode_override is None:  # the attempt passes it through: read it anyway
+            streamed = self.record is not None and self.record.stream
+            action.mode_override = ResponseMode.STREAMED if streamed else ResponseMode.BUFFERED
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
-        """Translate an inline attempt's answer; otherwise not requested (pass through)."""
+        """Translate an inline attempt's answer; keep what the cache or a policy reads."""
         attempt = self.attempt
-        if attempt is None:
-            return Continue()
-        action = attempt.on_response_body(chunk, end_of_stream)
-        if attempt.final_status is not None:
-            self.answer(attempt.final_status)
+        action = Continue()
+        if attempt is not None:
+            action = attempt.on_response_body(chunk, end_of_stream)
+            if attempt.final_status is not None:
+                self.answer(attempt.final_status)
+        if self.reading is not None:
+            self._take(chunk if action.body is None else action.body, end_of_stream)
         return action
+
+    def _take(self, piece: bytes, end_of_stream: bool) -> None:
+        """Keep the next piece of the answer as the client gets it; at its end, store it and
+        note its text."""
+        buffer = self.reading
+        assert buffer is not None
+        buffer += piece
+        cache = self.cache
+        if cache is not None and cache.fills and len(buffer) > cache.state.max_entry_bytes:
+            cache.too_large()
+        if len(buffer) > self.gateway.max_body_bytes or not (
+            (cache is not None and cache.fills) or self._wants_answer()
+        ):
+            self.reading = None  # nothing left to read it for
+            return
+        if not end_of_stream:
+            return
+        self.reading = None
+        body = bytes(buffer)
+        if cache is not None and cache.fills:
+            cache.store(body, self.record)
+        self._keep_answer(body)
+
+    def _keep_answer(self, body: bytes) -> None:
+        """The first choice's text, for the completion policies that asked for it."""
+        record = self.record
+        if record is not None and self._wants_answer():
+            texts = answer_text(body)
+            record.answer = texts[0] if texts else None
 
     def answer(self, status: int) -> None:
         """Note this request's final status, once."""
@@ -418,8 +544,11 @@ class RequestPipeline:
         return Respond.error(error)
 
     def finish(self) -> None:
-        """The stream ended: an inline attempt settles what is open, and a request whose
-        answer never completed is still counted (see `Attempt.finish`)."""
+        """The stream ended: an inline attempt settles what is open, a fill that never
+        completed lets its waiting twins go, and a request whose answer never completed is
+        still counted (see `Attempt.finish`)."""
+        if self.cache is not None:
+            self.cache.release()
         attempt = self.attempt
         if attempt is not None:
             attempt.finish()
@@ -433,6 +562,9 @@ class RequestPipeline:
                 record.answered(CLIENT_CLOSED_STATUS)
             record.release()
 
+
+# Attempt body plans whose 200 is the provider's usable answer (not an error rewritten).
+_USABLE_PLANS = frozenset({BodyPlan.UNTOUCHED, BodyPlan.TRANSLATE, BodyPlan.STREAM})
 
 # nginx's "client closed request": the status a request is counted with when its stream ended
 # before any answer (the client went away, or Envoy gave up on the processor).

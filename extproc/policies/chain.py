@@ -385,9 +385,7 @@ class PolicyChain:
                     result = bound.policy.completed(completion)
                     if inspect.isawaitable(result):
                         _discard(result)
-                        raise PolicyError(
-                            "invalid", "an inline completed() returned an awaitable"
-                        )
+                        raise PolicyError("invalid", "an inline completed() returned an awaitable")
                 except Exception as exc:
                     self._completion_failed(bound, exc)
                 continue

@@ -141,6 +141,10 @@ async def serve(loaded: LoadedConfig) -> None:
     await checks.stop()
     await admin.cleanup()
     await gateway.governance.drain()  # settlements still on their way to Redis
+    if gateway.cache is not None:
+        await gateway.cache.drain()  # fills still on their way to Redis
+    if gateway.telemetry.completions:  # policies still hearing of completions
+        await asyncio.wait(gateway.telemetry.completions, timeout=5)
     gateway.telemetry.close()
     if processor.unix_socket is not None and processor.unix_socket.exists():
         processor.unix_socket.unlink()
