@@ -39,6 +39,14 @@ FLOOR_PROCESSOR = ROOT / "bench" / "floor_processor.py"
 CLIENT_KEY = "sk-bench-client"
 RBAC_KEY = "sk-bench-rbac-client"
 RBAC_UNLIMITED_KEY = "sk-bench-rbac-unlimited-client"
+NO_POLICIES_KEY = "sk-bench-rbac-no-policies-client"
+# The all-features tenant's built-in policies (allowing or modifying every bench request).
+POLICIES: list[dict[str, Any]] = [
+    {"policy": "prompt_guard", "options": {"email": "redact", "card": "redact", "phone": "redact"}},
+    {"policy": "max_tokens", "options": {"cap": 1024}},
+    {"policy": "system_prompt", "options": {"text": "You are the benchmark's assistant."}},
+    {"policy": "tags", "options": {"tags": {"app": "bench"}}},
+]
 UPSTREAM_ENV = {"BENCH_OPENAI_KEY": "sk-bench-upstream", "BENCH_ANTHROPIC_KEY": "sk-ant-bench"}
 STREAM_EVENTS = 200
 # ~200 tokens of 4 characters: each of the 200 stream events carries 4 characters.
@@ -50,6 +58,8 @@ MODEL_ALL = "bench-all"
 MODEL_ALL_UPSTREAM = "bench-all-upstream"
 # MODEL_ALL again, with no limits and no prices: for the all-features row without governance.
 MODEL_ALL_UNLIMITED = "bench-all-unlimited"
+# The pass-through model's target with the response cache on (requests at temperature 0).
+MODEL_CACHED = "bench-cached"
 
 PLAIN = "plain-envoy"
 PASSTHROUGH = "gateway-passthrough"
@@ -62,6 +72,11 @@ ALL_FEATURES = "gateway-all-features"
 # what governance costs, in memory and on Redis, by difference.
 ALL_FEATURES_REDIS = "gateway-all-features, limits on Redis"
 ALL_FEATURES_UNLIMITED = "gateway-all-features, no limits"
+# The all-features request from a tenant with the same limits but none of the policies (prompt
+# guard, max_tokens cap, tags, a system prompt): what the policies cost, by difference.
+ALL_FEATURES_NO_POLICIES = "gateway-all-features, no policies"
+# A deterministic pass-through request answered from the response cache (after the first).
+CACHE_HIT = "gateway-cache-hit"
 # The same pass-through request on processors with less telemetry: what usage accounting
 # (reading the answer for its tokens) and the access log cost, by difference.
 PASSTHROUGH_UNREAD = "gateway-passthrough, usage accounting off"
@@ -145,6 +160,11 @@ def gateway_config(fake: str, workdir: Path) -> dict[str, Any]:
                 ],
                 "limits": limits,
             },
+            {
+                "name": MODEL_CACHED,
+                "targets": [{"provider": "p-openai", "model": MODEL_PASSTHROUGH}],
+                "cache": True,
+            },
             # The same without governance: no limits and no prices.
             {
                 "name": MODEL_ALL_UNLIMITED,
@@ -160,6 +180,22 @@ def gateway_config(fake: str, workdir: Path) -> dict[str, Any]:
             {
                 "name": "bench-rbac",
                 "keys": [{"sha256": hash_key(RBAC_KEY), "id": "bench-rbac-key", "limits": limits}],
+                "allowed_models": [MODEL_PASSTHROUGH, MODEL_ALL],
+                "limits": limits,
+                "model_limits": {MODEL_ALL: limits},
+                "budgets": [{"limit": 1e12, "unit": "currency", "period": "day"}],
+                "policies": POLICIES,
+            },
+            # The same limits, no policies.
+            {
+                "name": "bench-rbac-no-policies",
+                "keys": [
+                    {
+                        "sha256": hash_key(NO_POLICIES_KEY),
+                        "id": "bench-no-policies-key",
+                        "limits": limits,
+                    }
+                ],
                 "allowed_models": [MODEL_PASSTHROUGH, MODEL_ALL],
                 "limits": limits,
                 "model_limits": {MODEL_ALL: limits},
@@ -343,13 +379,17 @@ class System:
     anthropic_plain: Target  # plain Envoy straight to the fake's Messages API (reference)
 
 
-def chat_body(model: str, content: str = "hello", *, stream: bool = False) -> bytes:
+def chat_body(
+    model: str, content: str = "hello", *, stream: bool = False, temperature: float | None = None
+) -> bytes:
     """The benchmark's chat completion request."""
     body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": content}],
         "max_tokens": 16,
     }
+    if temperature is not None:
+        body["temperature"] = temperature
     if stream:
         body["stream"] = True
     return json.dumps(body).encode()
@@ -577,6 +617,13 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
         ALL_FEATURES_UNLIMITED, chat, chat_body(MODEL_ALL_UNLIMITED), unlimited
     )
     targets[ALL_FEATURES] = on_gateway.target(ALL_FEATURES, chat, chat_body(MODEL_ALL), rbac)
+    no_policies = {**rbac, "Authorization": f"Bearer {NO_POLICIES_KEY}"}
+    targets[ALL_FEATURES_NO_POLICIES] = on_gateway.target(
+        ALL_FEATURES_NO_POLICIES, chat, chat_body(MODEL_ALL), no_policies
+    )
+    targets[CACHE_HIT] = on_gateway.target(
+        CACHE_HIT, chat, chat_body(MODEL_CACHED, temperature=0), auth
+    )
     for name, endpoint in second.items():
         targets[name] = endpoint.target(name, chat, chat_body(MODEL_ALL), rbac)
     anthropic_plain = plain.target(
