@@ -7,12 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench proto
 
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
 	@echo "make test         install, then ruff + mypy + the whole pytest suite"
 	@echo "make render-envoy regenerate envoy/envoy.yaml and envoy/xds/ from $(CONFIG)"
+	@echo "make proto        regenerate llm_gateway/ (Python) from proto/llm_gateway/ (commit both)"
 	@echo "make bench        plain Envoy vs the gateway, side by side (QUICK=1 for a short run)"
 
 $(BIN)/python:
@@ -67,6 +68,10 @@ test: lint typecheck tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(filter 1,$(QUICK)),--quick)
+
+# The freshness test (tests/unit/test_policy_proto_fresh.py) runs the same script on a temp dir.
+proto: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/gen-proto.sh .
 
 render-envoy: $(STAMP)
 	$(BIN)/extproc render-envoy --config $(CONFIG) --output envoy/envoy.yaml --xds-dir envoy/xds

@@ -1,0 +1,1 @@
+"""The policy service's generated code, by API version."""
