@@ -229,6 +229,7 @@ class RequestPipeline:
             request.body,
             self.client_headers,
             self._switchable,
+            record.request_id if record is not None else "",
         )
         if chain.inline:
             chain.run_now(subject)

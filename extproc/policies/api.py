@@ -48,6 +48,7 @@ class PolicyRequest:
     stream: bool
     headers: Mapping[str, str]
     tags: Mapping[str, str]  # set by the policies that ran before this one
+    request_id: str = ""  # Envoy's x-request-id (also in the access log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class Completion:
     duration_seconds: float
     tags: Mapping[str, str]
     answer: str | None = None
+    request_id: str = ""
 
 
 class Policy:

@@ -133,6 +133,7 @@ class Subject:
         "key_id",
         "model",
         "provider",
+        "request_id",
         "resolve",
         "set_headers",
         "tags",
@@ -151,7 +152,9 @@ class Subject:
         body: dict[str, Any],
         client_headers: Mapping[str, str],
         resolve: Callable[[str], tuple[str, str] | None],
+        request_id: str = "",
     ) -> None:
+        self.request_id = request_id
         self.tenant = tenant
         self.key_id = key_id
         self.model = model
@@ -185,6 +188,7 @@ class Subject:
             stream=body.get("stream") is True,
             headers={h: client[h] for h in headers if h in client},
             tags=MappingProxyType(self.tags),
+            request_id=self.request_id,
         )
 
     def _own_body(self) -> dict[str, Any]:
@@ -447,6 +451,7 @@ def completion_of(record: RequestRecord) -> Completion:
         duration_seconds=max(0.0, ended - record.started),
         tags=MappingProxyType(dict(record.tags or {})),
         answer=record.answer,
+        request_id=record.request_id,
     )
 
 

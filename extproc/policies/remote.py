@@ -149,8 +149,7 @@ def check_request(
     """The CheckRequest for `request`, with the `forwarded` headers it has."""
     headers = request.headers
     message = policy_pb2.CheckRequest(
-        # PolicyRequest has no request id: Envoy's x-request-id, when it is forwarded, stands in.
-        request_id=headers.get("x-request-id", ""),
+        request_id=request.request_id,
         tenant=request.tenant,
         key_id=request.key_id,
         model=request.model,
@@ -218,8 +217,9 @@ def _modify_from(modify: policy_pb2.Modify) -> Modify:
 
 
 def completion_notice(completion: Completion) -> policy_pb2.CompletionNotice:
-    """The CompletionNotice for `completion` (request_id stays empty: Completion has none)."""
+    """The CompletionNotice for `completion`."""
     return policy_pb2.CompletionNotice(
+        request_id=completion.request_id,
         tenant=completion.tenant,
         key_id=completion.key_id,
         model=completion.model,

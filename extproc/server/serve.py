@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from extproc.config.loading import LoadedConfig
 from extproc.config.schema import MAX_BODY_BYTES_LIMIT
 from extproc.gateway import Gateway, LiveGateways
+from extproc.policies.remote import close_channels
 from extproc.server.admin import AdminState, start_admin
 from extproc.server.envoy_admin import EnvoyReadiness, envoy_admin_url
 from extproc.server.health_checks import ProviderChecks
@@ -145,6 +146,7 @@ async def serve(loaded: LoadedConfig) -> None:
         await gateway.cache.drain()  # fills still on their way to Redis
     if gateway.telemetry.completions:  # policies still hearing of completions
         await asyncio.wait(gateway.telemetry.completions, timeout=5)
+    await close_channels()  # the `grpc` policies' channels
     gateway.telemetry.close()
     if processor.unix_socket is not None and processor.unix_socket.exists():
         processor.unix_socket.unlink()

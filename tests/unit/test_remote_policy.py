@@ -117,8 +117,10 @@ def request(
     headers: dict[str, str] | None = None,
     endpoint: str = "chat",
     params: dict[str, Any] | None = None,
+    request_id: str = "",
 ) -> PolicyRequest:
     return PolicyRequest(
+        request_id=request_id,
         tenant="team-a",
         key_id="key-1",
         model="chat-default",
@@ -246,11 +248,11 @@ async def test_a_server_that_is_down_raises() -> None:
 async def test_completed_sends_a_notice(rules_server: PolicyServer, completions_file: Path) -> None:
     before = len(read_notices(completions_file))
     remote_policy = policy(rules_server.address, notify_completion=True, wants_answer=True)
-    await remote_policy.completed(completion(answer="Paris.", cached_tokens=4))
+    await remote_policy.completed(completion(answer="Paris.", cached_tokens=4, request_id="r-9"))
     # The server writes and flushes the line before it answers.
     assert read_notices(completions_file)[before:] == [
         {
-            "request_id": "",
+            "request_id": "r-9",
             "tenant": "team-a",
             "key_id": "key-1",
             "model": "chat-default",
@@ -376,11 +378,12 @@ def test_the_check_request_mirrors_the_policy_request() -> None:
             max_tokens=64,
             headers={"x-team": "ml", "x-request-id": "req-1", "x-other": "no"},
             params={"temperature": 0.2, "n": 1},
+            request_id="req-0",
         ),
         ("x-team", "x-request-id", "x-missing"),
         send_messages=True,
     )
-    assert message.request_id == "req-1"
+    assert message.request_id == "req-0"  # the request's own id, not a forwarded header
     assert (message.tenant, message.key_id, message.model) == ("team-a", "key-1", "chat-default")
     assert (message.endpoint, message.provider, message.upstream_model) == (
         "chat",
