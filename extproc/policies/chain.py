@@ -300,12 +300,7 @@ class PolicyChain:
         for bound in self.policies:
             started = time.perf_counter()
             try:
-                decision = bound.policy.check(subject.view(bound.headers))
-                if inspect.isawaitable(decision):
-                    _discard(decision)
-                    raise PolicyError("invalid", "an inline check returned an awaitable")
-                if time.perf_counter() - started > bound.timeout:
-                    raise PolicyError("timeout", "the check overran its deadline")
+                decision = _inline(bound, subject.view(bound.headers), started)
                 self._decided(bound, subject, decision, started)
             except GatewayError:
                 raise
@@ -319,12 +314,7 @@ class PolicyChain:
             try:
                 view = subject.view(bound.headers)
                 if bound.mode is Mode.INLINE:
-                    decision: Any = bound.policy.check(view)
-                    if inspect.isawaitable(decision):
-                        _discard(decision)
-                        raise PolicyError("invalid", "an inline check returned an awaitable")
-                    if time.perf_counter() - started > bound.timeout:
-                        raise PolicyError("timeout", "the check overran its deadline")
+                    decision: Any = _inline(bound, view, started)
                 elif bound.mode is Mode.ASYNC:
                     decision = await asyncio.wait_for(
                         _awaited(bound.policy.check(view)), bound.timeout
@@ -419,6 +409,17 @@ class PolicyChain:
         log.warning(
             "policy %s failed to take a completion (%s): %s", bound.id, reason, type(exc).__name__
         )
+
+
+def _inline(bound: BoundPolicy, view: PolicyRequest, started: float) -> Any:
+    """An inline check's decision; an overrun (found after the call) is a timeout."""
+    decision = bound.policy.check(view)
+    if inspect.isawaitable(decision):
+        _discard(decision)
+        raise PolicyError("invalid", "an inline check returned an awaitable")
+    if time.perf_counter() - started > bound.timeout:
+        raise PolicyError("timeout", "the check overran its deadline")
+    return decision
 
 
 async def _awaited(value: Any) -> Any:
