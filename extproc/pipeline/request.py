@@ -375,7 +375,7 @@ class RequestPipeline:
         if isinstance(found, CachedAnswer):
             respond = cache.hit(found, self.record, self.limit_headers)
             self.answer(200)
-            if self.record is not None and not found.stream:
+            if not found.stream:
                 self._keep_answer(found.body)
             return respond
         cache.missed(found, self.record)
@@ -441,6 +441,8 @@ class RequestPipeline:
                 self.record.provider = self.provider
             if attempt.final_status is not None:
                 self.answer(attempt.final_status)
+            if self.limit_headers:
+                action.set_headers.update(self.limit_headers)
             usable = attempt.rejection is None and attempt.plan in _USABLE_PLANS
         else:
             self.provider = headers.get(PROVIDER_HEADER, "")
@@ -450,12 +452,9 @@ class RequestPipeline:
                 if envoy_reply is not None:
                     record.code = envoy_reply
                 record.provider = self.provider
-            status = response_status(headers)
-            self.answer(status)
-            action = Continue()
+            self.answer(response_status(headers))
+            action = Continue(set_headers=self.limit_headers) if self.limit_headers else Continue()
             usable = envoy_reply is None
-        if self.limit_headers:
-            action.set_headers = {**action.set_headers, **self.limit_headers}
         if self.cache is not None or self._wants_answer():
             ok = usable and response_status(headers) == 200 and not end_of_stream
             self._read_answer(action, ok)
@@ -471,6 +470,11 @@ class RequestPipeline:
             and not record.stream
         )
 
+    def _reads_for(self) -> bool:
+        """Whether anything still needs the answer's bytes: a cache fill, a policy."""
+        cache = self.cache
+        return (cache is not None and cache.fills) or self._wants_answer()
+
     def _read_answer(self, action: Continue, ok: bool) -> None:
         """Read a good 200's body as it passes (one more message per chunk for a stream)."""
         cache = self.cache
@@ -478,7 +482,7 @@ class RequestPipeline:
             action.set_headers = {**action.set_headers, CACHE_HEADER: cache.result}
             if not ok:
                 cache.release()  # errors are never stored
-        if not ok or not ((cache is not None and cache.fills) or self._wants_answer()):
+        if not ok or not self._reads_for():
             return
         self.reading = bytearray()
         if action.mode_override is None:  # the attempt passes it through: read it anyway
@@ -506,9 +510,7 @@ class RequestPipeline:
         cache = self.cache
         if cache is not None and cache.fills and len(buffer) > cache.state.max_entry_bytes:
             cache.too_large()
-        if len(buffer) > self.gateway.max_body_bytes or not (
-            (cache is not None and cache.fills) or self._wants_answer()
-        ):
+        if len(buffer) > self.gateway.max_body_bytes or not self._reads_for():
             self.reading = None  # nothing left to read it for
             return
         if not end_of_stream:

@@ -132,6 +132,7 @@ class Subject:
         "endpoint",
         "key_id",
         "model",
+        "params",
         "provider",
         "request_id",
         "resolve",
@@ -166,6 +167,8 @@ class Subject:
         # Another model's (provider, upstream model) if this tenant may switch to it, else None.
         self.resolve = resolve
         self.changed = False  # body differs from the validated request's
+        # What policies see of the body but its messages; rebuilt only after a change.
+        self.params: Mapping[str, Any] | None = None
         self.set_headers: dict[str, str] = {}
         self.tags: dict[str, str] = {}
 
@@ -183,7 +186,7 @@ class Subject:
             provider=self.provider,
             upstream_model=self.upstream_model,
             messages=messages if isinstance(messages, list) else [],
-            params=MappingProxyType({k: v for k, v in body.items() if k != "messages"}),
+            params=self._params(),
             max_tokens=max_tokens if type(max_tokens) is int else None,
             stream=body.get("stream") is True,
             headers={h: client[h] for h in headers if h in client},
@@ -191,7 +194,17 @@ class Subject:
             request_id=self.request_id,
         )
 
+    def _params(self) -> Mapping[str, Any]:
+        params = self.params
+        if params is None:
+            body = self.body
+            params = self.params = MappingProxyType(
+                {k: v for k, v in body.items() if k != "messages"}
+            )
+        return params
+
     def _own_body(self) -> dict[str, Any]:
+        self.params = None  # the body is about to change
         if not self.changed:
             self.body = dict(self.body)  # the first change copies; later ones edit the copy
             self.changed = True
