@@ -354,6 +354,7 @@ class Pod:
         if unknown:
             raise PodError(f"skip names no container of the pod: {sorted(unknown)}")
         self.stopped = False
+        self.stop_order: list[str] = []  # the containers in the order their stop began
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -379,8 +380,8 @@ class Pod:
                 ref = source.get(f"{kind}Ref")
                 if ref is not None:
                     data = self._sources.lookup(kind, ref["name"], bool(ref.get("optional")))
-                    for key, value in (data or {}).items():
-                        env[prefix + key] = value.decode()
+                    for key, raw in (data or {}).items():
+                        env[prefix + key] = raw.decode()
         for var in spec.get("env") or []:
             value = self._env_value(var, env)
             if value is not None:
@@ -396,13 +397,13 @@ class Pod:
         if "configMapKeyRef" in source:
             return self._sources.key("configMap", source["configMapKeyRef"])
         if "fieldRef" in source:
-            fields = {
+            fields: dict[str, str] = {
                 "metadata.name": self.name,
                 "metadata.namespace": self.namespace,
                 "status.podIP": POD_IP,
                 "status.hostIP": POD_IP,
                 "spec.nodeName": socket.gethostname(),
-                "spec.serviceAccountName": self.spec.get("serviceAccountName", "default"),
+                "spec.serviceAccountName": str(self.spec.get("serviceAccountName", "default")),
             }
             path = source["fieldRef"]["fieldPath"]
             if path not in fields:
@@ -478,8 +479,8 @@ class Pod:
             source = self._volume(mount["name"])
             if mount.get("subPath"):
                 source = source / mount["subPath"]
-            if not source.exists():
-                raise PodError(f"{spec['name']}: subPath {mount['subPath']!r} does not exist")
+                if not source.exists():
+                    raise PodError(f"{spec['name']}: subPath {mount['subPath']!r} does not exist")
             target = os.path.realpath(mount["mountPath"])
             mounts.append((target, source, bool(mount.get("readOnly"))))
         read_only = bool(self._security(spec, "readOnlyRootFilesystem"))
@@ -689,6 +690,7 @@ class Pod:
 
     def _terminate(self, container: _Container, deadline: float) -> None:
         """preStop, SIGTERM, wait until `deadline` (at least 2 s after preStop), SIGKILL."""
+        self.stop_order.append(container.name)
         pre_stop: HookResult | None = None
         hook = (container.spec.get("lifecycle") or {}).get("preStop")
         if hook is not None and container.running():

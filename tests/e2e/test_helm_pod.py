@@ -10,6 +10,7 @@ stops it, every container exiting 0 before the grace period ends.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ VALUES: dict[str, Any] = yaml.safe_load(VALUES_FILE.read_text(encoding="utf-8"))
 CLIENT_KEY = "sk-pod-test-client"  # its SHA-256 is the tenant's digest in the values file
 SECRET = {"OPENAI_API_KEY": "sk-pod-openai-upstream", "ANTHROPIC_API_KEY": "sk-ant-pod-upstream"}
 OPENAI_MODEL, ANTHROPIC_MODEL = (m["name"] for m in VALUES["gateway"]["models"])
+# An application container beside the gateway in a sidecar-shaped pod: never run (skipped).
+APP_CONTAINER = {"name": "app", "image": "registry.example.com/app:1"}
 
 
 @dataclass
@@ -48,11 +51,6 @@ class RunningPod:
         self.anthropic_fake.clear()
 
 
-def deployment(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    (found,) = [m for m in manifests if m["kind"] == "Deployment"]
-    return found
-
-
 def container_port(manifests: list[dict[str, Any]], name: str) -> int:
     """The one container port called `name` in the rendered pod spec."""
     spec = pod_template_spec(manifests)
@@ -66,6 +64,34 @@ def container_port(manifests: list[dict[str, Any]], name: str) -> int:
     return int(port)
 
 
+def render(
+    work: Path,
+    listener: int,
+    admin: int,
+    envoy_admin: int,
+    openai_fake: FakeProviderServer,
+    anthropic_fake: FakeProviderServer,
+) -> list[dict[str, Any]]:
+    """The chart rendered with the values file, the free ports and the fakes' URLs."""
+    return helm_template(
+        work / "helm-home",
+        "gw",
+        "-f",
+        str(VALUES_FILE),
+        "--set",
+        f"gateway.listener.port={listener}",
+        "--set",
+        f"gateway.processor.admin_port={admin}",
+        "--set",
+        f"gateway.envoy_admin.port={envoy_admin}",
+        "--set-string",
+        f"gateway.providers[0].base_url={openai_fake.base_url}/v1",
+        "--set-string",
+        f"gateway.providers[1].base_url={anthropic_fake.base_url}/v1",
+        namespace="llm",
+    )
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPod]:
     with (
@@ -74,23 +100,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPod]:
     ):
         listener, admin, envoy_admin = free_ports(3)
         work = tmp_path_factory.mktemp("helm-pod")
-        manifests = helm_template(
-            work / "helm-home",
-            "gw",
-            "-f",
-            str(VALUES_FILE),
-            "--set",
-            f"gateway.listener.port={listener}",
-            "--set",
-            f"gateway.processor.admin_port={admin}",
-            "--set",
-            f"gateway.envoy_admin.port={envoy_admin}",
-            "--set-string",
-            f"gateway.providers[0].base_url={openai_fake.base_url}/v1",
-            "--set-string",
-            f"gateway.providers[1].base_url={anthropic_fake.base_url}/v1",
-            namespace="llm",
-        )
+        manifests = render(work, listener, admin, envoy_admin, openai_fake, anthropic_fake)
         secret_name = VALUES["credentials"]["existingSecret"]
         pod = Pod(
             pod_template_spec(manifests),
@@ -187,3 +197,42 @@ def test_the_pod_stops_like_the_kubelet_stops_it(running: RunningPod) -> None:
         assert end.pre_stop.exit_code == 0, (name, end.pre_stop.output)
         assert not end.killed, f"{name} needed SIGKILL\n{running.pod.logs()}"
         assert end.exit_code == 0, f"{name} exited {end.exit_code}\n{running.pod.logs()}"
+
+
+def test_a_sidecar_shaped_pod_runs_on_the_same_harness(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The chart's two containers as native sidecars of an application's pod (init containers
+    with restartPolicy Always, the app's own container skipped): the harness starts them in
+    order, serves traffic, and stops the sidecars last, in reverse order, all exiting 0."""
+    with FakeProviderServer() as openai_fake, FakeProviderServer() as anthropic_fake:
+        listener, admin, envoy_admin = free_ports(3)
+        work = tmp_path_factory.mktemp("helm-sidecar-pod")
+        manifests = render(work, listener, admin, envoy_admin, openai_fake, anthropic_fake)
+        gateway = copy.deepcopy(pod_template_spec(manifests))
+        sidecars = [{**c, "restartPolicy": "Always"} for c in gateway.pop("containers")]
+        spec = {**gateway, "initContainers": sidecars, "containers": [APP_CONTAINER]}
+        pod = Pod(
+            spec,
+            manifests,
+            work / "pod",
+            secrets={VALUES["credentials"]["existingSecret"]: SECRET},
+            skip=[APP_CONTAINER["name"]],
+        )
+        with pod:
+            assert [c.name for c in pod.init] == [c["name"] for c in sidecars]
+            assert pod.containers == []
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{listener}/v1", api_key=CLIENT_KEY, max_retries=0
+            )
+            with client:
+                reply = client.chat.completions.create(
+                    model=OPENAI_MODEL, messages=[{"role": "user", "content": "as a sidecar"}]
+                )
+            assert reply.choices[0].message.content == "echo: as a sidecar"
+            exits = pod.stop()
+        assert sorted(exits) == sorted(c["name"] for c in sidecars)
+        assert pod.stop_order == [c["name"] for c in reversed(sidecars)]
+        for name, end in exits.items():
+            assert end.pre_stop is not None and end.pre_stop.exit_code == 0, (name, end)
+            assert (end.exit_code, end.killed) == (0, False), f"{name}: {end}\n{pod.logs()}"
