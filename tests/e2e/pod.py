@@ -725,17 +725,26 @@ class Pod:
             self.stopped = True
             deadline = time.monotonic() + self.grace_seconds
             regular = [c for c in self.containers if c.proc is not None]
-            threads = [
-                threading.Thread(target=self._terminate, args=(c, deadline), name=c.name)
-                for c in regular
-            ]
+            errors: list[BaseException] = []
+
+            def terminate(container: _Container) -> None:
+                try:
+                    self._terminate(container, deadline)
+                except BaseException as exc:  # re-raised below, not lost in the thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=terminate, args=(c,), name=c.name) for c in regular]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            for container in reversed([c for c in self.init if c.sidecar and c.proc]):
-                self._terminate(container, deadline)
-            self.kill()
+            try:
+                for container in reversed([c for c in self.init if c.sidecar and c.proc]):
+                    self._terminate(container, deadline)
+            finally:
+                self.kill()
+            if errors:
+                raise PodError(f"stopping the pod failed: {errors[0]}") from errors[0]
         return {c.name: c.exit for c in [*self.init, *self.containers] if c.exit is not None}
 
     def kill(self) -> None:
