@@ -56,6 +56,7 @@ tools:
 	@bash scripts/install-helm.sh
 	@bash scripts/install-promtool.sh
 	@bash scripts/install-redis.sh
+	@bash scripts/install-bwrap.sh
 
 unit: $(STAMP) tools
 	$(BIN)/python -m pytest tests/unit
