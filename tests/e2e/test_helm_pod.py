@@ -1,16 +1,20 @@
-"""End to end: the Helm chart's rendered gateway-mode pod, run for real (tests/e2e/pod.py).
+"""End to end: the Helm chart's rendered pods, both modes, run for real (tests/e2e/pod.py).
 
 `helm template` renders the chart with `helm-pod-values.yaml` (providers pointing at two fake
 providers this test starts, one OpenAI-shaped and one Anthropic, their keys in a Secret the
 test supplies), and the Deployment's pod spec runs as written: each container's command, args,
 environment and files come from the manifests, none is retyped here. OpenAI traffic through
 the listener then reaches the fakes with the Secret's keys, and the pod stops as the kubelet
-stops it, every container exiting 0 before the grace period ends.
+stops it, every container exiting 0 before the grace period ends. In sidecar mode the pod is the
+example application's Deployment (helm/examples/sidecar-app) with the chart's rendered patch
+applied by `kubectl kustomize`.
 """
 
 from __future__ import annotations
 
-import copy
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +35,9 @@ VALUES: dict[str, Any] = yaml.safe_load(VALUES_FILE.read_text(encoding="utf-8"))
 CLIENT_KEY = "sk-pod-test-client"  # its SHA-256 is the tenant's digest in the values file
 SECRET = {"OPENAI_API_KEY": "sk-pod-openai-upstream", "ANTHROPIC_API_KEY": "sk-ant-pod-upstream"}
 OPENAI_MODEL, ANTHROPIC_MODEL = (m["name"] for m in VALUES["gateway"]["models"])
-# An application container beside the gateway in a sidecar-shaped pod: never run (skipped).
-APP_CONTAINER = {"name": "app", "image": "registry.example.com/app:1"}
+REPO = Path(__file__).parents[2]
+EXAMPLE_APP = REPO / "helm" / "examples" / "sidecar-app"
+EXAMPLE_DEPLOYMENT = "demo-app"  # the example application's Deployment (its deployment.yaml)
 
 
 @dataclass
@@ -71,8 +76,9 @@ def render(
     envoy_admin: int,
     openai_fake: FakeProviderServer,
     anthropic_fake: FakeProviderServer,
+    *extra: str,
 ) -> list[dict[str, Any]]:
-    """The chart rendered with the values file, the free ports and the fakes' URLs."""
+    """The chart rendered with the values file, the free ports, the fakes' URLs and `extra`."""
     return helm_template(
         work / "helm-home",
         "gw",
@@ -88,6 +94,7 @@ def render(
         f"gateway.providers[0].base_url={openai_fake.base_url}/v1",
         "--set-string",
         f"gateway.providers[1].base_url={anthropic_fake.base_url}/v1",
+        *extra,
         namespace="llm",
     )
 
@@ -199,29 +206,78 @@ def test_the_pod_stops_like_the_kubelet_stops_it(running: RunningPod) -> None:
         assert end.exit_code == 0, f"{name} exited {end.exit_code}\n{running.pod.logs()}"
 
 
-def test_a_sidecar_shaped_pod_runs_on_the_same_harness(
+def kubectl_binary() -> Path:
+    """`$KUBECTL_BIN`, else `.tools/kubectl` (from `make tools`); fails when neither exists."""
+    override = os.environ.get("KUBECTL_BIN")
+    binary = Path(override) if override else REPO / ".tools" / "kubectl"
+    assert binary.is_file() and os.access(binary, os.X_OK), (
+        f"kubectl not found at {binary}: run scripts/install-helm.sh (make tools)"
+    )
+    return binary
+
+
+def test_sidecar_mode_the_charts_patch_on_the_example_app_runs_and_serves(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """The chart's two containers as native sidecars of an application's pod (init containers
-    with restartPolicy Always, the app's own container skipped): the harness starts them in
-    order, serves traffic, and stops the sidecars last, in reverse order, all exiting 0."""
+    """Sidecar mode end to end: the chart renders its patch (mode: sidecar), `kubectl kustomize`
+    applies it to the example application (helm/examples/sidecar-app), and the merged
+    Deployment's pod runs: the gateway's native sidecars start in order, the application's own
+    container is skipped (the test plays the application, calling loopback), traffic reaches
+    the fake with the Secret's key, and the sidecars stop last, in reverse order, exiting 0."""
     with FakeProviderServer() as openai_fake, FakeProviderServer() as anthropic_fake:
         listener, admin, envoy_admin = free_ports(3)
         work = tmp_path_factory.mktemp("helm-sidecar-pod")
-        manifests = render(work, listener, admin, envoy_admin, openai_fake, anthropic_fake)
-        gateway = copy.deepcopy(pod_template_spec(manifests))
-        sidecars = [{**c, "restartPolicy": "Always"} for c in gateway.pop("containers")]
-        spec = {**gateway, "initContainers": sidecars, "containers": [APP_CONTAINER]}
+        manifests = render(
+            work,
+            listener,
+            admin,
+            envoy_admin,
+            openai_fake,
+            anthropic_fake,
+            "--set",
+            "mode=sidecar",
+            "--set",
+            f"sidecar.deploymentName={EXAMPLE_DEPLOYMENT}",
+        )
+        kinds = sorted(m["kind"] for m in manifests)
+        assert "Deployment" not in kinds and "Service" not in kinds, kinds
+        (patch_map,) = [m for m in manifests if m["metadata"]["name"].endswith("-sidecar-patch")]
+        app = work / "sidecar-app"
+        shutil.copytree(EXAMPLE_APP, app)
+        (app / "patch.yaml").write_text(patch_map["data"]["patch.yaml"], encoding="utf-8")
+        built = subprocess.run(
+            [str(kubectl_binary()), "kustomize", str(app)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert built.returncode == 0, built.stderr
+        (merged,) = [d for d in yaml.safe_load_all(built.stdout) if d]
+        assert merged["metadata"]["name"] == EXAMPLE_DEPLOYMENT
+        spec = merged["spec"]["template"]["spec"]
+        app_containers = [c["name"] for c in spec["containers"]]
+        sidecars = [c["name"] for c in spec["initContainers"]]
+        assert sidecars == ["extproc", "envoy"]  # the processor first: Envoy is stopped first
         pod = Pod(
             spec,
             manifests,
             work / "pod",
             secrets={VALUES["credentials"]["existingSecret"]: SECRET},
-            skip=[APP_CONTAINER["name"]],
+            skip=app_containers,
+            name=f"{EXAMPLE_DEPLOYMENT}-0",
+            namespace="llm",
         )
         with pod:
-            assert [c.name for c in pod.init] == [c["name"] for c in sidecars]
+            assert [c.name for c in pod.init] == sidecars
             assert pod.containers == []
+            # The sidecar's listener is on loopback only (the chart's sidecar-mode setting).
+            (configmap,) = [m for m in manifests if "gateway.yaml" in m.get("data", {})]
+            config = yaml.safe_load(configmap["data"]["gateway.yaml"])
+            assert (config["listener"]["address"], config["listener"]["port"]) == (
+                "127.0.0.1",
+                listener,
+            )
             client = openai.OpenAI(
                 base_url=f"http://127.0.0.1:{listener}/v1", api_key=CLIENT_KEY, max_retries=0
             )
@@ -229,10 +285,21 @@ def test_a_sidecar_shaped_pod_runs_on_the_same_harness(
                 reply = client.chat.completions.create(
                     model=OPENAI_MODEL, messages=[{"role": "user", "content": "as a sidecar"}]
                 )
+                stream = client.chat.completions.create(
+                    model=ANTHROPIC_MODEL,
+                    messages=[{"role": "user", "content": "translated"}],
+                    stream=True,
+                )
+                text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
             assert reply.choices[0].message.content == "echo: as a sidecar"
+            assert text == "echo: translated"
+            (seen,) = openai_fake.requests
+            assert seen.header("authorization") == f"Bearer {SECRET['OPENAI_API_KEY']}"
+            (seen,) = anthropic_fake.requests
+            assert seen.header("x-api-key") == SECRET["ANTHROPIC_API_KEY"]
             exits = pod.stop()
-        assert sorted(exits) == sorted(c["name"] for c in sidecars)
-        assert pod.stop_order == [c["name"] for c in reversed(sidecars)]
+        assert sorted(exits) == sorted(sidecars)
+        assert pod.stop_order == list(reversed(sidecars))
         for name, end in exits.items():
             assert end.pre_stop is not None and end.pre_stop.exit_code == 0, (name, end)
             assert (end.exit_code, end.killed) == (0, False), f"{name}: {end}\n{pod.logs()}"
