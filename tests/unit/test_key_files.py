@@ -123,7 +123,7 @@ def test_digests_from_the_file_are_keys_of_the_tenant(tmp_path: Path) -> None:
     RuleBook(loaded.config)  # builds with the file keys
 
 
-def test_a_tenant_needs_a_key_a_file_counts(tmp_path: Path) -> None:
+def test_a_tenant_needs_a_key_a_file_counts() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(config_data([{"name": "a"}]))
     assert info.value.problems == [
@@ -293,7 +293,9 @@ def test_a_kubelet_secret_update_changes_the_stamp_and_the_digest(tmp_path: Path
 def test_a_config_reads_its_tenant_keys_through_the_kubelet_layout(tmp_path: Path) -> None:
     volume = SecretVolume(tmp_path / "client-keys")
     volume.update({"team-a": f"{digest('old')}\n"})
-    path = write_config(tmp_path, [{"name": "a", "api_key_sha256_file": str(volume.path("team-a"))}])
+    path = write_config(
+        tmp_path, [{"name": "a", "api_key_sha256_file": str(volume.path("team-a"))}]
+    )
     assert tenant_of(load_config(path), "old")[0] == "a"
     volume.update({"team-a": f"{digest('new')}\n"})
     loaded = load_config(path)
