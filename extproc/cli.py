@@ -30,6 +30,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
+    for warning in loaded.warnings:
+        print(f"{args.config}: warning: {warning}", file=sys.stderr)
     config = loaded.config
     print(
         f"{args.config}: OK ({len(config.providers)} providers, {len(config.models)} models, "
@@ -133,6 +135,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     telemetry = loaded.config.telemetry
     configure_logging(args.log_level or telemetry.log_level, telemetry.log_format)
+    for warning in loaded.warnings:
+        log.warning("%s: %s", loaded.source, warning)
 
     try:
         if loaded.config.processor.event_loop == "uvloop":
@@ -206,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip-credentials",
         action="store_true",
-        help="do not require provider credentials (env vars / files) to be present",
+        help="do not read provider credentials (env vars / files) nor tenants' "
+        "api_key_sha256_file (e.g. in CI, where the Secrets are absent)",
     )
     p.set_defaults(func=_cmd_check_config)
 

@@ -1,4 +1,5 @@
-"""Loading the configuration file: YAML, validation with every problem and its path, credentials.
+"""Loading the configuration file: YAML, validation with every problem and its path, credentials
+and the tenants' key digest files.
 
 Used by `extproc serve`, `check-config` and `render-envoy`. Nothing here runs per request.
 """
@@ -14,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from extproc.config.credentials import Credential, read_credential
+from extproc.config.key_files import with_key_files
 from extproc.config.schema import GatewayConfig, reference_problems
 from extproc.policies.registry import policy_problems
 
@@ -37,6 +39,8 @@ class LoadedConfig:
     # governance.redis (limits and the cache): the URL from `url_env` (which may hold a
     # password), else `url`.
     redis_url: str | None = None
+    # Not problems, but worth a WARNING line (e.g. a key digest file with no digest in it).
+    warnings: tuple[str, ...] = ()
 
 
 def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
@@ -60,7 +64,8 @@ def _format_error(error: Any) -> str:
 
 
 def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedConfig:
-    """Read, parse and validate a config file; resolve credentials from env or files."""
+    """Read, parse and validate a config file; resolve credentials from env or files and read
+    the tenants' key digest files (neither when `resolve_credentials` is false)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -77,7 +82,10 @@ def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedCon
     config = parse_config(data, source)
     credentials: dict[str, Credential] = {}
     if resolve_credentials:
-        problems: list[str] = []
+        config, problems, warnings = with_key_files(config)
+        if not problems:
+            # The digests from the files against every other key (used twice, ids shared).
+            problems = reference_problems(config)
         for i, provider in enumerate(config.providers):
             try:
                 key = read_credential(provider)
@@ -98,5 +106,5 @@ def load_config(path: str | Path, resolve_credentials: bool = True) -> LoadedCon
                 )
         if problems:
             raise ConfigError(source, problems)
-        return LoadedConfig(config, credentials, source, redis_url)
+        return LoadedConfig(config, credentials, source, redis_url, tuple(warnings))
     return LoadedConfig(config=config, credentials=credentials, source=source)

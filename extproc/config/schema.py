@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -333,6 +334,9 @@ class TenantConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     # Plain key hashes (ids default to their first 12 characters); `keys` for more per key.
     api_key_sha256: list[KeyDigest] = Field(default_factory=list)
+    # More plain key hashes, one a line, from a file (a mounted Kubernetes Secret): read at
+    # start-up and by every reload, and watched like the config file.
+    api_key_sha256_file: Path | None = None
     keys: list[KeyConfig] = Field(default_factory=list)
     allowed_models: list[str] = Field(default_factory=lambda: ["*"])
     limits: RateLimits = RateLimits()
@@ -342,15 +346,34 @@ class TenantConfig(_Strict):
     # Policies for this tenant's requests (after the gateway's, before the model's).
     policies: list[PolicyConfig] = Field(default_factory=list)
 
+    # (line number, digest) of each digest read from `api_key_sha256_file` when the config
+    # loaded (`extproc.config.key_files`); not a field of the YAML file.
+    _file_digests: tuple[tuple[int, str], ...] = PrivateAttr(default=())
+
     @model_validator(mode="after")
     def _need_a_key(self) -> TenantConfig:
-        if not self.api_key_sha256 and not self.keys:
-            raise ValueError("a tenant needs at least one key (api_key_sha256 or keys)")
+        if not self.api_key_sha256 and not self.keys and self.api_key_sha256_file is None:
+            raise ValueError(
+                "a tenant needs at least one key (api_key_sha256, api_key_sha256_file or keys)"
+            )
         return self
 
+    def with_file_digests(self, digests: tuple[tuple[int, str], ...]) -> TenantConfig:
+        """A copy of the tenant holding the (line number, digest) pairs read from its file."""
+        copy = self.model_copy()
+        copy._file_digests = digests
+        return copy
+
+    @property
+    def file_digests(self) -> tuple[tuple[int, str], ...]:
+        """The (line number, digest) pairs read from `api_key_sha256_file` (none: not read)."""
+        return self._file_digests
+
     def all_keys(self) -> list[KeyConfig]:
-        """Every key of the tenant: `keys`, then the plain hashes as keys without extras."""
-        return [*self.keys, *(KeyConfig(sha256=digest) for digest in self.api_key_sha256)]
+        """Every key of the tenant: `keys`, then the plain hashes (of the config, then of the
+        file) as keys without extras."""
+        digests = [*self.api_key_sha256, *(digest for _, digest in self._file_digests)]
+        return [*self.keys, *(KeyConfig(sha256=digest) for digest in digests)]
 
 
 class AuthConfig(_Strict):
@@ -475,8 +498,8 @@ class ReloadConfig(_Strict):
     # directory; `render-envoy --xds-dir` writes the first ones and the processor rewrites them on
     # every start and reload. Both Envoy and the processor must see the same directory.
     xds_directory: Path = Path("/tmp/llm-gateway/xds")
-    # Poll the config file this often and reload it when its content changed (0: no polling;
-    # SIGHUP and `POST /reload` on the admin port still reload).
+    # Poll the config file, and the key files it refers to, this often and reload when the
+    # content of any changed (0: no polling; SIGHUP and `POST /reload` still reload).
     watch_interval_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
     # How long a reload waits for Envoy to apply the new files before giving up (the old config
     # keeps serving, the files are put back).
@@ -696,6 +719,7 @@ def _tenant_problems(config: GatewayConfig) -> list[str]:
         unknown(f"tenants.{i}.model_limits", list(tenant.model_limits))
         places = [(f"keys.{k}", key.sha256) for k, key in enumerate(tenant.keys)]
         places += [(f"api_key_sha256.{k}", d) for k, d in enumerate(tenant.api_key_sha256)]
+        places += [(f"api_key_sha256_file: line {n}", d) for n, d in tenant.file_digests]
         for where, digest in places:
             if digest in owner:
                 holder = "this tenant" if owner[digest] == tenant.name else f"'{owner[digest]}'"

@@ -1,6 +1,7 @@
 """Hot reload of the whole gateway: the processor's tables and Envoy's listener, routes, clusters.
 
-A reload (the config file changed, SIGHUP, or `POST /reload`) runs, one at a time:
+A reload (the config file or a key file it refers to changed, SIGHUP, or `POST /reload`) runs,
+one at a time:
 
 1. load and validate the file exactly as `extproc check-config` does (`load_config`, credentials
    resolved), and refuse changes that need a restart (`config.changes.restart_problems`);
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from extproc.config.changes import change_summary, restart_problems
+from extproc.config.key_files import files_digest, files_stamp, watched_files
 from extproc.config.loading import ConfigError, LoadedConfig, load_config
 from extproc.gateway import Gateway, LiveGateways
 from extproc.server.envoy_admin import envoy_admin_url
@@ -69,14 +70,6 @@ class ReloadResult:
         }
 
 
-def file_digest(path: Path) -> str | None:
-    """SHA-256 of the file's content (None when it cannot be read)."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 class Reloader:
     """Reloads the config file into `gateways` and Envoy's files; one reload at a time."""
 
@@ -91,8 +84,9 @@ class Reloader:
         self.reloads = 0
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
-        self._digest = file_digest(path)
-        self._mtime = _mtime(path)
+        # What the last reload (or the start) read: the config file and the key files it
+        # refers to, their `stat` (polled) and their content (compared when that changed).
+        self._watched, self._stamp, self._digest = _note(path)
         metrics = gateways.current.metrics
         metrics.config_last_reload_success.set(time.time())
         metrics.config_last_reload_successful.set(1)
@@ -131,14 +125,16 @@ class Reloader:
     # -- triggers --------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """Poll the file every `reload.watch_interval_seconds` (of the config in force) and
-        reload when its content changed; runs until cancelled."""
+        """Poll the file and the key files it refers to (`api_key_file`,
+        `aws_credentials_file`, `api_key_sha256_file`) every `reload.watch_interval_seconds`
+        (of the config in force) and reload when the content of any changed; runs until
+        cancelled."""
         while True:
             interval = self.gateways.current.config.reload.watch_interval_seconds
             await asyncio.sleep(interval if interval > 0 else 1.0)
             if interval <= 0:
                 continue
-            if _mtime(self.path) != self._mtime:
+            if files_stamp(self._watched) != self._stamp:
                 await self.reload("file", only_if_changed=True)
 
     def reload_soon(self, trigger: str) -> None:
@@ -150,13 +146,13 @@ class Reloader:
     async def reload(self, trigger: str, only_if_changed: bool = False) -> ReloadResult | None:
         """Reload the file now (after any reload in progress); never raises.
 
-        `only_if_changed`: do nothing (None) when the file's content is the one the last
+        `only_if_changed`: do nothing (None) when the files' content is the one the last
         reload (or the start) read, e.g. a file touched or rewritten with the same content.
         """
         async with self._lock:
             if only_if_changed:
-                self._mtime = _mtime(self.path)
-                if file_digest(self.path) == self._digest:
+                self._stamp = files_stamp(self._watched)
+                if files_digest(self._watched) == self._digest:
                     return None
             self.reloads += 1
             try:
@@ -172,12 +168,15 @@ class Reloader:
     # -- one reload --------------------------------------------------------------------------
 
     async def _reload(self, trigger: str) -> ReloadResult:
-        self._mtime = _mtime(self.path)
-        self._digest = file_digest(self.path)
+        # Noted before reading, so that a file changing while it loads is reloaded again (the
+        # YAML is parsed for the list of files: off the event loop).
+        self._watched, self._stamp, self._digest = await asyncio.to_thread(_note, self.path)
         try:
             loaded = await asyncio.to_thread(load_config, self.path)
         except ConfigError as exc:
             return ReloadResult("rejected", trigger, tuple(exc.problems))
+        for warning in loaded.warnings:
+            log.warning("config reload (%s): %s: %s", trigger, self.path, warning)
         running = self.gateways.current
         problems = restart_problems(running.config, loaded.config)
         if problems:
@@ -281,8 +280,7 @@ class Reloader:
         )
 
 
-def _mtime(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None
+def _note(path: Path) -> tuple[tuple[Path, ...], tuple[object, ...], str]:
+    """The files to watch for the config at `path`, their `stat` stamp and content digest."""
+    watched = watched_files(path)
+    return watched, files_stamp(watched), files_digest(watched)

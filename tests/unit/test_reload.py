@@ -21,13 +21,16 @@ from aiohttp import ClientSession, web
 from extproc.bootstrap import CDS_FILE, LDS_FILE, RDS_FILE, xds_files
 from extproc.config.changes import RESTART_ONLY, change_summary, restart_problems
 from extproc.config.loading import LoadedConfig, load_config, parse_config
+from extproc.decisions.auth import hash_key
 from extproc.decisions.breaker import BreakerBoard, BreakerSettings, State
 from extproc.dev.stack import free_ports
+from extproc.errors import GatewayError
 from extproc.gateway import Gateway, LiveGateways
 from extproc.server.admin import AdminState, make_admin_app
 from extproc.server.envoy_files import EnvoyFilesError, EnvoyFilesWriter
 from extproc.server.reload import Reloader
 from extproc.server.xds_status import SOURCES, XdsStatus, parse_stats
+from tests.secret_volume import SecretVolume
 
 Json = dict[str, Any]
 
@@ -466,6 +469,63 @@ async def test_the_watch_reloads_a_changed_file_but_not_a_rewritten_one(
     finally:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
+
+
+async def test_the_watch_reloads_when_a_key_file_is_swapped_like_a_kubelet_secret_update(
+    setup: Setup, envoy_admin: tuple[FakeEnvoyAdmin, int], tmp_path: Path
+) -> None:
+    fake, _ = envoy_admin
+    apply_when_written(fake, setup, [])
+    volume = SecretVolume(tmp_path / "client-keys")
+    volume.update({"team-a": hash_key("old-key") + "\n"})
+    config = copy.deepcopy(setup.base)
+    config["auth"] = {"enabled": True}
+    config["tenants"] = [{"name": "a", "api_key_sha256_file": str(volume.path("team-a"))}]
+    config["reload"]["watch_interval_seconds"] = 0.05
+    setup.write(config)
+    assert (await setup.reloader.reload("api")) is not None
+
+    def tenant(key: str) -> str:
+        return setup.gateways.current.auth.authenticate(f"Bearer {key}").name
+
+    def reloaded(number: int) -> bool:
+        return setup.reloader.last is not None and setup.reloader.last.reload == number
+
+    assert tenant("old-key") == "a"
+    watch = asyncio.create_task(setup.reloader.watch())
+    try:
+        volume.update({"team-a": f"{hash_key('old-key')}\n{hash_key('new-key')}\n"})
+        await eventually(lambda: reloaded(2))
+        assert setup.reloader.last is not None
+        assert (setup.reloader.last.trigger, setup.reloader.last.result) == ("file", "success")
+        assert setup.reloader.last.changes == "tenants changed: a"
+        assert tenant("new-key") == tenant("old-key") == "a"
+
+        # A broken version is refused; the keys in force keep working.
+        volume.update({"team-a": "sk-not-a-digest\n"})
+        await eventually(lambda: reloaded(3))
+        last = setup.reloader.last
+        assert last is not None and (last.trigger, last.result) == ("file", "rejected")
+        assert last.problems == (
+            f"tenants.0.api_key_sha256_file: {volume.path('team-a')}: line 1: API key hashes "
+            "must be 64 lower-case hex characters (use `extproc hash-key` to make one)",
+        )
+        assert tenant("new-key") == "a"
+
+        # The old key removed: from the reload on it gets 401.
+        volume.update({"team-a": hash_key("new-key") + "\n"})
+        await eventually(lambda: reloaded(4))
+        assert setup.reloader.last is not None and setup.reloader.last.result == "success"
+        assert tenant("new-key") == "a"
+        with pytest.raises(GatewayError) as info:
+            tenant("old-key")
+        assert info.value.status == 401
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+    # The same content swapped in again (a kubelet resync) is no reason to reload.
+    volume.update({"team-a": hash_key("new-key") + "\n"})
+    assert await setup.reloader.reload("file", only_if_changed=True) is None
 
 
 # --- the admin endpoints -----------------------------------------------------------------------
