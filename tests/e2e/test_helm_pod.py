@@ -24,6 +24,7 @@ import openai
 import pytest
 import yaml
 
+from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
 from extproc.dev.stack import free_ports
 from tests.e2e.pod import Pod, helm_template, pod_template_spec
@@ -34,6 +35,9 @@ VALUES_FILE = Path(__file__).with_name("helm-pod-values.yaml")
 VALUES: dict[str, Any] = yaml.safe_load(VALUES_FILE.read_text(encoding="utf-8"))
 CLIENT_KEY = "sk-pod-test-client"  # its SHA-256 is the tenant's digest in the values file
 SECRET = {"OPENAI_API_KEY": "sk-pod-openai-upstream", "ANTHROPIC_API_KEY": "sk-ant-pod-upstream"}
+# A second tenant's key, whose digest reaches the pod only through the clientKeys Secret.
+SECRET_TENANT_KEY = "sk-pod-test-from-secret"
+CLIENT_KEYS = {"team-b": f"# team b\n{hash_key(SECRET_TENANT_KEY)}\n"}
 OPENAI_MODEL, ANTHROPIC_MODEL = (m["name"] for m in VALUES["gateway"]["models"])
 REPO = Path(__file__).parents[2]
 EXAMPLE_APP = REPO / "helm" / "examples" / "sidecar-app"
@@ -113,7 +117,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPod]:
             pod_template_spec(manifests),
             manifests,
             work / "pod",
-            secrets={secret_name: SECRET},
+            secrets={secret_name: SECRET, VALUES["clientKeys"]["existingSecret"]: CLIENT_KEYS},
             name="gw-llm-gateway-0",
             namespace="llm",
         )
@@ -182,6 +186,17 @@ def test_models_lists_the_rendered_configs_models(running: RunningPod) -> None:
     config = yaml.safe_load(configmap["data"]["gateway.yaml"])
     listed = {model.id for model in running.client().models.list()}
     assert listed == {m["name"] for m in config["models"]}
+
+
+def test_a_key_from_the_client_keys_secret_is_accepted(running: RunningPod) -> None:
+    """The tenant's digest is in no manifest: only in the Secret the chart mounts."""
+    assert hash_key(SECRET_TENANT_KEY) not in yaml.safe_dump(running.manifests)
+    running.clear()
+    reply = running.client(SECRET_TENANT_KEY).chat.completions.create(
+        model=OPENAI_MODEL, messages=[{"role": "user", "content": "key from a secret"}]
+    )
+    assert reply.choices[0].message.content == "echo: key from a secret"
+    assert len(running.openai_fake.requests) == 1
 
 
 def test_a_wrong_key_is_refused(running: RunningPod) -> None:
@@ -263,7 +278,10 @@ def test_sidecar_mode_the_charts_patch_on_the_example_app_runs_and_serves(
             spec,
             manifests,
             work / "pod",
-            secrets={VALUES["credentials"]["existingSecret"]: SECRET},
+            secrets={
+                VALUES["credentials"]["existingSecret"]: SECRET,
+                VALUES["clientKeys"]["existingSecret"]: CLIENT_KEYS,
+            },
             skip=app_containers,
             name=f"{EXAMPLE_DEPLOYMENT}-0",
             namespace="llm",

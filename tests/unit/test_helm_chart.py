@@ -58,7 +58,7 @@ CONFIG_FILE = "/etc/llm-gateway/gateway.yaml"
 SOCKET_DIR = "/var/run/llm-gateway"
 SOCKET = f"{SOCKET_DIR}/extproc.sock"
 XDS_DIR = "/var/run/llm-gateway-xds"
-CLIENT_KEYS_DIR = "/etc/llm-gateway/client-keys"
+CLIENT_KEYS_DIR = "/etc/llm-gateway-client-keys"
 REDIS_URL_ENV = "LLM_GATEWAY_REDIS_URL"
 CHECKSUM = "checksum/llm-gateway-config"
 

@@ -243,7 +243,7 @@ def test_the_watch_list_is_every_key_file_of_the_config_even_a_broken_one(
             {"name": "r", "api_key_file": 7},
         ],
         "tenants": [
-            {"name": "a", "api_key_sha256_file": "/etc/llm-gateway/client-keys/a"},
+            {"name": "a", "api_key_sha256_file": "/etc/llm-gateway-client-keys/a"},
             {"name": "b", "api_key_sha256_file": "/run/secrets/p"},
         ],
         "models": "not even a list",
@@ -251,7 +251,7 @@ def test_the_watch_list_is_every_key_file_of_the_config_even_a_broken_one(
     assert referenced_files(data) == [
         Path("/run/secrets/p"),
         Path("/run/aws"),
-        Path("/etc/llm-gateway/client-keys/a"),
+        Path("/etc/llm-gateway-client-keys/a"),
     ]
     assert referenced_files(None) == [] and referenced_files({"tenants": "x"}) == []
     config = tmp_path / "gateway.yaml"

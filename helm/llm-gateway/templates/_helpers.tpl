@@ -54,7 +54,7 @@ the processor rewrites them on a reload, Envoy watches them. */}}
 {{/* The environment variable of the extproc container holding externalRedis's URL. */}}
 {{- define "llm-gateway.redisUrlEnv" -}}LLM_GATEWAY_REDIS_URL{{- end }}
 {{/* Where clientKeys.existingSecret is mounted in the extproc container. */}}
-{{- define "llm-gateway.clientKeysDir" -}}/etc/llm-gateway/client-keys{{- end }}
+{{- define "llm-gateway.clientKeysDir" -}}/etc/llm-gateway-client-keys{{- end }}
 
 {{/*
 The gateway config the pods read (the ConfigMap's gateway.yaml): .Values.gateway plus what the
