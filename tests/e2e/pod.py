@@ -503,6 +503,14 @@ class Pod:
             argv += ["--perms", "1777", "--dir", "/tmp"]  # an image's empty /tmp
         for target, source, ro in sorted(mounts, key=lambda m: m[0].count("/")):
             argv += ["--ro-bind" if ro else "--bind", str(source), target]
+        # The "image" (this checkout and its venv) may itself live under /tmp (a clone made
+        # there), which the container's own /tmp hides: bind it again, on top.
+        for path in sorted(IMAGE_PATHS):
+            if path.startswith("/tmp/"):
+                parents = Path(path).relative_to("/tmp").parents
+                for parent in sorted(str(Path("/tmp", p)) for p in parents if str(p) != "."):
+                    argv += ["--perms", "0755", "--dir", parent]  # enterable by its user
+                argv += ["--ro-bind", path, path]
         if read_only:
             argv += ["--remount-ro", "/"]
         argv += ["--chdir", spec.get("workingDir") or "/"]
