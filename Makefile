@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench proto
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload proto
 
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
@@ -15,6 +15,7 @@ help:
 	@echo "make render-envoy regenerate envoy/envoy.yaml and envoy/xds/ from $(CONFIG)"
 	@echo "make proto        regenerate llm_gateway/ (Python) from proto/llm_gateway/ (commit both)"
 	@echo "make bench        plain Envoy vs the gateway, side by side (QUICK=1 for a short run)"
+	@echo "make bench-overload  admitted requests' latency with and without processor.max_in_flight"
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -69,6 +70,9 @@ test: lint typecheck tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(filter 1,$(QUICK)),--quick)
+
+bench-overload: $(STAMP)
+	$(BIN)/python bench/overload.py
 
 # The freshness test (tests/unit/test_policy_proto_fresh.py) runs the same script on a temp dir.
 proto: $(STAMP)

@@ -153,14 +153,19 @@ class Hey:
 
         hey leaves failed requests out of its CSV: requests sent - rows = transport errors.
         """
-        text = self._hey(target, clients, 0, requests, as_csv=True)
-        rows = list(csv.DictReader(io.StringIO(text)))
+        rows = self.rows(target, clients, requests)
         latencies = [float(r["response-time"]) * 1000 for r in rows]
         status: dict[str, int] = {}
         for row in rows:
             status[row["status-code"]] = status.get(row["status-code"], 0) + 1
         span = max((float(r["offset"]) + float(r["response-time"]) for r in rows), default=0.0)
         return CsvRun(latencies, status, span, requests)
+
+    def rows(self, target: Target, clients: int, requests: int) -> list[dict[str, str]]:
+        """`hey -c clients -n requests -o csv`: one row per answered request (hey's columns:
+        `response-time` in seconds, `status-code`, `offset`, ...)."""
+        text = self._hey(target, clients, 0, requests, as_csv=True)
+        return list(csv.DictReader(io.StringIO(text)))
 
     def _hey(
         self, target: Target, clients: int, seconds: int, requests: int, *, as_csv: bool

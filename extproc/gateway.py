@@ -167,6 +167,9 @@ class Gateway:
         self.max_json_depth = config.limits.max_json_depth
         self.default_timeout = config.limits.default_timeout_seconds
         self.per_try_timeout = config.resilience.per_try_timeout_seconds
+        self.max_in_flight = config.processor.max_in_flight
+        lag_ms = config.processor.max_loop_lag_ms
+        self.max_loop_lag = None if lag_ms is None else lag_ms / 1000
         self.breakers: BreakerBoard = BreakerBoard(
             breaker_settings(config.resilience),
             on_transition=self.metrics.breaker_transition,

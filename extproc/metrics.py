@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from extproc.decisions.breaker import State, Transition
+from extproc.decisions.overload import ShedReason
 from extproc.telemetry.collectors import LoopCounter, LoopHistogram
 from extproc.telemetry.record import RequestRecord
 
@@ -137,6 +138,26 @@ class Metrics:
             "gateway_extproc_streams_cancelled_total",
             "ext_proc streams Envoy cancelled before the processor finished them (client gone, "
             "timeouts); normal requests end without one.",
+            registry=self.registry,
+        )
+        self.shed_requests = Counter(
+            "gateway_shed_requests_total",
+            "Requests answered 503 overloaded at once because this processor was at capacity, "
+            "by reason: in_flight (processor.max_in_flight), loop_lag (processor.max_loop_lag_ms).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ShedReason:
+            self.shed_requests.labels(reason.value)  # exported from the start, at 0
+        self.requests_in_flight = Gauge(
+            "gateway_requests_in_flight",
+            "Requests this processor admitted that are still in flight (bounded by "
+            "processor.max_in_flight).",
+            registry=self.registry,
+        )
+        self.loop_lag = Gauge(
+            "gateway_event_loop_lag_seconds",
+            "How late the processor's event loop ran its last lag timer (every 100 ms).",
             registry=self.registry,
         )
         self.processor_failures = Counter(
@@ -378,6 +399,11 @@ class Metrics:
     def count_streams(self, active: Callable[[], float]) -> None:
         """Report open ext_proc streams by asking `active` at scrape time."""
         self.streams_active.set_function(active)
+
+    def count_admission(self, in_flight: Callable[[], float], lag: Callable[[], float]) -> None:
+        """Report admitted requests in flight and the loop lag by asking at scrape time."""
+        self.requests_in_flight.set_function(in_flight)
+        self.loop_lag.set_function(lag)
 
     def request_done(self, record: RequestRecord) -> None:
         """Count one finished request: status, latency, tokens and GenAI timings."""

@@ -59,6 +59,7 @@ from extproc.bootstrap.common import FAIL_OPEN_CLUSTER, is_ip, protocol_options,
 from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, upstream_ext_proc_filter
 from extproc.bootstrap.tracing import collector_clusters
 from extproc.config.schema import (
+    MAX_IN_FLIGHT_LIMIT,
     GatewayConfig,
     HttpProtocol,
     ModelConfig,
@@ -135,6 +136,10 @@ def fail_open_clusters(
     return [cluster]
 
 
+# Streams Envoy opens to the processor at once: above what `processor.max_in_flight` admits.
+EXTPROC_MAX_STREAMS = 4 * MAX_IN_FLIGHT_LIMIT
+
+
 def extproc_cluster(processor: ProcessorConfig) -> Cluster:
     """The cluster through which Envoy reaches the processor: HTTP/2, unix socket or TCP."""
     if processor.unix_socket is not None:
@@ -162,6 +167,17 @@ def extproc_cluster(processor: ProcessorConfig) -> Cluster:
                     http2_protocol_options=Http2ProtocolOptions()
                 )
             )
+        ),
+        # Envoy's default (1024 streams) would refuse streams before the processor's own
+        # `max_in_flight` does, and without an OpenAI-style answer.
+        circuit_breakers=CircuitBreakers(
+            thresholds=[
+                CircuitBreakersThresholds(
+                    priority=RoutingPriority.DEFAULT,
+                    max_pending_requests=EXTPROC_MAX_STREAMS,
+                    max_requests=EXTPROC_MAX_STREAMS,
+                )
+            ]
         ),
     )
 

@@ -384,6 +384,11 @@ class AuthConfig(_Strict):
     anonymous_tenant: Annotated[str, Field(pattern=NAME_PATTERN)] = "anonymous"
 
 
+# The largest `processor.max_in_flight` allowed: Envoy's processor cluster takes more streams
+# than that (each request may hold two: its own and its attempt's), so the processor's own
+# limit, with its 503 `overloaded`, is the one that applies.
+MAX_IN_FLIGHT_LIMIT = 100_000
+
 # The largest `limits.max_body_bytes` allowed (the processor's gRPC message limit is set from it
 # at start, so a reload may raise the body limit up to here).
 MAX_BODY_BYTES_LIMIT = 64 * 1024 * 1024
@@ -473,6 +478,11 @@ class ProcessorConfig(_Strict):
     # uvloop measured about 20 % less processor CPU per request than asyncio's default loop
     # (docs/performance.md); "asyncio" is the fallback if uvloop misbehaves somewhere.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Admission control: requests this processor processes at once (streams to a provider
+    # included); the next one is answered 503 `overloaded` with Retry-After at once.
+    max_in_flight: Annotated[int, Field(ge=1, le=MAX_IN_FLIGHT_LIMIT)] = 1000
+    # Also shed new requests while the event loop runs this late (None: off).
+    max_loop_lag_ms: Annotated[int | None, Field(ge=10, le=60000)] = None
 
     @field_validator("tcp_address")
     @classmethod

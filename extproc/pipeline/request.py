@@ -25,6 +25,7 @@ from extproc.contract import (
 )
 from extproc.decisions.auth import Tenant, forbid_model
 from extproc.decisions.openai_request import Endpoint, ValidatedRequest
+from extproc.decisions.overload import ShedReason
 from extproc.decisions.validation import (
     check_model_id,
     check_timeout,
@@ -75,6 +76,7 @@ class RequestPipeline:
         "provider",
         "reading",
         "record",
+        "shed",
         "started",
         "tenant",
     )
@@ -100,6 +102,8 @@ class RequestPipeline:
         self.limit_headers: dict[str, str] = {}
         # What this request did, for metrics and the access log (none for health checks).
         self.record: RequestRecord | None = None
+        # Set by the servicer when the processor is at capacity: answer 503 at once.
+        self.shed: ShedReason | None = None
 
     # -- request headers -------------------------------------------------
 
@@ -115,6 +119,10 @@ class RequestPipeline:
         record.path = path[:256]
         record.request_id = headers.get("x-request-id", "")[:128]
         record.trace_id = trace_id_from(headers.get("traceparent"))
+        if self.shed is not None:
+            # Before authentication, limits and the body: a shed request takes nothing.
+            self.gateway.metrics.shed_requests.labels(self.shed.value).inc()
+            raise _overloaded(self.shed)
         endpoint = _POST_ENDPOINTS.get(path)
         if endpoint is not None:
             if method != "POST":
@@ -602,6 +610,16 @@ def _unavailable(model: str, wait: float, cooling_only: bool) -> GatewayError:
         "no_healthy_provider",
         f"no provider of model '{model[:256]}' is healthy right now; retry in {retry} s",
         headers={"retry-after": retry},
+    )
+
+
+def _overloaded(reason: ShedReason) -> GatewayError:
+    why = "too many requests in flight" if reason is ShedReason.IN_FLIGHT else "its event loop lags"
+    return GatewayError(
+        503,
+        "overloaded",
+        f"the gateway is overloaded ({why}); retry in 1 s",
+        headers={"retry-after": "1"},
     )
 
 

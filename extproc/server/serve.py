@@ -26,6 +26,7 @@ from extproc.policies.remote import close_channels
 from extproc.server.admin import AdminState, start_admin
 from extproc.server.envoy_admin import EnvoyReadiness, envoy_admin_url
 from extproc.server.health_checks import ProviderChecks
+from extproc.server.loop_lag import watch_loop_lag
 from extproc.server.reload import Reloader
 from extproc.server.servicer import ExternalProcessor
 
@@ -110,6 +111,7 @@ async def serve(loaded: LoadedConfig) -> None:
     reloader.start()
     checks.restart(gateway)
     watch = asyncio.create_task(reloader.watch())
+    lag_watch = asyncio.create_task(watch_loop_lag(server.servicer.shedder))
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload_soon, "signal")
     # Everything loaded so far (config, adapters, botocore, aiohttp: ~70k objects) lives as
     # long as the process: keep it out of the cyclic GC, whose full passes over it cost
@@ -130,6 +132,7 @@ async def serve(loaded: LoadedConfig) -> None:
     await stop.wait()
     state.draining = True
     watch.cancel()
+    lag_watch.cancel()
     grace = gateways.current.config.processor.shutdown_grace_seconds
     log.info(
         "shutting down: draining %d in-flight streams (grace %.0fs)",
@@ -137,7 +140,7 @@ async def serve(loaded: LoadedConfig) -> None:
         grace,
     )
     await server.stop(grace)
-    await asyncio.gather(watch, return_exceptions=True)
+    await asyncio.gather(watch, lag_watch, return_exceptions=True)
     await reloader.stop()
     await checks.stop()
     await admin.cleanup()

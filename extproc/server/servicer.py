@@ -17,6 +17,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from extproc.decisions.overload import LoadShedder
 from extproc.errors import GatewayError, internal_error
 from extproc.gateway import Gateway, LiveGateways
 from extproc.pipeline import Pipeline
@@ -42,6 +43,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self.gateways = gateways if isinstance(gateways, LiveGateways) else LiveGateways(gateways)
         self.active = 0
         self.gateway.metrics.count_streams(lambda: self.active)
+        # Requests (downstream streams) admitted and in flight; attempts' streams are part of
+        # an admitted request and never shed.
+        self.shedder = LoadShedder()
+        shedder = self.shedder
+        self.gateway.metrics.count_admission(lambda: shedder.in_flight, lambda: shedder.lag)
 
     @property
     def gateway(self) -> Gateway:
@@ -63,6 +69,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         phase_timers = self.gateway.metrics.processing_phase
         tracing = self.gateway.telemetry.tracing
         trace: StreamTrace | None = None
+        admitted = False
         self.active += 1
         try:
             while True:
@@ -73,6 +80,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                 if pipeline is None:
                     pipeline, gateway, failed = self._pipeline_for(request)
                     gateway.in_flight += 1
+                    if isinstance(pipeline, RequestPipeline) and failed is None:
+                        shed = self.shedder.enter(gateway.max_in_flight, gateway.max_loop_lag)
+                        admitted = shed is None
+                        pipeline.shed = shed
                     if tracing is not None:
                         # Envoy names its span of this call in the metadata: our parent.
                         attempt = isinstance(pipeline, UpstreamAttempt)
@@ -106,6 +117,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             raise
         finally:
             self.active -= 1
+            if admitted:
+                self.shedder.leave()
             if gateway is not None:
                 gateway.in_flight -= 1
             if pipeline is not None:

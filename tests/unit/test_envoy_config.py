@@ -27,7 +27,13 @@ from extproc.bootstrap import (
 from extproc.bootstrap.clusters import CA_BUNDLE
 from extproc.bootstrap.local_replies import EXT_PROC_ERROR_DETAILS_PREFIX
 from extproc.config.loading import parse_config
-from extproc.config.schema import GatewayConfig, HttpProtocol, ModelConfig, ProviderConfig
+from extproc.config.schema import (
+    MAX_IN_FLIGHT_LIMIT,
+    GatewayConfig,
+    HttpProtocol,
+    ModelConfig,
+    ProviderConfig,
+)
 from extproc.config.topology import model_route_ids, target_id, target_priority
 from extproc.contract import (
     GATEWAY_ERROR_HEADER,
@@ -1042,3 +1048,13 @@ def test_per_try_idle_timeout_is_rendered_only_when_set() -> None:
     assert "per_try_idle_timeout" not in policy(full_config())
     config = full_config(resilience={"per_try_idle_timeout_seconds": 2.5})
     assert policy(config)["per_try_idle_timeout"] == "2.500s"
+
+
+def test_extproc_cluster_takes_more_streams_than_the_processor_admits() -> None:
+    # Each admitted request may hold two streams (its own, its attempt's): Envoy must never
+    # refuse a stream before the processor's own bound answers 503 `overloaded`.
+    config = make_config(processor={"max_in_flight": MAX_IN_FLIGHT_LIMIT})
+    extproc = cluster(render_static_bootstrap(config), "extproc")
+    (thresholds,) = extproc["circuit_breakers"]["thresholds"]
+    assert int(thresholds["max_requests"]) > 2 * MAX_IN_FLIGHT_LIMIT
+    assert int(thresholds["max_pending_requests"]) > 2 * MAX_IN_FLIGHT_LIMIT

@@ -1,0 +1,192 @@
+"""Overload, end to end: a processor at its `processor.max_in_flight` sheds the excess with
+503 `overloaded` + `Retry-After` + an OpenAI-style body, answered at once instead of queued;
+the requests it admitted finish whole; every request gets an answer (never a 500); the metric
+and the access log count exactly the shed ones; and it serves everything again by itself once
+the load drops.
+
+Real Envoy + processor + the fake provider (its stream gate and latency make it slow).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.conftest import FULL_KEY, Stack, make_stack, metric
+
+pytestmark = pytest.mark.e2e
+
+MAX_IN_FLIGHT = 8
+MODEL = "chat-openai"
+REPLY = "admitted and answered in full"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose processor admits 8 requests at once."""
+    with make_stack(
+        tmp_path_factory.mktemp("overload"), processor_overrides={"max_in_flight": MAX_IN_FLIGHT}
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture
+def fake(small: Stack) -> Iterator[Any]:
+    small.fake.clear()
+    yield small.fake
+    small.fake.clear()
+
+
+class Answer:
+    """What a client got: status, headers, body (the whole stream for a stream)."""
+
+    def __init__(self, response: httpx.Response, body: bytes) -> None:
+        self.status = response.status_code
+        self.headers = response.headers
+        self.body = body
+
+    def error(self) -> dict[str, Any]:
+        parsed = orjson.loads(self.body)
+        assert set(parsed) == {"error"}, self.body
+        error: dict[str, Any] = parsed["error"]
+        assert set(error) == {"message", "type", "param", "code"}, error
+        return error
+
+    def text(self) -> str:
+        """The content of a complete answer (a stream must end with [DONE])."""
+        if self.headers.get("content-type", "").startswith("text/event-stream"):
+            events = [e for e in self.body.decode().split("\n\n") if e.startswith("data: ")]
+            assert events[-1] == "data: [DONE]", events[-3:]
+            chunks = [orjson.loads(e.removeprefix("data: ")) for e in events[:-1]]
+            return "".join(
+                c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+            )
+        return str(orjson.loads(self.body)["choices"][0]["message"]["content"])
+
+
+def send(stack: Stack, stream: bool, started: threading.Event | None = None) -> Answer:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    headers = {"authorization": f"Bearer {FULL_KEY}"}
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream(
+            "POST", f"{stack.base_url}/v1/chat/completions", json=body, headers=headers
+        ) as response,
+    ):
+        if started is not None:
+            started.set()
+        return Answer(response, response.read())
+
+
+def shed_total(stack: Stack) -> float:
+    return metric(stack, "gateway_shed_requests_total", reason="in_flight")
+
+
+def wait_for(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def overloaded_lines(stack: Stack) -> int:
+    assert stack.processor_log is not None
+    count = 0
+    for line in stack.processor_log.read_text(errors="replace").splitlines():
+        is_access = line.startswith("{") and '"request_id"' in line
+        if is_access and orjson.loads(line)["error_code"] == "overloaded":
+            count += 1
+    return count
+
+
+def assert_shed(answer: Answer) -> None:
+    assert answer.status == 503, (answer.status, answer.body)
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["content-type"].startswith("application/json")
+    error = answer.error()
+    assert (error["code"], error["type"]) == ("overloaded", "service_unavailable")
+
+
+def test_at_capacity_new_requests_are_shed_at_once_and_admitted_ones_finish(
+    small: Stack, fake: Any
+) -> None:
+    # The fake holds every stream after its first chunk: 8 requests stay in flight.
+    gate = threading.Event()
+    fake.set_behaviour(stream_gate=gate, reply=REPLY)
+    shed_before = shed_total(small)
+    lines_before = overloaded_lines(small)
+    with ThreadPoolExecutor(MAX_IN_FLIGHT + 16) as pool:
+        try:
+            held = [pool.submit(send, small, True) for _ in range(MAX_IN_FLIGHT)]
+            wait_for(lambda: fake.stream_started == MAX_IN_FLIGHT, "8 streams to be held")
+            assert metric(small, "gateway_requests_in_flight") == MAX_IN_FLIGHT
+            # Full: 16 more, streams and not, are each answered at once with a 503 (they
+            # return while the 8 are still held: nothing waits in a queue).
+            extra = [pool.submit(send, small, index % 2 == 0) for index in range(16)]
+            shed = [f.result(timeout=60) for f in extra]
+            assert not any(f.done() for f in held)
+            # Health checks through the listener are not shed.
+            health = httpx.get(f"{small.base_url}/health", timeout=10)
+            assert health.status_code == 200
+        finally:
+            gate.set()
+        admitted = [f.result(timeout=60) for f in held]
+    for answer in shed:
+        assert_shed(answer)
+    for answer in admitted:
+        assert answer.status == 200
+        assert answer.text() == REPLY
+    # The shed requests never reached the provider.
+    assert len(fake.requests) == MAX_IN_FLIGHT
+    assert shed_total(small) - shed_before == len(shed)
+    wait_for(lambda: overloaded_lines(small) - lines_before == len(shed), "the access log")
+    wait_for(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
+    # The load dropped: everything is served again, with no restart and nothing to reset.
+    fake.set_behaviour(reply=REPLY)
+    with ThreadPoolExecutor(MAX_IN_FLIGHT // 2) as pool:
+        after = list(pool.map(lambda i: send(small, i % 2 == 0), range(24)))
+    assert [a.status for a in after] == [200] * 24
+    assert {a.text() for a in after} == {REPLY}
+    assert shed_total(small) - shed_before == len(shed)
+    assert metric(small, "gateway_processor_exceptions_total") == 0
+
+
+def test_a_burst_above_capacity_gets_every_request_answered_200_or_503(
+    small: Stack, fake: Any
+) -> None:
+    # 40 clients at once against a provider taking 2 s: at most 8 are admitted at a time.
+    fake.set_behaviour(latency_s=2.0, reply=REPLY)
+    total = 40
+    shed_before = shed_total(small)
+    barrier = threading.Barrier(total)
+
+    def one(index: int) -> Answer:
+        barrier.wait(timeout=60)
+        return send(small, index % 2 == 0)
+
+    with ThreadPoolExecutor(total) as pool:
+        answers = list(pool.map(one, range(total)))  # every request got an answer
+    statuses = Counter(a.status for a in answers)
+    print(f"burst of {total} at max_in_flight {MAX_IN_FLIGHT}: {dict(statuses)}")
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= MAX_IN_FLIGHT  # the first 8 to arrive found room
+    assert statuses[503] >= 1
+    for answer in answers:
+        if answer.status == 503:
+            assert_shed(answer)
+        else:
+            assert answer.text() == REPLY
+    assert shed_total(small) - shed_before == statuses[503]
+    assert len(fake.requests) == statuses[200]
+    wait_for(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
+    assert metric(small, "gateway_processor_exceptions_total") == 0
