@@ -270,6 +270,7 @@ def run(
     full_text_when_complete: bool = True,
     complete_text: str = REPLY,
     record: bool = True,
+    cut_stream: bool = False,
     headers: dict[str, str] | None = None,
     **behaviour: Any,
 ) -> Seen:
@@ -299,7 +300,9 @@ def run(
     if record:  # the module's stack: counted for the checks after the matrix
         LEDGER.sent[wire] += 1
         LEDGER.cases.add((wire, stream, case))
-        LEDGER.failed[wire] += seen.status >= 500
+        # A stream the provider began and then cut (reset, timeout) is not the target's
+        # failure (docs/architecture.md), even when Envoy's 5xx reached the client first.
+        LEDGER.failed[wire] += seen.status >= 500 and not (stream and cut_stream)
     label = f"{wire} {'stream' if stream else 'whole'} {case}"
     assert seen.outcome is not None, f"{label}: {seen.problem}"
     if record:
@@ -310,7 +313,9 @@ def run(
     return seen
 
 
-def sdk_agrees(stack: Stack, wire: str, stream: bool, seen: Seen, **behaviour: Any) -> None:
+def sdk_agrees(
+    stack: Stack, wire: str, stream: bool, seen: Seen, cut_stream: bool = False, **behaviour: Any
+) -> None:
     """The same misbehaviour through the openai SDK: an exception for every outcome but a
     complete answer (a pass-through's bytes may be anything: not checked)."""
     if seen.outcome is Outcome.PASSED:
@@ -334,7 +339,7 @@ def sdk_agrees(stack: Stack, wire: str, stream: bool, seen: Seen, **behaviour: A
     # A reset races the response headers (a 502 when it comes first): either is clean.
     if isinstance(info.value, openai.APIStatusError):
         assert info.value.status_code in (502, 504)
-        LEDGER.failed[wire] += 1
+        LEDGER.failed[wire] += not (stream and cut_stream)
 
 
 # -- byte surgery on the wire formats --------------------------------------------------------
@@ -421,6 +426,7 @@ def test_a_slow_drip_past_the_timeout_is_a_504_or_a_reset(
         allowed,
         lambda d: d,
         headers={"x-gateway-timeout": DRIP_TIMEOUT_S},
+        cut_stream=True,
         drip_bytes=16,
         chunk_interval_s=0.1,
     )
@@ -446,10 +452,10 @@ def test_a_reset_mid_answer_is_a_502_or_a_reset(
     )
     # A stream reset before Envoy passed its headers on is Envoy's clean 502.
     allowed = frozenset({Outcome.RESET, Outcome.ERROR} if stream else {Outcome.ERROR})
-    seen = run(fuzz, wire, stream, "reset", allowed, **behaviour)
+    seen = run(fuzz, wire, stream, "reset", allowed, cut_stream=True, **behaviour)
     if seen.outcome is Outcome.ERROR:
         assert seen.status == 502
-    sdk_agrees(fuzz, wire, stream, seen, **behaviour)
+    sdk_agrees(fuzz, wire, stream, seen, cut_stream=True, **behaviour)
 
 
 @pytest.mark.parametrize(("wire", "stream"), MODES)
