@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import re
 import signal
 import socket
 import struct
@@ -945,3 +946,86 @@ def test_a_gated_body_drop_waits_for_the_gate(fake: FakeProviderServer) -> None:
         with pytest.raises(httpx.TransportError):
             for _ in pieces:
                 pass
+
+
+# -- misbehaving answers ---------------------------------------------------------------------
+
+
+def ids_aside(data: bytes) -> bytes:
+    """`data` with every digit a 0: answers differ only in their ids and times."""
+    return re.sub(rb"\d", b"0", data)
+
+
+@pytest.mark.parametrize("wire", WIRE_REQUESTS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_mangle_replaces_the_bytes_the_wire_would_send(
+    fake: FakeProviderServer, wire: str, stream: bool
+) -> None:
+    whole = exchange(fake, wire, stream=stream)
+    seen: list[bytes] = []
+
+    def mangle(data: bytes) -> bytes:
+        seen.append(data)
+        return b"\xff<garbage>" + data[: len(data) // 3]
+
+    fake.set_behaviour(mangle=mangle)
+    answer = exchange(fake, wire, stream=stream)
+    assert answer.head.startswith(b"HTTP/1.1 200 ") and not answer.reset
+    original = b"".join(dechunk(whole.body)[0] if stream else [whole.body])
+    # The whole answer as the wire would have sent it (ids and times aside).
+    assert len(seen) == 1 and len(seen[0]) == len(original)
+    if wire != "bedrock":  # binary frames carry CRCs of those ids
+        assert ids_aside(seen[0]) == ids_aside(original)
+    if stream:
+        chunks, terminated = dechunk(answer.body)
+        assert terminated and b"".join(chunks) == mangle(seen[0])
+    else:
+        assert content_length(answer.head) == len(answer.body)  # the length follows
+        assert answer.body == mangle(seen[0])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_content_type_replaces_the_answers(fake: FakeProviderServer, stream: bool) -> None:
+    fake.set_behaviour(content_type="text/html; charset=utf-8")
+    answer = exchange(fake, "anthropic", stream=stream)
+    assert b"\r\ncontent-type: text/html; charset=utf-8" in answer.head.lower()
+    assert answer.head.lower().count(b"content-type") == 1
+
+
+def test_drip_sends_pieces_paced_and_whole(fake: FakeProviderServer) -> None:
+    whole = exchange(fake, "gemini", stream=False)
+    fake.set_behaviour(drip_bytes=7, chunk_interval_s=0.001)
+    answer = exchange(fake, "gemini", stream=False)
+    assert ids_aside(answer.body) == ids_aside(whole.body) and not answer.reset
+    assert content_length(answer.head) == len(whole.body)
+    streamed = exchange(fake, "gemini", stream=True)
+    chunks, terminated = dechunk(streamed.body)
+    assert terminated and all(len(chunk) == 7 for chunk in chunks[:-1])
+    assert 0 < len(chunks[-1]) <= 7
+    fake.set_behaviour()
+    plain = b"".join(dechunk(exchange(fake, "gemini", stream=True).body)[0])
+    assert ids_aside(b"".join(chunks)) == ids_aside(plain)
+
+
+def test_dripped_pieces_count_as_frames_for_the_drop(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(drip_bytes=5, stream_drop_after=3)
+    answer = exchange(fake, "openai", stream=True)
+    chunks, terminated = dechunk(answer.body)
+    assert [len(chunk) for chunk in chunks] == [5, 5, 5]
+    assert not terminated and answer.reset
+
+
+def test_mangle_and_drip_apply_to_injected_errors_and_drops(fake: FakeProviderServer) -> None:
+    fake.set_behaviour(
+        status=500, mangle=lambda data: data.upper(), drip_bytes=4, body_drop_after_bytes=10
+    )
+    answer = exchange(fake, "openai", stream=False)
+    assert answer.head.startswith(b"HTTP/1.1 500 ")
+    assert content_length(answer.head) > 10
+    assert answer.body == b'{"ERROR":{'
+    assert answer.reset
+
+
+def test_drip_bytes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="drip_bytes"):
+        Behaviour(drip_bytes=0)

@@ -16,7 +16,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 from urllib.parse import parse_qs
@@ -80,6 +80,15 @@ class Behaviour:
     # past the end leaves the answer whole.
     stream_drop_after: int | None = None
     body_drop_after_bytes: int | None = None
+    # Misbehaving answers (every wire format, any answer: whole, streamed or an injected
+    # error). `mangle` replaces the bytes the wire would send (a whole body, or every frame of
+    # a stream joined) with `mangle(those bytes)`: garbage, a cut, corrupted bytes; a whole
+    # body's Content-Length follows it. `content_type` replaces the answer's Content-Type.
+    # `drip_bytes` sends the answer (mangled or not) in pieces of that many bytes,
+    # `chunk_interval_s` apart; a stream's pieces then count as its frames.
+    mangle: Callable[[bytes], bytes] | None = None
+    content_type: str | None = None
+    drip_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.latency_s < 0 or self.chunk_interval_s < 0:
@@ -93,6 +102,8 @@ class Behaviour:
                 raise ValueError("fail_times must be >= 0")
         if self.stream_chunk_count is not None and self.stream_chunk_count < 1:
             raise ValueError("stream_chunk_count must be >= 1")
+        if self.drip_bytes is not None and self.drip_bytes < 1:
+            raise ValueError("drip_bytes must be >= 1")
         for name in ("stream_drop_after", "body_drop_after_bytes"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -294,8 +305,12 @@ class FakeProvider:
         """
         behaviour = arrival.behaviour
         closing = request.app[CLOSING]
+        frames = misbehave(behaviour, frames)
         resp = web.StreamResponse(
-            headers={"Content-Type": content_type, "x-request-id": request_id(arrival.seq)}
+            headers={
+                "Content-Type": behaviour.content_type or content_type,
+                "x-request-id": request_id(arrival.seq),
+            }
         )
         await resp.prepare(request)
         with self._cond:
@@ -364,23 +379,65 @@ async def _wait_gate(gate: threading.Event, request: web.Request, closing: async
 async def deliver(
     request: web.Request, arrival: Arrival, response: web.StreamResponse
 ) -> web.StreamResponse:
-    """`response` as it is, or under `body_drop_after_bytes` its status and headers (with the
-    full Content-Length) and only that many bytes of its body, then a reset connection."""
-    limit = arrival.behaviour.body_drop_after_bytes
+    """`response` as it is, or as the arrival's behaviour spoils it: `mangle`d, with another
+    `content_type`, dripped in `drip_bytes` pieces, or under `body_drop_after_bytes` its
+    status and headers (with the full Content-Length) and only that many bytes of its body,
+    then a reset connection."""
+    behaviour = arrival.behaviour
     body = response.body if isinstance(response, web.Response) else None
-    if limit is None or not isinstance(body, bytes) or limit >= len(body):
+    if not isinstance(body, bytes):
         return response
-    head = web.StreamResponse(
-        status=response.status, reason=response.reason, headers=response.headers
-    )
+    headers: CIMultiDict[str] = CIMultiDict(response.headers)
+    headers.popall("Content-Length", None)
+    if behaviour.content_type is not None:
+        headers["Content-Type"] = behaviour.content_type
+    if behaviour.mangle is not None:
+        body = behaviour.mangle(body)
+    limit = behaviour.body_drop_after_bytes
+    dropped = limit is not None and limit < len(body)
+    if not dropped and behaviour.drip_bytes is None:
+        if behaviour.mangle is None and behaviour.content_type is None:
+            return response
+        return web.Response(
+            status=response.status, reason=response.reason, headers=headers, body=body
+        )
+    head = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
     head.content_length = len(body)
     await head.prepare(request)
-    await head.write(body[:limit])
-    gate = arrival.behaviour.stream_gate
-    if gate is not None and not await _wait_gate(gate, request, request.app[CLOSING]):
+    closing = request.app[CLOSING]
+    sent = body[:limit] if dropped else body
+    try:
+        for index, piece in enumerate(_pieces(sent, behaviour.drip_bytes)):
+            if index and not await pause(closing, behaviour.chunk_interval_s):
+                return head
+            await head.write(piece)
+    except ConnectionError:
+        return head  # the client (Envoy) left: nothing more to send
+    if not dropped:
+        await head.write_eof()
+        return head
+    gate = behaviour.stream_gate
+    if gate is not None and not await _wait_gate(gate, request, closing):
         return head
     await reset_connection(request)
     return head  # aiohttp's own end of the response then fails quietly on the closed transport
+
+
+def misbehave(behaviour: Behaviour, frames: Sequence[bytes]) -> Sequence[bytes]:
+    """`frames`, or under `mangle` / `drip_bytes` their joined bytes mangled and cut in
+    `drip_bytes` pieces (one piece when not dripped; never none)."""
+    if behaviour.mangle is None and behaviour.drip_bytes is None:
+        return frames
+    data = b"".join(frames)
+    if behaviour.mangle is not None:
+        data = behaviour.mangle(data)
+    return _pieces(data, behaviour.drip_bytes)
+
+
+def _pieces(data: bytes, size: int | None) -> list[bytes]:
+    """`data` in pieces of `size` bytes (whole when `size` is None; never no piece)."""
+    step = size or max(1, len(data))
+    return [data[i : i + step] for i in range(0, len(data), step)] or [b""]
 
 
 async def reset_connection(request: web.Request) -> None:
