@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload proto
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload proto image
 
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
@@ -16,6 +16,7 @@ help:
 	@echo "make proto        regenerate llm_gateway/ (Python) from proto/llm_gateway/ (commit both)"
 	@echo "make bench        plain Envoy vs the gateway, side by side (QUICK=1 for a short run)"
 	@echo "make bench-overload  admitted requests' latency with and without processor.max_in_flight"
+	@echo "make image        build the container image from Dockerfile without a daemon, then prove it"
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -45,6 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -77,6 +79,10 @@ bench-overload: $(STAMP)
 # The freshness test (tests/unit/test_policy_proto_fresh.py) runs the same script on a temp dir.
 proto: $(STAMP)
 	PYTHON=$(BIN)/python bash scripts/gen-proto.sh .
+
+# Not part of `make test`: debootstraps a base once, then builds with buildah (root; minutes).
+image:
+	bash scripts/build-image.sh
 
 render-envoy: $(STAMP)
 	$(BIN)/extproc render-envoy --config $(CONFIG) --output envoy/envoy.yaml --xds-dir envoy/xds
