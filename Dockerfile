@@ -8,16 +8,17 @@
 ARG BASE_IMAGE=python:3.12-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
-SHELL ["/bin/sh", "-eu", "-c"]
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY extproc ./extproc
 COPY llm_gateway ./llm_gateway
 # pip's settings of the machine that builds (an index mirror, the CA bundle that reaches it) come
-# in as build secrets, optional: never an argument, a layer or a file of the image.
+# in as build secrets, optional: never an argument, a layer or a file of the image. (`set -eu`
+# in each RUN, not SHELL: the OCI image format that buildah writes by default has no SHELL.)
 # xds-protos ships an old copy of opentelemetry/proto/ (no ScopeSpans) that may win the install:
 # put opentelemetry-proto's own files back, as `make install` does (docs/architecture.md).
 RUN --mount=type=secret,id=pip_conf --mount=type=secret,id=pip_cert \
+    set -eu; \
     if [ -s /run/secrets/pip_conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi; \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
     python3 -m venv /opt/venv; \
@@ -41,11 +42,11 @@ LABEL org.opencontainers.image.title="llm-gateway" \
       org.opencontainers.image.source="${VCS_SOURCE}" \
       org.opencontainers.image.revision="${VCS_REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-SHELL ["/bin/sh", "-eu", "-c"]
 # Envoy reads this bundle for `https` providers; the chart runs `sh -c '... && exec envoy ...'`.
-RUN test -s /etc/ssl/certs/ca-certificates.crt; \
-    groupadd --system --gid 10001 gateway; \
-    useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+RUN set -eu; \
+    test -s /etc/ssl/certs/ca-certificates.crt; \
+    groupadd --gid 10001 gateway; \
+    useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin gateway
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}" \

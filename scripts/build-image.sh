@@ -121,6 +121,7 @@ step "build $image from Dockerfile (base $base)"
 revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 [[ -z "$(git status --porcelain 2>/dev/null)" ]] || revision="$revision-dirty"
 source_url="$(git remote get-url origin 2>/dev/null || true)"
+previous="$(bh inspect --type image --format '{{.FromImageID}}' "$image" 2>/dev/null || true)"
 bh build --isolation chroot --pull=never \
   --build-arg "BASE_IMAGE=$base" \
   --build-arg "VERSION=$version" \
@@ -129,6 +130,11 @@ bh build --isolation chroot --pull=never \
   --secret "id=pip_conf,src=$secrets/pip_conf" \
   --secret "id=pip_cert,src=$secrets/pip_cert" \
   --tag "$image" --file Dockerfile .
+# vfs keeps whole copies: drop the image this build replaced, unless something else still uses it.
+current="$(bh inspect --type image --format '{{.FromImageID}}' "$image")"
+if [[ -n "$previous" && "$previous" != "$current" ]]; then
+  bh rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 step "prove $image"
 ctr="$(bh from --pull=never "$image")"
@@ -139,6 +145,9 @@ check() { echo "-- $1"; shift; "$@" || fail "image check failed: $*"; }
 user="$(bh inspect --type image --format '{{.OCIv1.Config.User}}' "$image")"
 [[ "$user" == "10001:10001" ]] || fail "the image's USER is '$user', not 10001:10001"
 echo "-- USER $user"
+label="$(bh inspect --type image --format '{{index .OCIv1.Config.Labels "org.opencontainers.image.version"}}' "$image")"
+[[ "$label" == "$version" ]] || fail "the image's version label is '$label', not $version"
+echo "-- version label $label"
 check "uid and gid are 10001" as_user sh -c '[ "$(id -u):$(id -g)" = 10001:10001 ]'
 check "extproc --help" as_user extproc --help
 bh copy "$ctr" examples/gateway.yaml /tmp/gateway.yaml >/dev/null
