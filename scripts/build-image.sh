@@ -13,6 +13,8 @@
 #   DEBIAN_SUITE     suite of the debootstrapped base (default bookworm: Python 3.11)
 #   DEBIAN_MIRROR    mirror for debootstrap (default: the first Debian URI in /etc/apt/sources*)
 #   IMAGE_ARCHIVE    also write the image there as a docker-archive (for `docker load`)
+# The image checks' shell code runs inside the image, so it is single-quoted on purpose.
+# shellcheck disable=SC2016
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
