@@ -205,7 +205,8 @@ def send(
         )
     except httpx.TransportError as exc:
         kind = "cut" if answered else "connection"
-        return Outcome(kind, type(exc).__name__, stream, start, time.monotonic())
+        what = f"{type(exc).__name__} ({'stream' if stream else 'whole answer'})"
+        return Outcome(kind, what, stream, start, time.monotonic())
     end = time.monotonic()
     if end - start > deadline:
         return Outcome("lost", f"answered after the {deadline} s deadline", stream, start, end)
@@ -561,7 +562,10 @@ def check_counters(
             )
         if in_flight and windows.lease_wait:
             lapsed = wait_for(settled, windows.lease_wait, poll=1)
-            counters["leaked_leases_lapsed_after_s"] = lapsed
+            # Since the kill: the leases were taken just before it.
+            counters["leaked_leases_lapsed_s_after_kill"] = (
+                None if lapsed is None else round(time.monotonic() - t_kill, 1)
+            )
             if lapsed is None:
                 result.problems.append(f"leaked leases did not lapse within {windows.lease_wait} s")
     else:
