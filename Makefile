@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload proto image
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload proto image chaos
 
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench        plain Envoy vs the gateway, side by side (QUICK=1 for a short run)"
 	@echo "make bench-overload  admitted requests' latency with and without processor.max_in_flight"
 	@echo "make image        build the container image from Dockerfile without a daemon, then prove it"
+	@echo "make chaos        kill -9 processor, provider, Redis, Envoy under load (docs/reliability.md)"
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -75,6 +76,9 @@ bench: $(STAMP)
 
 bench-overload: $(STAMP)
 	$(BIN)/python bench/overload.py
+
+chaos: $(STAMP) tools
+	$(BIN)/python bench/chaos.py
 
 # The freshness test (tests/unit/test_policy_proto_fresh.py) runs the same script on a temp dir.
 proto: $(STAMP)

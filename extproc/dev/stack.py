@@ -337,8 +337,10 @@ class FakeProcess:
         return self
 
     def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL)."""
+        """Stop the process (SIGTERM, then SIGKILL) and close the pipe of its first line."""
         stop_process(self.proc)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _read_port(proc: subprocess.Popen[bytes], timeout: float) -> int:
