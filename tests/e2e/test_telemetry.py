@@ -182,7 +182,9 @@ def access_lines(stack: Stack) -> list[dict[str, Any]]:
     """Every access-log line the processor wrote so far."""
     assert stack.processor_log is not None
     lines = []
-    for line in stack.processor_log.read_text(errors="replace").splitlines():
+    text = stack.processor_log.read_text(errors="replace")
+    # Only whole lines: the processor may be writing the last one right now.
+    for line in text[: text.rfind("\n") + 1].splitlines():
         if line.startswith("{") and '"request_id"' in line:
             lines.append(orjson.loads(line))
     return lines
