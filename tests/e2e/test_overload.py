@@ -20,6 +20,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.e2e.access_log import access_lines
 from tests.e2e.conftest import FULL_KEY, Stack, make_stack, metric
 
 pytestmark = pytest.mark.e2e
@@ -100,13 +101,7 @@ def wait_for(check: Any, what: str, timeout: float = 60) -> None:
 
 
 def overloaded_lines(stack: Stack) -> int:
-    assert stack.processor_log is not None
-    count = 0
-    for line in stack.processor_log.read_text(errors="replace").splitlines():
-        is_access = line.startswith("{") and '"request_id"' in line
-        if is_access and orjson.loads(line)["error_code"] == "overloaded":
-            count += 1
-    return count
+    return sum(1 for line in access_lines(stack) if line["error_code"] == "overloaded")
 
 
 def assert_shed(answer: Answer) -> None:

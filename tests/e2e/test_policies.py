@@ -24,6 +24,7 @@ import yaml
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
+from tests.e2e.access_log import access_lines
 from tests.e2e.conftest import UPSTREAM_KEYS, Stack, gateway_config, metric
 from tests.unit.test_remote_policy import PolicyServer, start_server, stop_server
 
@@ -273,20 +274,6 @@ def last_line(stack: Stack, tenant: str, status: int = 200) -> Json:
             return lines[-1]
         assert time.monotonic() < deadline, f"no access line of {tenant}"
         time.sleep(0.1)
-
-
-def access_lines(stack: Stack) -> list[Json]:
-    assert stack.processor_log is not None
-    lines = []
-    for text in stack.processor_log.read_text(encoding="utf-8").splitlines():
-        if text.startswith("{"):
-            try:
-                entry = json.loads(text)
-            except ValueError:
-                continue
-            if "request_id" in entry:
-                lines.append(entry)
-    return lines
 
 
 # -- built-ins --------------------------------------------------------------------------------

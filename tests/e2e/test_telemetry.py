@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from extproc.decisions.auth import hash_key, key_id
 from extproc.dev.fakes import FakeProviderServer
+from tests.e2e.access_log import access_lines
 from tests.e2e.conftest import FULL_KEY, LIMITED_KEY, UPSTREAM_KEYS, Stack, make_stack
 
 pytestmark = pytest.mark.e2e
@@ -176,18 +177,6 @@ def test_a_read_pass_through_stream_still_reaches_the_client_chunk_by_chunk(
             texts.append(chunk.choices[0].delta.content)
             gate.set()
     assert "".join(texts) == "one two three four"
-
-
-def access_lines(stack: Stack) -> list[dict[str, Any]]:
-    """Every access-log line the processor wrote so far."""
-    assert stack.processor_log is not None
-    lines = []
-    text = stack.processor_log.read_text(errors="replace")
-    # Only whole lines: the processor may be writing the last one right now.
-    for line in text[: text.rfind("\n") + 1].splitlines():
-        if line.startswith("{") and '"request_id"' in line:
-            lines.append(orjson.loads(line))
-    return lines
 
 
 def traceparent() -> tuple[str, str]:
