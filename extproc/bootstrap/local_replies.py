@@ -45,6 +45,11 @@ _LOCAL_REPLY_ERRORS: tuple[tuple[int, str, str], ...] = (
     (503, "service_unavailable", "the provider is unavailable"),
     (502, "provider_error", "the provider returned an invalid response"),
     (404, "not_found", "not found"),
+    # Requests Envoy's HTTP codec refuses before any filter sees them.
+    (400, "invalid_http_request", "the request is not valid HTTP"),
+    (426, "unsupported_http_version", "HTTP/1.0 is not supported: use HTTP/1.1 or HTTP/2"),
+    (431, "headers_too_large", "the request headers are too large"),
+    (501, "unsupported_transfer_encoding", "the request uses a transfer encoding not supported"),
 )
 # Last: a catch-all for Envoy's own 500s.
 _LOCAL_REPLY_500 = (500, "internal_error", "internal gateway error")
