@@ -21,7 +21,6 @@ ERROR_TYPES: dict[int, str] = {
     431: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
-    501: "invalid_request_error",
     502: "upstream_error",
     503: "service_unavailable",
     504: "timeout_error",
