@@ -250,7 +250,8 @@ def _check_message(message: Any, where: str) -> None:
     if not isinstance(message, dict):
         raise bad_request("invalid_message", f"{where} must be an object", where)
     role = message.get("role")
-    if role not in CHAT_ROLES:
+    # A str check first: `{} in frozenset` raises (unhashable), which was a 500.
+    if not isinstance(role, str) or role not in CHAT_ROLES:
         raise bad_request(
             "invalid_message",
             f"{where}.role must be one of {', '.join(sorted(CHAT_ROLES))}",
@@ -277,7 +278,8 @@ def _check_content(content: Any, where: str) -> None:
         )
     for index, part in enumerate(content):
         part_where = f"{where}[{index}]"
-        if not isinstance(part, dict) or part.get("type") not in CONTENT_PART_TYPES:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or kind not in CONTENT_PART_TYPES:
             raise bad_request(
                 "invalid_message",
                 f"{part_where} must be an object with a type of "

@@ -282,7 +282,8 @@ EMBEDDING_FIELDS = ["model", "input", "encoding_format", "dimensions", "user", "
 messages = st.lists(
     st.fixed_dictionaries(
         {
-            "role": st.sampled_from(["user", "system", "assistant", "developer", "tool", "x"]),
+            "role": st.sampled_from(["user", "system", "assistant", "developer", "tool", "x"])
+            | json_values,
             "content": st.sampled_from(["hi", "", "  ", "héllo 👋 مرحبا \u200b"]) | json_values,
         }
     ),
