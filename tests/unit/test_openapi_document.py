@@ -69,10 +69,15 @@ def test_numeric_bounds_are_the_validators_constants() -> None:
 
 
 def test_enumerations_are_the_validators() -> None:
-    message = SCHEMAS["ChatMessage"]["properties"]
-    assert set(message["role"]["enum"]) == validation.CHAT_ROLES
-    part_types = SCHEMAS["ContentPart"]["properties"]["type"]["enum"]
-    assert set(part_types) == validation.CONTENT_PART_TYPES
+    roles = set()
+    for variant in SCHEMAS["ChatMessage"]["anyOf"]:
+        message = SCHEMAS[variant["$ref"].rsplit("/", 1)[1]]
+        roles |= set(message["properties"]["role"]["enum"])
+    assert roles == validation.CHAT_ROLES
+    part_types = set()
+    for part in SCHEMAS["ContentPart"]["anyOf"]:
+        part_types |= set(part["properties"]["type"]["enum"])
+    assert part_types == validation.CONTENT_PART_TYPES
     formats = CHAT["response_format"]["properties"]["type"]["enum"]
     assert tuple(formats) == validation.RESPONSE_FORMATS
     assert tuple(EMBEDDINGS["encoding_format"]["enum"]) == validation.ENCODING_FORMATS
