@@ -17,6 +17,8 @@ ERROR_TYPES: dict[int, str] = {
     405: "invalid_request_error",
     408: "timeout_error",
     413: "invalid_request_error",
+    426: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     502: "upstream_error",

@@ -69,6 +69,23 @@ def ext_proc_filter(processor: ProcessorConfig, resilience: ResilienceConfig) ->
     )
 
 
+def downstream_ext_proc_filter(
+    processor: ProcessorConfig, resilience: ResilienceConfig
+) -> ExternalProcessor:
+    """ext_proc on the listener: response headers are skipped until the processor asks for them.
+
+    Envoy answers a request it cannot parse (an HTTP/1 codec error: a bad method, header or
+    framing) with a local reply that runs through the encoder filters; an ext_proc filter that
+    sends response headers holds it for the processor while the connection is closed, so the
+    client got no answer at all (envoy#29440). The processor's answer to request headers turns
+    response headers on (`server.messages.REQUEST_HEADERS_MODE`), so every request it has seen
+    is still followed to its end.
+    """
+    downstream = ext_proc_filter(processor, resilience)
+    downstream.processing_mode.response_header_mode = ProcessingModeHeaderSendMode.SKIP
+    return downstream
+
+
 def upstream_ext_proc_filter(
     processor: ProcessorConfig, resilience: ResilienceConfig
 ) -> ExternalProcessor:

@@ -25,7 +25,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.google.protobuf import Any
 
 from extproc.bootstrap.common import LISTENER_NAME, socket_address
-from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, ext_proc_filter
+from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, downstream_ext_proc_filter
 from extproc.bootstrap.local_replies import local_reply_config
 from extproc.bootstrap.sources import RDS_FILE, file_source
 from extproc.bootstrap.tracing import hcm_tracing
@@ -48,7 +48,7 @@ def listener(
     routes leaves the listener and its connections alone; `inline_routes` embeds them instead
     (the static form, for `envoy --mode validate`).
     """
-    downstream_ext_proc = ext_proc_filter(config.processor, config.resilience)
+    downstream_ext_proc = downstream_ext_proc_filter(config.processor, config.resilience)
     downstream_ext_proc.metadata_options = MetadataOptions(
         receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[METADATA_NAMESPACE])
     )

@@ -45,7 +45,14 @@ _LOCAL_REPLY_ERRORS: tuple[tuple[int, str, str], ...] = (
     (503, "service_unavailable", "the provider is unavailable"),
     (502, "provider_error", "the provider returned an invalid response"),
     (404, "not_found", "not found"),
+    # Requests Envoy's HTTP codec refuses before any filter sees them.
+    (400, "invalid_http_request", "the request is not valid HTTP"),
+    (426, "unsupported_http_version", "HTTP/1.0 is not supported: use HTTP/1.1 or HTTP/2"),
+    (431, "headers_too_large", "the request headers are too large"),
 )
+# Envoy's 501 for a transfer encoding it does not know is the client's mistake, and a 5xx is
+# one OpenAI SDKs retry: it is answered as a 400.
+_UNSUPPORTED_ENCODING = (501, "unsupported_transfer_encoding", "unsupported transfer encoding")
 # Last: a catch-all for Envoy's own 500s.
 _LOCAL_REPLY_500 = (500, "internal_error", "internal gateway error")
 
@@ -80,6 +87,10 @@ def local_reply_config() -> LocalReplyConfig:
         mappers.append(_error_mapper(_flag_filter(flag), message, ERROR_TYPES[503], code))
     for status, code, message in (*_LOCAL_REPLY_ERRORS, _LOCAL_REPLY_500):
         mappers.append(_error_mapper(_status_filter(status), message, ERROR_TYPES[status], code))
+    status, code, message = _UNSUPPORTED_ENCODING
+    mappers.append(
+        _error_mapper(_status_filter(status), message, ERROR_TYPES[400], code, status=400)
+    )
     return LocalReplyConfig(mappers=mappers)
 
 

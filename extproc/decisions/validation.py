@@ -28,11 +28,15 @@ from extproc.errors import GatewayError, bad_request
 
 MAX_MODEL_ID_CHARS = 256
 MAX_TOKENS_LIMIT = 128_000
+MIN_TEMPERATURE = 0.0
+MAX_TEMPERATURE = 2.0
+MAX_TOP_P = 1.0  # and greater than 0
 MAX_TIMEOUT_SECONDS = 600.0
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 128
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+ENCODING_FORMATS = ("float", "base64")
 # OpenAI's rule for function names (tools, tool_choice, tool calls).
 FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CONTENT_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
@@ -188,9 +192,13 @@ def validate_chat(body: dict[str, Any], model: str) -> ValidatedRequest:
 
 def _check_sampling(body: dict[str, Any]) -> None:
     temperature = body.get("temperature")
-    if temperature is not None and (not is_number(temperature) or not 0 <= temperature <= 2):
+    if temperature is not None and (
+        not is_number(temperature) or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
+    ):
         raise bad_request(
-            "invalid_temperature", "temperature must be between 0 and 2", "temperature"
+            "invalid_temperature",
+            f"temperature must be between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}",
+            "temperature",
         )
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
@@ -201,8 +209,10 @@ def _check_sampling(body: dict[str, Any]) -> None:
                 name,
             )
     top_p = body.get("top_p")
-    if top_p is not None and (not is_number(top_p) or not 0 < top_p <= 1):
-        raise bad_request("invalid_top_p", "top_p must be greater than 0 and at most 1", "top_p")
+    if top_p is not None and (not is_number(top_p) or not 0 < top_p <= MAX_TOP_P):
+        raise bad_request(
+            "invalid_top_p", f"top_p must be greater than 0 and at most {MAX_TOP_P:g}", "top_p"
+        )
     top_k = body.get("top_k")
     if top_k is not None and (not is_integer(top_k) or top_k < 1):
         raise bad_request("invalid_top_k", "top_k must be an integer of at least 1", "top_k")
@@ -240,7 +250,8 @@ def _check_message(message: Any, where: str) -> None:
     if not isinstance(message, dict):
         raise bad_request("invalid_message", f"{where} must be an object", where)
     role = message.get("role")
-    if role not in CHAT_ROLES:
+    # A str check first: `{} in frozenset` raises (unhashable), which was a 500.
+    if not isinstance(role, str) or role not in CHAT_ROLES:
         raise bad_request(
             "invalid_message",
             f"{where}.role must be one of {', '.join(sorted(CHAT_ROLES))}",
@@ -267,7 +278,8 @@ def _check_content(content: Any, where: str) -> None:
         )
     for index, part in enumerate(content):
         part_where = f"{where}[{index}]"
-        if not isinstance(part, dict) or part.get("type") not in CONTENT_PART_TYPES:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or kind not in CONTENT_PART_TYPES:
             raise bad_request(
                 "invalid_message",
                 f"{part_where} must be an object with a type of "
@@ -310,7 +322,7 @@ def validate_embeddings(body: dict[str, Any], model: str) -> ValidatedRequest:
             "input",
         )
     encoding = body.get("encoding_format")
-    if encoding is not None and encoding not in ("float", "base64"):
+    if encoding is not None and encoding not in ENCODING_FORMATS:
         raise bad_request(
             "invalid_input", "encoding_format must be 'float' or 'base64'", "encoding_format"
         )

@@ -22,16 +22,30 @@ from extproc.providers.base import ResponseMode
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _EMPTY_HEADERS = pb.HeadersResponse()
 _EMPTY_BODY = pb.BodyResponse()
+
+
+def _mode(response_body_mode: Any) -> mode_pb.ProcessingMode:
+    # An override replaces the whole mode, and a header mode left at DEFAULT falls back to the
+    # filter's configured one (the listener's skips response headers): spell all of it out.
+    return mode_pb.ProcessingMode(
+        request_header_mode=mode_pb.ProcessingMode.SEND,
+        request_body_mode=mode_pb.ProcessingMode.BUFFERED,
+        request_trailer_mode=mode_pb.ProcessingMode.SKIP,
+        response_header_mode=mode_pb.ProcessingMode.SEND,
+        response_body_mode=response_body_mode,
+        response_trailer_mode=mode_pb.ProcessingMode.SKIP,
+    )
+
+
+# Every answer to request headers carries this mode: the listener's filter skips response
+# headers until told otherwise (`bootstrap.extproc_filter.downstream_ext_proc_filter`), so that
+# Envoy's replies to requests the processor never saw are not held for it. The upstream filter
+# has the same mode already.
+REQUEST_HEADERS_MODE = _mode(mode_pb.ProcessingMode.NONE)
 _MODE_OVERRIDES = {
-    ResponseMode.PASSTHROUGH: mode_pb.ProcessingMode(
-        response_body_mode=mode_pb.ProcessingMode.NONE
-    ),
-    ResponseMode.BUFFERED: mode_pb.ProcessingMode(
-        response_body_mode=mode_pb.ProcessingMode.BUFFERED
-    ),
-    ResponseMode.STREAMED: mode_pb.ProcessingMode(
-        response_body_mode=mode_pb.ProcessingMode.STREAMED
-    ),
+    ResponseMode.PASSTHROUGH: _mode(mode_pb.ProcessingMode.NONE),
+    ResponseMode.BUFFERED: _mode(mode_pb.ProcessingMode.BUFFERED),
+    ResponseMode.STREAMED: _mode(mode_pb.ProcessingMode.STREAMED),
 }
 
 
@@ -157,6 +171,8 @@ def _build_response(phase: str, action: Continue) -> pb.ProcessingResponse:
         )
     if action.mode_override is not None:
         response.mode_override.CopyFrom(_MODE_OVERRIDES[action.mode_override])
+    elif phase == "request_headers":
+        response.mode_override.CopyFrom(REQUEST_HEADERS_MODE)
     if action.metadata:
         metadata = struct_pb2.Struct()
         metadata.update(action.metadata)

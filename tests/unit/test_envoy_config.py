@@ -371,7 +371,7 @@ def test_headers_the_processor_reads_are_sent_to_it_and_sdk_telemetry_is_not() -
 
 
 def test_ext_proc_modes_and_mutation_rules_downstream_and_upstream() -> None:
-    for filter_config in both_ext_procs(full_config()):
+    for index, filter_config in enumerate(both_ext_procs(full_config())):
         assert filter_config["@type"].endswith(
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
         )
@@ -379,7 +379,9 @@ def test_ext_proc_modes_and_mutation_rules_downstream_and_upstream() -> None:
         mode = filter_config["processing_mode"]
         assert mode["request_header_mode"] == "SEND"
         assert mode["request_body_mode"] == "BUFFERED"
-        assert mode["response_header_mode"] == "SEND"
+        # The listener's filter skips response headers until the processor's answer to request
+        # headers asks for them: Envoy's replies to unparseable requests are not held (#15).
+        assert mode["response_header_mode"] == ("SKIP" if index == 0 else "SEND")
         assert mode.get("response_body_mode", "NONE") == "NONE"
         assert mode["request_trailer_mode"] == "SKIP"
         assert mode["response_trailer_mode"] == "SKIP"

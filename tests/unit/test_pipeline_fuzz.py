@@ -65,9 +65,9 @@ FIELDS = [
 ROLES = ["user", "system", "developer", "assistant", "tool", "function", "x"]
 text = st.text(max_size=12)
 parts = st.lists(
-    st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "refusal", "file"])}).map(
-        lambda part: {**part, "text": "t", "image_url": {"url": "data:image/png;base64,AA"}}
-    )
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "image_url", "refusal", "file"]) | json_values}
+    ).map(lambda part: {**part, "text": "t", "image_url": {"url": "data:image/png;base64,AA"}})
     | json_values,
     max_size=3,
 )
@@ -79,7 +79,7 @@ tool_call = st.fixed_dictionaries(
     optional={"function": function},
 )
 message = st.fixed_dictionaries(
-    {"role": st.sampled_from(ROLES)},
+    {"role": st.sampled_from(ROLES) | json_values},  # unhashable roles were a 500 (issue 15)
     optional={
         "content": st.none() | text | parts | json_values,
         "tool_calls": st.lists(tool_call, max_size=2) | json_values,

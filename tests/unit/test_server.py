@@ -262,3 +262,29 @@ def test_the_answer_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(server_module.RESPONSE_CACHE_SIZE * 3):
         to_response("response_headers", Continue(set_headers={"x-n": str(n)}))
         assert len(server_module._RESPONSES) <= server_module.RESPONSE_CACHE_SIZE
+
+
+def test_every_mode_override_spells_out_the_whole_mode() -> None:
+    """An override replaces the filter's mode, and the listener's filter skips response headers
+    by default: each override the processor sends turns them back on (issue 15)."""
+    from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2 as mode_pb
+
+    from extproc.pipeline.actions import Continue
+    from extproc.providers.base import ResponseMode
+    from extproc.server.messages import to_response
+
+    answers = [to_response("request_headers", Continue())] + [
+        to_response("response_headers", Continue(mode_override=mode)) for mode in ResponseMode
+    ]
+    for answer in answers:
+        assert answer.HasField("mode_override")
+        mode = answer.mode_override
+        assert mode.response_header_mode == mode_pb.ProcessingMode.SEND
+        assert mode.request_body_mode == mode_pb.ProcessingMode.BUFFERED
+    assert answers[0].mode_override.response_body_mode == mode_pb.ProcessingMode.NONE
+    bodies = {a.mode_override.response_body_mode for a in answers[1:]}
+    assert bodies == {
+        mode_pb.ProcessingMode.NONE,
+        mode_pb.ProcessingMode.BUFFERED,
+        mode_pb.ProcessingMode.STREAMED,
+    }

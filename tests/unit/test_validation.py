@@ -412,3 +412,18 @@ def test_embeddings_dimensions() -> None:
     assert check_embeddings_request({"model": "m", "input": "x", "dimensions": 8})
     err = error_of(check_embeddings_request, {"model": "m", "input": "x", "dimensions": 0})
     assert (err.code, err.param) == ("invalid_input", "dimensions")
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": {}, "content": "hi"}], "messages[0].role"),
+        ([{"role": ["user"], "content": "hi"}], "messages[0].role"),
+        ([{"role": "user", "content": [{"type": {}, "text": "x"}]}], "messages[0].content[0]"),
+        ([{"role": "user", "content": [{"type": ["text"]}]}], "messages[0].content[0]"),
+    ],
+)
+def test_an_unhashable_role_or_part_type_is_a_400(messages: Any, param: str) -> None:
+    """Regression (issue 15, found by schemathesis): these raised TypeError (a 500)."""
+    error = error_of(check_chat_request, chat(messages=messages))
+    assert (error.status, error.code, error.param) == (400, "invalid_message", param)
