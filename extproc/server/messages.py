@@ -29,6 +29,9 @@ _MODE_OVERRIDES = {
     ResponseMode.BUFFERED: mode_pb.ProcessingMode(
         response_body_mode=mode_pb.ProcessingMode.BUFFERED
     ),
+    ResponseMode.BUFFERED_PARTIAL: mode_pb.ProcessingMode(
+        response_body_mode=mode_pb.ProcessingMode.BUFFERED_PARTIAL
+    ),
     ResponseMode.STREAMED: mode_pb.ProcessingMode(
         response_body_mode=mode_pb.ProcessingMode.STREAMED
     ),
