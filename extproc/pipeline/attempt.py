@@ -108,7 +108,6 @@ class Attempt:
     __slots__ = (
         "adapter",
         "admitted_at",
-        "body_buffer",
         "final_status",
         "gateway",
         "outcome",
@@ -135,7 +134,6 @@ class Attempt:
         self.plan = BodyPlan.UNTOUCHED
         self.rejection: GatewayError | None = None
         self.response_headers: dict[str, str] = {}
-        self.body_buffer = bytearray()
         # The status the client gets, once known (after any error mapping).
         self.final_status: int | None = None
         # What the answer said (translated or read): the record accounting will read.
@@ -279,11 +277,14 @@ class Attempt:
                 self._stream_ended()
             # A pass-through stream read for its usage goes on as it came: no body mutation.
             return Continue() if out is chunk else Continue(body=out)
-        if not end_of_stream:
+        if not end_of_stream or len(chunk) > self.gateway.buffer_bytes:
             # Only BUFFERED_PARTIAL sends a body without its end: the first part of an answer
-            # that outgrew Envoy's buffer, and nothing of it will follow.
+            # that outgrew Envoy's buffer, and nothing of it will follow. It also hands over
+            # a whole body past its buffer when all of it came before our headers answer:
+            # that one is refused too (one rule; and Envoy 1.40 was seen to crash at its
+            # shutdown after such a body went through the processor).
             return self._outgrown(plan)
-        body = bytes(self.body_buffer) + chunk if self.body_buffer else chunk
+        body = chunk
         if plan is not BodyPlan.TRANSLATE:
             headers, error_body = self._error_answer(body)
             return Continue(set_headers=headers, body=error_body)
@@ -298,16 +299,16 @@ class Attempt:
         record = self.record
         if record is not None and record.content is not None:
             record.content["response"] = answer_text(translated)
-        if translated is chunk and not self.body_buffer:  # read only: it goes on as it came
+        if translated is chunk:  # read only: it goes on as it came
             return Continue()
         return Continue(body=translated, set_headers={"content-length": str(len(translated))})
 
     def _outgrown(self, plan: BodyPlan) -> Action:
         """A buffered answer of unknown length outgrew Envoy's buffer (BUFFERED_PARTIAL sent
-        its first part): it is answered now, even one only read. Letting the rest pass would
-        be Envoy 1.40's BUFFERED_PARTIAL bug: an empty last chunk that arrives while the
-        first part is with the processor is dropped, and the answer never ends
-        (docs/architecture.md "Oversized answers")."""
+        its first part, or all of it past the buffer): it is answered now, even one only read.
+        Letting the rest pass would be Envoy 1.40's BUFFERED_PARTIAL bug: an empty last chunk
+        that arrives while the first part is with the processor is dropped, and the answer
+        never ends (docs/architecture.md "Oversized answers")."""
         assert self.adapter is not None
         if plan is BodyPlan.TRANSLATE:
             error = response_too_large(self.adapter.provider.name, self.gateway.buffer_bytes)

@@ -827,3 +827,14 @@ def test_an_answer_of_unknown_length_that_outgrew_the_buffer_is_answered_at_once
         assert (action.status, code) == (429, "rate_limit_exceeded")
     pipe.finish()
     assert requests_counted(gw, model=model, status=str(action.status)) == 1
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+def test_a_whole_answer_of_unknown_length_past_the_buffer_is_refused_too(model: str) -> None:
+    # BUFFERED_PARTIAL hands over all of it when it came before the headers answer.
+    gw = gateway()
+    pipe = routed_to(gw, model)
+    pipe.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    action = pipe.on_response_body(b"x" * (gw.buffer_bytes + 1), True)
+    assert isinstance(action, Respond) and action.status == 502
+    assert orjson.loads(action.body)["error"]["code"] == "provider_response_too_large"
