@@ -281,8 +281,7 @@ class Attempt:
             # Only BUFFERED_PARTIAL sends a body without its end: the first part of an answer
             # that outgrew Envoy's buffer, and nothing of it will follow. It also hands over
             # a whole body past its buffer when all of it came before our headers answer:
-            # that one is refused too (one rule; and Envoy 1.40 was seen to crash at its
-            # shutdown after such a body went through the processor).
+            # that one is refused too, so the outcome does not depend on that race.
             return self._outgrown(plan)
         body = chunk
         if plan is not BodyPlan.TRANSLATE:

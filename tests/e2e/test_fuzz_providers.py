@@ -507,8 +507,10 @@ def test_an_oversized_whole_answer(tmp_path: Path, wire: str, chunked: bool) -> 
     pieces. With its Content-Length: a translated one is a clean 502
     `provider_response_too_large`, an OpenAI-compatible one passes through unread, byte for
     byte. Chunked (length unknown): that 502 for every wire format. Envoy never stalls or
-    crashes, not even as the stack stops (it used to, docs/reliability.md "Provider
-    fuzzing")."""
+    crashes while serving (it used to, docs/reliability.md "Provider fuzzing"). Its log is
+    read before the stack stops: Envoy 1.40 also crashes now and then at SIGTERM right after
+    any answer, small ones too (docs/architecture.md, Envoy 1.40 bugs, 4), not this test's
+    subject."""
     # Its own stack: were Envoy to crash, the matrix would not be taken down with it.
     with make_stack(tmp_path, customize=fuzz_config) as stack:
         pid = stack.envoy.pid if stack.envoy is not None else None
@@ -528,8 +530,7 @@ def test_an_oversized_whole_answer(tmp_path: Path, wire: str, chunked: bool) -> 
         if not passes:
             assert (seen.status, seen.code) == (502, "provider_response_too_large")
         assert stack.envoy is not None and stack.envoy.poll() is None and stack.envoy.pid == pid
-        envoy_log = stack.envoy_log
-    assert "Caught Segmentation fault" not in envoy_log.read_text()
+        assert "Caught Segmentation fault" not in stack.envoy_log.read_text()
 
 
 SSE_WIRES = [(wire, True) for wire in SSE_END]
