@@ -164,6 +164,8 @@ class Gateway:
             self.cache = CacheState(loaded, self.metrics)
         self.cache_wait = config.cache.wait_seconds
         self.max_body_bytes = config.limits.max_body_bytes
+        # Envoy's buffer: the largest response body the processor may ask it to buffer.
+        self.buffer_bytes = config.limits.buffer_bytes
         self.max_json_depth = config.limits.max_json_depth
         self.default_timeout = config.limits.default_timeout_seconds
         self.per_try_timeout = config.resilience.per_try_timeout_seconds

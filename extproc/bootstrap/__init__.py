@@ -72,7 +72,6 @@ with warnings.catch_warnings():
 
     from extproc.bootstrap.clusters import cluster_protocol, extproc_cluster, model_clusters
     from extproc.bootstrap.common import (
-        BUFFER_HEADROOM_BYTES,
         GENERATED_HEADER,
         socket_address,
         to_json_dict,
@@ -82,6 +81,7 @@ with warnings.catch_warnings():
     from extproc.bootstrap.routes import route_config
     from extproc.bootstrap.sources import CDS_FILE, LDS_FILE, RDS_FILE, file_source
     from extproc.bootstrap.xds import XdsFile, buffer_limit, write_xds_files, xds_files
+    from extproc.config.schema import BUFFER_HEADROOM_BYTES
 
 NODE_ID = "llm-gateway"
 

@@ -26,7 +26,6 @@ from envoy_data_plane.google.protobuf import Any
 
 from extproc.bootstrap.clusters import model_clusters
 from extproc.bootstrap.common import (
-    BUFFER_HEADROOM_BYTES,
     FAIL_OPEN_CLUSTER,
     to_json_dict,
     to_yaml,
@@ -43,7 +42,7 @@ _VERSION_LENGTH = 16
 
 def buffer_limit(config: GatewayConfig) -> int:
     """Envoy's per-connection buffer limit: the body limit plus headroom."""
-    return config.limits.max_body_bytes + BUFFER_HEADROOM_BYTES
+    return config.limits.buffer_bytes
 
 
 def xds_files(configs: Sequence[GatewayConfig]) -> tuple[XdsFile, XdsFile, XdsFile]:

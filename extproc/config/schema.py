@@ -392,6 +392,9 @@ MAX_IN_FLIGHT_LIMIT = 100_000
 # The largest `limits.max_body_bytes` allowed (the processor's gRPC message limit is set from it
 # at start, so a reload may raise the body limit up to here).
 MAX_BODY_BYTES_LIMIT = 64 * 1024 * 1024
+# Headroom above max_body_bytes so a body at the limit still fits Envoy's buffers and reaches
+# the processor, which rejects anything larger with its own error.
+BUFFER_HEADROOM_BYTES = 1024 * 1024
 
 
 class LimitsConfig(_Strict):
@@ -400,6 +403,14 @@ class LimitsConfig(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024, le=MAX_BODY_BYTES_LIMIT)] = 10 * 1024 * 1024
     max_json_depth: Annotated[int, Field(ge=4, le=512)] = 64
     default_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 120.0
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Envoy's per-connection buffer limit (listener and provider clusters): the body
+        limit plus headroom. Also the largest response body the processor asks Envoy to
+        buffer: a whole answer larger than this is never buffered (docs/architecture.md,
+        "Oversized answers")."""
+        return self.max_body_bytes + BUFFER_HEADROOM_BYTES
 
 
 def _ip_literal(value: str) -> str:

@@ -16,6 +16,7 @@ subclasses only:
 
 from __future__ import annotations
 
+import logging
 import time
 from enum import Enum, StrEnum, auto
 
@@ -27,10 +28,12 @@ from extproc.decisions.openai_request import ValidatedRequest
 from extproc.decisions.validation import check_model_id, validate
 from extproc.errors import GatewayError
 from extproc.gateway import Gateway, Target
-from extproc.pipeline.actions import Continue, Respond
+from extproc.pipeline.actions import Action, Continue, Respond
 from extproc.providers.base import ProviderAdapter, ResponseMode, Translated, Usage
-from extproc.providers.errors import malformed_response, retry_after_from
+from extproc.providers.errors import malformed_response, response_too_large, retry_after_from
 from extproc.telemetry.record import RequestRecord
+
+log = logging.getLogger("extproc.attempt")
 
 # Envoy's answer when a provider drops the connection while the body is being buffered (the
 # client has seen nothing yet): a local reply 502 `provider_error`.
@@ -81,6 +84,21 @@ def response_status(headers: dict[str, str]) -> int:
         return 0
 
 
+def buffer_mode(headers: dict[str, str], limit: int) -> ResponseMode | None:
+    """How to have a whole response body buffered by Envoy, whose buffer holds `limit` bytes.
+
+    BUFFERED when its `content-length` fits; None when it says more (never ask Envoy to buffer
+    it: Envoy 1.40 then stalls the answer until the route timeout, and may crash as the
+    stream ends, docs/architecture.md "Oversized answers"); BUFFERED_PARTIAL when the length
+    is not known (chunked): Envoy hands over at most its buffer, and the processor learns an
+    answer outgrew it from a first part without end_of_stream.
+    """
+    length = headers.get("content-length")
+    if length is None or not length.isdigit():  # no length, or one Envoy would have refused
+        return ResponseMode.BUFFERED_PARTIAL
+    return ResponseMode.BUFFERED if int(length) <= limit else None
+
+
 _BUFFERED_PLANS = frozenset({BodyPlan.TRANSLATE, BodyPlan.MAP_ERROR, BodyPlan.REJECT})
 
 
@@ -90,7 +108,6 @@ class Attempt:
     __slots__ = (
         "adapter",
         "admitted_at",
-        "body_buffer",
         "final_status",
         "gateway",
         "outcome",
@@ -117,7 +134,6 @@ class Attempt:
         self.plan = BodyPlan.UNTOUCHED
         self.rejection: GatewayError | None = None
         self.response_headers: dict[str, str] = {}
-        self.body_buffer = bytearray()
         # The status the client gets, once known (after any error mapping).
         self.final_status: int | None = None
         # What the answer said (translated or read): the record accounting will read.
@@ -194,6 +210,17 @@ class Attempt:
         translated = 200 <= status < 300 and mode is not ResponseMode.PASSTHROUGH
         if self.rejection is None and translated and end_of_stream:  # nothing to translate
             self.rejection = malformed_response(adapter.provider.name, "an empty answer")
+        whole = translated and mode is not ResponseMode.STREAMED
+        if whole and self.rejection is None:
+            limit = self.gateway.buffer_bytes
+            buffered = buffer_mode(headers, limit)
+            if buffered is not None:
+                mode = buffered
+            elif adapter.rewrites_answers:
+                self.rejection = response_too_large(adapter.provider.name, limit)
+            else:
+                mode = ResponseMode.PASSTHROUGH
+                self._unread(headers.get("content-length"))
         if self.rejection is not None:
             self._record_failure(self.rejection.code)
             return self._buffer_error(BodyPlan.REJECT, headers, end_of_stream, tag)
@@ -220,15 +247,17 @@ class Attempt:
     def _buffer_error(
         self, plan: BodyPlan, headers: dict[str, str], end_of_stream: bool, tag: dict[str, str]
     ) -> Continue:
-        """Have the error body buffered, to be replaced by ours (at once if there is none)."""
+        """Have the error body buffered, to be replaced by ours. At once if there is none, or
+        if it is too large to buffer (then Envoy drops it: our body replaces it whole)."""
         self.plan = plan
         self.response_headers = headers
-        if end_of_stream:
+        mode = buffer_mode(headers, self.gateway.buffer_bytes)
+        if end_of_stream or mode is None:
             error_headers, body = self._error_answer(b"")
             return Continue(set_headers={**tag, **error_headers}, body=body)
-        return Continue(set_headers=tag, mode_override=ResponseMode.BUFFERED)
+        return Continue(set_headers=tag, mode_override=mode)
 
-    def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Continue:
+    def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
         """Translate the provider's body, whole or chunk by chunk, or rewrite its error."""
         adapter = self.adapter
         plan = self.plan
@@ -248,10 +277,13 @@ class Attempt:
                 self._stream_ended()
             # A pass-through stream read for its usage goes on as it came: no body mutation.
             return Continue() if out is chunk else Continue(body=out)
-        if not end_of_stream:
-            self.body_buffer += chunk  # BUFFERED arrives whole; be safe if it does not
-            return Continue(body=b"")
-        body = bytes(self.body_buffer) + chunk if self.body_buffer else chunk
+        if not end_of_stream or len(chunk) > self.gateway.buffer_bytes:
+            # Only BUFFERED_PARTIAL sends a body without its end: the first part of an answer
+            # that outgrew Envoy's buffer, and nothing of it will follow. It also hands over
+            # a whole body past its buffer when all of it came before our headers answer:
+            # that one is refused too, so the outcome does not depend on that race.
+            return self._outgrown(plan)
+        body = chunk
         if plan is not BodyPlan.TRANSLATE:
             headers, error_body = self._error_answer(body)
             return Continue(set_headers=headers, body=error_body)
@@ -266,9 +298,36 @@ class Attempt:
         record = self.record
         if record is not None and record.content is not None:
             record.content["response"] = answer_text(translated)
-        if translated is chunk and not self.body_buffer:  # read only: it goes on as it came
+        if translated is chunk:  # read only: it goes on as it came
             return Continue()
         return Continue(body=translated, set_headers={"content-length": str(len(translated))})
+
+    def _outgrown(self, plan: BodyPlan) -> Action:
+        """A buffered answer of unknown length outgrew Envoy's buffer (BUFFERED_PARTIAL sent
+        its first part, or all of it past the buffer): it is answered now, even one only read.
+        Letting the rest pass would be Envoy 1.40's BUFFERED_PARTIAL bug: an empty last chunk
+        that arrives while the first part is with the processor is dropped, and the answer
+        never ends (docs/architecture.md "Oversized answers")."""
+        assert self.adapter is not None
+        if plan is BodyPlan.TRANSLATE:
+            error = response_too_large(self.adapter.provider.name, self.gateway.buffer_bytes)
+            self._fail_late(error.code)
+        else:  # the provider's error (or the 2xx refused) without its body
+            error = self._mapped_error(b"")
+        self._note_error(error)
+        return Respond.error(error)
+
+    def _unread(self, length: str | None) -> None:
+        """Note a whole answer passed through unread, too large to buffer: its usage is not
+        known (accounting charges the admission estimate, `gateway_usage_estimated_total`)."""
+        size = f"{length} bytes" if length is not None else "an unknown length"
+        log.warning(
+            "a whole answer of %s from provider '%s' passes through unread: more than the "
+            "response buffer of %d bytes",
+            size,
+            self.target.provider.name,
+            self.gateway.buffer_bytes,
+        )
 
     def _keep(self, translated: Translated) -> bytes:
         """Remember what the answer said so far; the bytes to send on."""
@@ -286,24 +345,32 @@ class Attempt:
     def _error_answer(self, body: bytes) -> tuple[dict[str, str], bytes]:
         """The provider's error (or the rejection of its 2xx) as ours: status (retriable ones
         stay retriable), headers and body."""
-        assert self.adapter is not None
-        error = self.rejection or self.adapter.response_error(
-            self.status, self.response_headers, body
-        )
+        error = self._mapped_error(body)
         payload = error.body()
         return self._status_headers(error, payload), payload
 
+    def _mapped_error(self, body: bytes) -> GatewayError:
+        """The rejection of a 2xx, or the provider's error mapped from its body."""
+        assert self.adapter is not None
+        return self.rejection or self.adapter.response_error(
+            self.status, self.response_headers, body
+        )
+
     def _status_headers(self, error: GatewayError, payload: bytes) -> dict[str, str]:
-        self.gateway.metrics.error(error.code)
-        self.final_status = error.status
-        if self.record is not None:
-            self.record.code = error.code
+        self._note_error(error)
         return {
             ":status": str(error.status),
             "content-type": "application/json",
             "content-length": str(len(payload)),
             **error.headers,
         }
+
+    def _note_error(self, error: GatewayError) -> None:
+        """The client gets this error: count it, and note its status and code."""
+        self.gateway.metrics.error(error.code)
+        self.final_status = error.status
+        if self.record is not None:
+            self.record.code = error.code
 
     # -- outcome ---------------------------------------------------------------------------
 

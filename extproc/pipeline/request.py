@@ -42,6 +42,7 @@ from extproc.pipeline.attempt import (
     InlineAttempt,
     Outcome,
     answer_text,
+    buffer_mode,
     response_status,
 )
 from extproc.pipeline.cached import CACHE_HEADER, CachePass
@@ -465,7 +466,7 @@ class RequestPipeline:
             usable = envoy_reply is None
         if self.cache is not None or self._wants_answer():
             ok = usable and response_status(headers) == 200 and not end_of_stream
-            self._read_answer(action, ok)
+            self._read_answer(action, headers, ok)
         return action
 
     def _wants_answer(self) -> bool:
@@ -483,7 +484,7 @@ class RequestPipeline:
         cache = self.cache
         return (cache is not None and cache.fills) or self._wants_answer()
 
-    def _read_answer(self, action: Continue, ok: bool) -> None:
+    def _read_answer(self, action: Continue, headers: dict[str, str], ok: bool) -> None:
         """Read a good 200's body as it passes (one more message per chunk for a stream)."""
         cache = self.cache
         if cache is not None:
@@ -492,21 +493,33 @@ class RequestPipeline:
                 cache.release()  # errors are never stored
         if not ok or not self._reads_for():
             return
-        self.reading = bytearray()
         if action.mode_override is None:  # the attempt passes it through: read it anyway
             streamed = self.record is not None and self.record.stream
-            action.mode_override = ResponseMode.STREAMED if streamed else ResponseMode.BUFFERED
+            mode = (
+                ResponseMode.STREAMED
+                if streamed
+                else buffer_mode(headers, self.gateway.buffer_bytes)
+            )
+            if mode is None:  # too large to buffer: it passes through unread
+                if cache is not None:
+                    cache.too_large()
+                return
+            action.mode_override = mode
+        self.reading = bytearray()
 
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
         """Translate an inline attempt's answer; keep what the cache or a policy reads."""
         attempt = self.attempt
-        action = Continue()
+        action: Action = Continue()
         if attempt is not None:
             action = attempt.on_response_body(chunk, end_of_stream)
             if attempt.final_status is not None:
                 self.answer(attempt.final_status)
         if self.reading is not None:
-            self._take(chunk if action.body is None else action.body, end_of_stream)
+            if isinstance(action, Respond):  # the attempt answered instead: nothing to keep
+                self.reading = None
+            else:
+                self._take(chunk if action.body is None else action.body, end_of_stream)
         return action
 
     def _take(self, piece: bytes, end_of_stream: bool) -> None:
@@ -518,6 +531,8 @@ class RequestPipeline:
         cache = self.cache
         if cache is not None and cache.fills and len(buffer) > cache.state.max_entry_bytes:
             cache.too_large()
+        # A whole answer's first part without its end (BUFFERED_PARTIAL: it outgrew Envoy's
+        # buffer, which is larger than the body limit) ends the reading here too.
         if len(buffer) > self.gateway.max_body_bytes or not self._reads_for():
             self.reading = None  # nothing left to read it for
             return

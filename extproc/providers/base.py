@@ -35,6 +35,10 @@ class ResponseMode(StrEnum):
 
     PASSTHROUGH = "passthrough"  # Envoy forwards it untouched; the processor never sees it
     BUFFERED = "buffered"  # the whole body arrives at once, in `response_body`
+    # As BUFFERED for an answer of unknown length (no content-length): the whole body at
+    # once, or, when it outgrows Envoy's buffer, only that first part (end_of_stream false)
+    # and nothing more: the rest then passes through (docs/architecture.md "Oversized answers").
+    BUFFERED_PARTIAL = "buffered_partial"
     STREAMED = "streamed"  # chunks arrive as Envoy receives them (split anywhere)
 
 
@@ -109,6 +113,9 @@ class ProviderAdapter:
     # no key header; AWS signs every request instead).
     key_header: ClassVar[str | None] = "authorization"
     key_prefix: ClassVar[str] = "Bearer "
+    # Whether a successful whole answer is rewritten (True) or only read for its usage and
+    # model (False): an answer too large to buffer then fails, or passes through unread.
+    rewrites_answers: ClassVar[bool] = False
     # This request's stream translator, started by the first `stream_chunk`.
     translator: ChunkTranslator | None = None
 
@@ -217,6 +224,7 @@ class TranslatingAdapter(ProviderAdapter):
 
     # The translator class of this wire API's streams (`stream.StreamTranslator` subclasses).
     stream_translator: ClassVar[type[StreamTranslator]]
+    rewrites_answers: ClassVar[bool] = True
 
     def start_stream(self) -> StreamTranslator:
         """This request's stream translator, writing OpenAI chunks named after the target's

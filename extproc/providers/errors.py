@@ -88,6 +88,16 @@ def provider_error(
     )
 
 
+def response_too_large(provider: str, limit: int) -> GatewayError:
+    """The 502 for a whole answer larger than the response buffer (`limits.buffer_bytes`)."""
+    return GatewayError(
+        502,
+        "provider_response_too_large",
+        f"provider '{provider}' answered with more than the gateway's response buffer of "
+        f"{limit} bytes",
+    )
+
+
 def malformed_response(provider: str, what: str) -> GatewayError:
     """The 502 for provider output the gateway cannot understand."""
     return GatewayError(

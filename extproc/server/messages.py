@@ -45,6 +45,7 @@ REQUEST_HEADERS_MODE = _mode(mode_pb.ProcessingMode.NONE)
 _MODE_OVERRIDES = {
     ResponseMode.PASSTHROUGH: _mode(mode_pb.ProcessingMode.NONE),
     ResponseMode.BUFFERED: _mode(mode_pb.ProcessingMode.BUFFERED),
+    ResponseMode.BUFFERED_PARTIAL: _mode(mode_pb.ProcessingMode.BUFFERED_PARTIAL),
     ResponseMode.STREAMED: _mode(mode_pb.ProcessingMode.STREAMED),
 }
 

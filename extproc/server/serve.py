@@ -20,7 +20,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from extproc.config.loading import LoadedConfig
-from extproc.config.schema import MAX_BODY_BYTES_LIMIT
+from extproc.config.schema import BUFFER_HEADROOM_BYTES, MAX_BODY_BYTES_LIMIT
 from extproc.gateway import Gateway, LiveGateways
 from extproc.policies.remote import close_channels
 from extproc.server.admin import AdminState, start_admin
@@ -91,8 +91,10 @@ async def serve(loaded: LoadedConfig) -> None:
     gateway = Gateway(loaded)
     gateways = LiveGateways(gateway)
     processor = config.processor
-    # The largest body any config may allow, so a reload can raise `limits.max_body_bytes`.
-    server = ProcessorServer(gateways, MAX_BODY_BYTES_LIMIT + MESSAGE_OVERHEAD_BYTES)
+    # The largest body any config may allow, so a reload can raise `limits.max_body_bytes`; a
+    # response body Envoy hands over may be its whole buffer (`limits.buffer_bytes`) and a read.
+    largest = MAX_BODY_BYTES_LIMIT + 2 * BUFFER_HEADROOM_BYTES
+    server = ProcessorServer(gateways, largest + MESSAGE_OVERHEAD_BYTES)
     server.bind(processor.unix_socket, processor.tcp_address)
     checks = ProviderChecks()
     reloader = Reloader(Path(loaded.source), gateways, checks)

@@ -500,30 +500,37 @@ def test_an_oversized_stream(fuzz: Stack, baseline: Baseline, wire: str) -> None
     )
 
 
-@pytest.mark.skip(
-    reason="Envoy 1.40 segfaults on about 2 runs in 5 (open bug, docs/reliability.md "
-    "'Provider fuzzing'); run it by removing this mark"
-)
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("wire", WIRES)
-def test_an_oversized_whole_answer(tmp_path: Path, wire: str) -> None:
-    # Its own stack: when Envoy crashes, the matrix is not taken down with it.
+def test_an_oversized_whole_answer(tmp_path: Path, wire: str, chunked: bool) -> None:
+    """A whole answer larger than Envoy's buffer (`limits.buffer_bytes`), sent in 64 KiB
+    pieces. With its Content-Length: a translated one is a clean 502
+    `provider_response_too_large`, an OpenAI-compatible one passes through unread, byte for
+    byte. Chunked (length unknown): that 502 for every wire format. Envoy never stalls or
+    crashes while serving (it used to, docs/reliability.md "Provider fuzzing"). Its log is
+    read before the stack stops: Envoy 1.40 also crashes now and then at SIGTERM right after
+    any answer, small ones too (docs/architecture.md, Envoy 1.40 bugs, 4), not this test's
+    subject."""
+    # Its own stack: were Envoy to crash, the matrix would not be taken down with it.
     with make_stack(tmp_path, customize=fuzz_config) as stack:
         pid = stack.envoy.pid if stack.envoy is not None else None
         big = b"x" * OVERSIZED_BYTES
-        allowed = frozenset({Outcome.ERROR, Outcome.PASSED, Outcome.COMPLETE})
+        passes = not chunked and not WIRES[wire][2]
         seen = run(
             stack,
             wire,
             False,
             "oversized",
-            allowed,
+            frozenset({Outcome.PASSED} if passes else {Outcome.ERROR}),
             replace_text(wire, MARK.encode(), big),
-            complete_text=REPLY.replace(MARK, big.decode()),
             record=False,
+            drip_bytes=64 * 1024,
+            chunked=chunked,
         )
-        if seen.outcome is Outcome.ERROR:
-            assert seen.status == 502
+        if not passes:
+            assert (seen.status, seen.code) == (502, "provider_response_too_large")
         assert stack.envoy is not None and stack.envoy.poll() is None and stack.envoy.pid == pid
+        assert "Caught Segmentation fault" not in stack.envoy_log.read_text()
 
 
 SSE_WIRES = [(wire, True) for wire in SSE_END]

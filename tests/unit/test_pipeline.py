@@ -16,7 +16,7 @@ from extproc.decisions.breaker import Admission
 from extproc.errors import GatewayError
 from extproc.gateway import Gateway
 from extproc.pipeline.actions import Continue, Respond
-from extproc.pipeline.attempt import InlineAttempt, Outcome, UpstreamAttempt
+from extproc.pipeline.attempt import InlineAttempt, Outcome, UpstreamAttempt, buffer_mode
 from extproc.pipeline.request import RequestPipeline
 from extproc.providers.base import ResponseMode
 from extproc.telemetry.record import RequestRecord
@@ -503,12 +503,13 @@ ANTHROPIC_MESSAGE = {
 def test_a_translated_answer_reports_its_usage_and_model() -> None:
     gw = gateway()
     pipe = routed_to(gw, "claude")
-    action = pipe.on_response_headers({":status": "200", "content-type": "application/json"}, False)
-    assert action.mode_override is not None  # BUFFERED: translated whole
     body = orjson.dumps(ANTHROPIC_MESSAGE)
-    # A buffered body normally arrives whole; in pieces, the attempt (alone) assembles it.
-    assert pipe.on_response_body(body[:20], False).body == b""
-    translated = pipe.on_response_body(body[20:], True)
+    action = pipe.on_response_headers(
+        {":status": "200", "content-type": "application/json", "content-length": str(len(body))},
+        False,
+    )
+    assert action.mode_override is ResponseMode.BUFFERED  # translated whole
+    translated = pipe.on_response_body(body, True)
     assert translated.body is not None
     assert orjson.loads(translated.body)["model"] == "claude-up-20250101"
     attempt = pipe.attempt
@@ -647,7 +648,9 @@ def test_an_accounted_pass_through_stream_is_read_but_not_changed(client_asked: 
 def test_an_accounted_pass_through_answer_is_read_but_not_changed() -> None:
     gw = gateway()
     pipe = routed_to(gw, "gpt")
-    action = pipe.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    action = pipe.on_response_headers(
+        {":status": "200", "content-type": "application/json", "content-length": "200"}, False
+    )
     assert action.mode_override is ResponseMode.BUFFERED
     answer = {
         "id": "c1",
@@ -731,3 +734,107 @@ def test_the_access_record_holds_text_only_when_asked(include_content: bool) -> 
         assert record.content is None
     assert record.usage is not None and record.usage.prompt_tokens > 0
     assert record.status == 200 and record.tenant == "t" and record.attempts == 1
+
+
+# -- whole answers larger than Envoy's buffer (docs/architecture.md "Oversized answers") ----
+
+
+def test_buffer_mode_is_decided_by_the_content_length() -> None:
+    assert buffer_mode({"content-length": "100"}, 100) is ResponseMode.BUFFERED
+    assert buffer_mode({"content-length": "101"}, 100) is None  # never buffered
+    assert buffer_mode({}, 100) is ResponseMode.BUFFERED_PARTIAL  # chunked: length unknown
+    assert buffer_mode({"content-length": "-1"}, 100) is ResponseMode.BUFFERED_PARTIAL
+
+
+def test_the_response_buffer_is_envoys_per_connection_buffer() -> None:
+    gw = gateway()
+    assert gw.buffer_bytes == 4096 + 1024 * 1024 == gw.config.limits.buffer_bytes
+
+
+def too_large(gw: Gateway) -> dict[str, str]:
+    return {"content-length": str(gw.buffer_bytes + 1)}
+
+
+def test_a_translated_answer_longer_than_the_buffer_is_a_502_at_its_headers() -> None:
+    gw = gateway()
+    pipe = routed_to(gw, "claude")
+    json_type = {"content-type": "application/json"}
+    action = pipe.on_response_headers({":status": "200", **json_type, **too_large(gw)}, False)
+    # Answered in the headers answer (Envoy drops the provider's body): nothing is buffered.
+    assert isinstance(action, Continue) and action.mode_override is None
+    assert action.set_headers[":status"] == "502" and action.body is not None
+    error = orjson.loads(action.body)["error"]
+    assert error["code"] == "provider_response_too_large"
+    assert str(gw.buffer_bytes) in error["message"]
+    assert gw.models["claude"].targets[0].breaker.snapshot(0.0)["consecutive_failures"] == 1
+    pipe.finish()
+    assert requests_counted(gw, model="claude", status="502") == 1
+
+
+def test_a_read_only_answer_longer_than_the_buffer_passes_through_unread() -> None:
+    gw = gateway()  # usage accounting on: OpenAI answers are read
+    pipe = routed(gw)
+    json_type = {"content-type": "application/json"}
+    action = pipe.on_response_headers({":status": "200", **json_type, **too_large(gw)}, False)
+    assert isinstance(action, Continue) and action.mode_override is None and action.body is None
+    assert ":status" not in action.set_headers
+    pipe.finish()
+    assert requests_counted(gw, model="gpt", status="200") == 1
+
+
+def test_an_error_longer_than_the_buffer_is_mapped_without_its_body() -> None:
+    gw = gateway()
+    pipe = routed(gw)
+    action = pipe.on_response_headers({":status": "500", **too_large(gw)}, False)
+    assert isinstance(action, Continue) and action.mode_override is None
+    assert action.set_headers[":status"] == "502" and action.body is not None
+    assert orjson.loads(action.body)["error"]["code"] == "provider_error"
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+def test_an_answer_that_fits_is_buffered_and_one_of_unknown_length_buffered_partially(
+    model: str,
+) -> None:
+    gw = gateway()
+    json_type = {"content-type": "application/json"}
+    fits = routed_to(gw, model).on_response_headers(
+        {":status": "200", **json_type, "content-length": str(gw.buffer_bytes)}, False
+    )
+    assert isinstance(fits, Continue) and fits.mode_override is ResponseMode.BUFFERED
+    chunked = routed_to(gw, model).on_response_headers({":status": "200", **json_type}, False)
+    assert isinstance(chunked, Continue)
+    assert chunked.mode_override is ResponseMode.BUFFERED_PARTIAL
+
+
+@pytest.mark.parametrize(("model", "status"), [("gpt", 200), ("claude", 200), ("claude", 429)])
+def test_an_answer_of_unknown_length_that_outgrew_the_buffer_is_answered_at_once(
+    model: str, status: int
+) -> None:
+    gw = gateway()
+    pipe = routed_to(gw, model)
+    headers_action = pipe.on_response_headers(
+        {":status": str(status), "content-type": "application/json"}, False
+    )
+    assert isinstance(headers_action, Continue)
+    assert headers_action.mode_override is ResponseMode.BUFFERED_PARTIAL
+    # BUFFERED_PARTIAL: the first part, without its end; nothing more of it will come.
+    action = pipe.on_response_body(b'{"id": "' + b"x" * gw.buffer_bytes, False)
+    assert isinstance(action, Respond)
+    code = orjson.loads(action.body)["error"]["code"]
+    if status == 200:
+        assert (action.status, code) == (502, "provider_response_too_large")
+    else:  # the provider's error, mapped without its body
+        assert (action.status, code) == (429, "rate_limit_exceeded")
+    pipe.finish()
+    assert requests_counted(gw, model=model, status=str(action.status)) == 1
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+def test_a_whole_answer_of_unknown_length_past_the_buffer_is_refused_too(model: str) -> None:
+    # BUFFERED_PARTIAL hands over all of it when it came before the headers answer.
+    gw = gateway()
+    pipe = routed_to(gw, model)
+    pipe.on_response_headers({":status": "200", "content-type": "application/json"}, False)
+    action = pipe.on_response_body(b"x" * (gw.buffer_bytes + 1), True)
+    assert isinstance(action, Respond) and action.status == 502
+    assert orjson.loads(action.body)["error"]["code"] == "provider_response_too_large"

@@ -89,6 +89,8 @@ class Behaviour:
     mangle: Callable[[bytes], bytes] | None = None
     content_type: str | None = None
     drip_bytes: int | None = None
+    # A whole answer sent with chunked transfer encoding, without a Content-Length.
+    chunked: bool = False
 
     def __post_init__(self) -> None:
         if self.latency_s < 0 or self.chunk_interval_s < 0:
@@ -380,9 +382,9 @@ async def deliver(
     request: web.Request, arrival: Arrival, response: web.StreamResponse
 ) -> web.StreamResponse:
     """`response` as it is, or as the arrival's behaviour spoils it: `mangle`d, with another
-    `content_type`, dripped in `drip_bytes` pieces, or under `body_drop_after_bytes` its
-    status and headers (with the full Content-Length) and only that many bytes of its body,
-    then a reset connection."""
+    `content_type`, dripped in `drip_bytes` pieces, `chunked` (no Content-Length), or under
+    `body_drop_after_bytes` its status and headers (with the full Content-Length) and only
+    that many bytes of its body, then a reset connection."""
     behaviour = arrival.behaviour
     body = response.body if isinstance(response, web.Response) else None
     if not isinstance(body, bytes):
@@ -395,14 +397,17 @@ async def deliver(
         body = behaviour.mangle(body)
     limit = behaviour.body_drop_after_bytes
     dropped = limit is not None and limit < len(body)
-    if not dropped and behaviour.drip_bytes is None:
+    if not dropped and behaviour.drip_bytes is None and not behaviour.chunked:
         if behaviour.mangle is None and behaviour.content_type is None:
             return response
         return web.Response(
             status=response.status, reason=response.reason, headers=headers, body=body
         )
     head = web.StreamResponse(status=response.status, reason=response.reason, headers=headers)
-    head.content_length = len(body)
+    if behaviour.chunked:
+        head.enable_chunked_encoding()
+    else:
+        head.content_length = len(body)
     await head.prepare(request)
     closing = request.app[CLOSING]
     sent = body[:limit] if dropped else body
