@@ -286,5 +286,6 @@ def test_every_mode_override_spells_out_the_whole_mode() -> None:
     assert bodies == {
         mode_pb.ProcessingMode.NONE,
         mode_pb.ProcessingMode.BUFFERED,
+        mode_pb.ProcessingMode.BUFFERED_PARTIAL,
         mode_pb.ProcessingMode.STREAMED,
     }
