@@ -7,6 +7,7 @@ import functools
 import ipaddress
 import json
 import sys
+import threading
 from typing import Any as JsonAny
 from typing import cast, get_type_hints
 
@@ -122,13 +123,20 @@ def _speed_up_betterproto() -> None:
         _validate=message.__dict__["_validate"], _type_hints=message.__dict__["_type_hints"]
     )
     validators: dict[type, pydantic_core.SchemaValidator] = {}
+    # pydantic builds a class's schema lazily, on first access, and another thread reading it
+    # meanwhile finds no attribute: threads rendering at once (the tests start several stacks
+    # in parallel) take turns for the first look at each class.
+    building = threading.RLock()
 
     def validate(self: Message) -> None:
         cls = type(self)
         validator = validators.get(cls)
         if validator is None:
-            schema = cls.__pydantic_core_schema__  # type: ignore[attr-defined]
-            validator = validators[cls] = pydantic_core.SchemaValidator(schema)
+            with building:
+                validator = validators.get(cls)
+                if validator is None:
+                    schema = cls.__pydantic_core_schema__  # type: ignore[attr-defined]
+                    validator = validators[cls] = pydantic_core.SchemaValidator(schema)
         fields = self.__dict__.copy()
         del fields["_unknown_fields"]
         validator.validate_python(fields)
