@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload proto
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload soak proto
 
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
@@ -16,6 +16,7 @@ help:
 	@echo "make proto        regenerate llm_gateway/ (Python) from proto/llm_gateway/ (commit both)"
 	@echo "make bench        plain Envoy vs the gateway, side by side (QUICK=1 for a short run)"
 	@echo "make bench-overload  admitted requests' latency with and without processor.max_in_flight"
+	@echo "make soak         endurance: 10 min of mixed traffic, memory leak verdict (SOAK_MINUTES=60 for the hour)"
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -73,6 +74,10 @@ bench: $(STAMP)
 
 bench-overload: $(STAMP)
 	$(BIN)/python bench/overload.py
+
+SOAK_MINUTES ?= 10
+soak: $(STAMP) tools
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 # The freshness test (tests/unit/test_policy_proto_fresh.py) runs the same script on a temp dir.
 proto: $(STAMP)
