@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= examples/gateway.yaml
 
-.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload proto image chaos
+.PHONY: help install run test lint format typecheck unit e2e render-envoy clean tools bench bench-overload proto image chaos soak
 
 help:
 	@echo "make run          start fake provider + processor + Envoy on $(CONFIG)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench-overload  admitted requests' latency with and without processor.max_in_flight"
 	@echo "make image        build the container image from Dockerfile without a daemon, then prove it"
 	@echo "make chaos        kill -9 processor, provider, Redis, Envoy under load (docs/reliability.md)"
+	@echo "make soak         endurance: 10 min of mixed traffic, memory leak verdict (SOAK_MINUTES=60 for the hour)"
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -79,6 +80,10 @@ bench-overload: $(STAMP)
 
 chaos: $(STAMP) tools
 	$(BIN)/python bench/chaos.py
+
+SOAK_MINUTES ?= 10
+soak: $(STAMP) tools
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 # The freshness test (tests/unit/test_policy_proto_fresh.py) runs the same script on a temp dir.
 proto: $(STAMP)
