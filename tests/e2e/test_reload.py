@@ -382,7 +382,9 @@ def test_a_reload_envoy_does_not_apply_fails_and_the_old_config_keeps_serving(
     assert answer["result"] == "failed"
     (problem,) = answer["problems"]
     assert problem.startswith("Envoy did not apply the new config within 1s")
-    assert metric(stack, "gateway_config_reloads_total", result="failed") == failed + 1
+    # At least this one: the file watch may also have picked up the rewritten file (and failed
+    # the same way) before the POST arrived.
+    assert metric(stack, "gateway_config_reloads_total", result="failed") >= failed + 1
     # Envoy's files are the running config's again, and that config serves.
     assert cds.read_text(encoding="utf-8") == before
     assert chat(stack, "chat-openai") == "echo: hi"
