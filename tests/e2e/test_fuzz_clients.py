@@ -494,7 +494,11 @@ def watched(fuzz_stack: Stack) -> Iterator[Stack]:
 
 
 def _plain_get(path: str) -> tuple[bytes, str, str, bool]:
-    headers = [(b"authorization", b"Bearer " + FULL_KEY.encode()), (b"connection", b"close")]
+    headers = [
+        (b"host", b"gateway.test"),
+        (b"authorization", b"Bearer " + FULL_KEY.encode()),
+        (b"connection", b"close"),
+    ]
     return request_bytes("GET", path.encode(), headers, b""), "GET", path, False
 
 
