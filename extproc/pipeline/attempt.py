@@ -340,6 +340,10 @@ class Attempt:
             self.response_model = translated.model
             if record is not None:
                 record.response_model = translated.model
+        if translated.complete and record is not None:
+            # The stream's last event passed: its usage is final even if the client closes
+            # at [DONE], before the response's own end reaches us (the openai SDK does).
+            record.answer_complete = True
         return translated.body
 
     def _error_answer(self, body: bytes) -> tuple[dict[str, str], bytes]:

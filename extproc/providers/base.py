@@ -80,12 +80,15 @@ class Translated:
     """What a response call returns: the bytes to send on, and what the answer said so far.
 
     `usage` is None until the provider reported it (a stream reports it near its end);
-    `model` is the model that produced the answer, as its provider names it, once known.
+    `model` is the model that produced the answer, as its provider names it, once known;
+    `complete` is True once a stream's last event has passed (its usage is final, even if
+    the client leaves before the response itself ends).
     """
 
     body: bytes
     usage: Usage | None = None
     model: str | None = None
+    complete: bool = False
 
 
 class ChunkTranslator(Protocol):

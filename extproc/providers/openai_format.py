@@ -89,7 +89,7 @@ class ChatStreamWriter:
     first chunk is written (a provider names the answering model in its first event).
     """
 
-    __slots__ = ("created", "done", "id", "include_usage", "model", "started")
+    __slots__ = ("created", "done", "finished", "id", "include_usage", "model", "started")
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self.id = completion_id()
@@ -97,7 +97,8 @@ class ChatStreamWriter:
         self.model = model
         self.include_usage = include_usage
         self.started = False
-        self.done = False
+        self.done = False  # finished or failed: nothing more is written
+        self.finished = False  # ended normally, by `finish`
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -165,7 +166,7 @@ class ChatStreamWriter:
                     "usage": usage_dict(usage),
                 }
             )
-        self.done = True
+        self.done = self.finished = True
         return out + DONE
 
     def fail(self, error: GatewayError) -> bytes:

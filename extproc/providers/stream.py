@@ -38,7 +38,8 @@ class StreamTranslator:
         raise NotImplementedError
 
     def _result(self, body: bytes) -> Translated:
-        return Translated(body, self.usage, self.writer.model)
+        writer = self.writer
+        return Translated(body, self.usage, writer.model, writer.finished)
 
     def malformed(self, what: str) -> bytes:
         """End the stream with a 502 `malformed_provider_response` event saying `what`."""

@@ -111,6 +111,7 @@ def governed(config: Json) -> None:
         ),
         tenant("conc", limits={"concurrent_requests": CONCURRENT}),
         *(tenant(f"drop-{model}", limits={"tokens_per_minute": 1_000_000}) for model in TPM_MODELS),
+        *(tenant(f"done-{model}", limits={"tokens_per_minute": 1_000_000}) for model in TPM_MODELS),
         tenant(
             "expiry",
             [
@@ -553,6 +554,46 @@ def test_keys_rotate_and_are_revoked_by_a_reload_without_a_restart(tmp_path: Pat
 
 
 # -- 6. a client that leaves mid-stream -----------------------------------------------------
+
+
+# Gemini's stream has no last event of its own: the gateway ends it at the response's end,
+# so no client can leave between the two.
+@pytest.mark.parametrize("model", [m for m in TPM_MODELS if m != "chat-gemini"])
+def test_a_stream_the_client_closes_at_done_is_charged_what_the_provider_reported(
+    gov: Stack, gfake: FakeProviderServer, model: str
+) -> None:
+    # The openai SDK closes the connection once it reads [DONE]; the provider's response
+    # has not ended yet (the fake holds it open), so Envoy resets the stream before the
+    # processor sees its end. The usage before [DONE] is final all the same.
+    name = f"done-{model}"
+    labels = {"tenant": name, "model": model}
+    before = metric(gov, "gateway_usage_estimated_total", **labels)
+    gate = threading.Event()
+    gfake.set_behaviour(end_gate=gate, reply="every word, then the provider lingers")
+    try:
+        stream = gov.client(key_of(name)).chat.completions.create(
+            model=model,
+            messages=USER,
+            stream=True,
+            max_tokens=300,
+            stream_options={"include_usage": True},
+        )
+        usage = None
+        with stream:
+            for chunk in stream:
+                usage = chunk.usage or usage
+        entry = settled(gov, name, 1)
+        # The gateway saw the client leave before the provider's response ended.
+        assert gfake.stream_finished == 1
+    finally:
+        gate.set()
+    assert usage is not None and usage.completion_tokens < 300
+    totals = entry["totals"]
+    assert "estimated_requests" not in totals
+    assert totals["input_tokens"] == usage.prompt_tokens
+    assert totals["output_tokens"] == usage.completion_tokens
+    assert window(entry, "tokens")["used"] == usage.prompt_tokens + usage.completion_tokens
+    assert metric(gov, "gateway_usage_estimated_total", **labels) == before
 
 
 @pytest.mark.parametrize("model", TPM_MODELS)

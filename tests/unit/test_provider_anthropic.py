@@ -920,6 +920,13 @@ def test_text_stream() -> None:
     assert a.model == ANSWER_MODEL
 
 
+def test_a_stream_is_complete_at_message_stop_not_at_an_error() -> None:
+    # message_stop ends it: complete before the response's own end arrives.
+    assert answering(stream=True).stream_chunk(TEXT_STREAM, False).complete
+    assert not answering(stream=True).stream_chunk(TEXT_STREAM[:-20], False).complete
+    assert not Run([ERROR_STREAM]).last.complete  # ended by an error event
+
+
 def test_text_stream_without_include_usage() -> None:
     out, _ = run_stream([TEXT_STREAM], include_usage=False)
     assert parse(out) == [

@@ -105,11 +105,21 @@ def test_a_stream_passes_byte_for_byte_at_any_chunking(cuts: list[int]) -> None:
         out += last.body
     assert out == STREAM
     assert last is not None and last.usage == Usage(9, 2, 11) and last.model == ANSWERED_BY
+    assert last.complete
+
+
+def test_a_stream_is_complete_at_done_before_its_end() -> None:
+    a = adapter(stream=True)
+    done = STREAM.index(b"data: [DONE]")
+    assert not a.stream_chunk(STREAM[:done], False).complete
+    assert a.stream_chunk(STREAM[done:], False).complete  # the usage before it is final
 
 
 @pytest.mark.parametrize("cut", [0, 40, STREAM.index(b"data: [DONE]")])
 def test_a_stream_cut_before_done_ends_with_an_error_event(cut: int) -> None:
-    out = adapter(stream=True).stream_chunk(STREAM[:cut], True).body
+    cut_short = adapter(stream=True).stream_chunk(STREAM[:cut], True)
+    assert not cut_short.complete  # ended by the gateway's error event, not the provider
+    out = cut_short.body
     assert out.startswith(STREAM[:cut])
     events = [e for e in out[cut:].split(b"\n\n") if e]  # a cut event is closed first
     assert events[-1] == b"data: [DONE]"

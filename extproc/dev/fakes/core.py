@@ -47,7 +47,9 @@ class Behaviour:
     `reply` overrides the echoed text; `stream_chunks` gives the exact stream pieces
     (their concatenation is then the reply); `stream_chunk_count` splits the reply into
     that many near-equal pieces instead of words. `stream_gate`: a stream sends the role
-    chunk and the first content chunk, then holds until the event is set.
+    chunk and the first content chunk, then holds until the event is set. `end_gate`: a
+    stream sends every frame, its last event included, then holds the response open (no
+    end yet) until the event is set or the client leaves.
     """
 
     latency_s: float = 0.0
@@ -60,6 +62,7 @@ class Behaviour:
     stream_chunk_count: int | None = None
     chunk_interval_s: float = 0.0
     stream_gate: threading.Event | None = None
+    end_gate: threading.Event | None = None
     # Provider-native extras used by the translating wire formats (Anthropic, Gemini,
     # Bedrock): answer with these tool calls ({"name": str, "arguments": dict}), use this
     # raw stop reason, cut the stream after N frames, or send the provider's in-stream
@@ -340,6 +343,9 @@ class FakeProvider:
                     and not await _wait_gate(gate, request, closing)
                 ):
                     return self._abort(resp)
+            end_gate = behaviour.end_gate
+            if end_gate is not None and not await _wait_gate(end_gate, request, closing):
+                return self._abort(resp)
             await resp.write_eof()
         except ConnectionError:
             return self._abort(resp)

@@ -65,12 +65,13 @@ class OpenAIStreamReader:
     complete, so that event never leaves in part.
     """
 
-    __slots__ = ("_done", "_parser", "_provider", "_strip", "model", "usage")
+    __slots__ = ("_complete", "_done", "_parser", "_provider", "_strip", "model", "usage")
 
     def __init__(self, provider: str, strip_usage: bool = False) -> None:
         self._provider = provider
         self._parser = SSEParser()
         self._done = False
+        self._complete = False  # data: [DONE] passed
         self._strip = strip_usage
         self.usage: Usage | None = None
         self.model: str | None = None
@@ -95,7 +96,7 @@ class OpenAIStreamReader:
             # A cut event is closed first, so the error event is read as an event of its own.
             close = b"\n\n" if self._parser.pending else b""
             out += close + error_event(malformed_response(self._provider, what)) + DONE
-        return Translated(out, self.usage, self.model)
+        return Translated(out, self.usage, self.model, self._complete)
 
     def _without_usage(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """The complete events of this chunk, the usage-only one left out; `chunk` itself
@@ -116,7 +117,7 @@ class OpenAIStreamReader:
     def _event(self, data: str) -> bool:
         """Learn from one event; True for the usage-only event the client did not ask for."""
         if data == DONE_DATA:
-            self._done = True
+            self._done = self._complete = True
             return False
         try:
             payload = orjson.loads(data)
