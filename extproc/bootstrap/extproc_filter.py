@@ -89,7 +89,14 @@ def downstream_ext_proc_filter(
 def upstream_ext_proc_filter(
     processor: ProcessorConfig, resilience: ResilienceConfig
 ) -> ExternalProcessor:
-    """ext_proc in a model cluster: runs once per attempt, told which target the attempt uses."""
+    """ext_proc in a model cluster: runs once per attempt, told which target the attempt uses.
+
+    It is sent no request body: the processor answers the attempt's request headers with the
+    body translated for its target (`CONTINUE_AND_REPLACE`), from the OpenAI body the
+    downstream filter already read (`RequestRecord.attempt_body`), so an attempt costs two
+    messages (request headers, response headers) instead of three.
+    """
     upstream = ext_proc_filter(processor, resilience)
     upstream.request_attributes = [UPSTREAM_TARGET_ATTRIBUTE]
+    upstream.processing_mode.request_body_mode = ProcessingModeBodySendMode.NONE
     return upstream

@@ -30,6 +30,9 @@ class Continue:
     clear_route_cache: bool = False
     # How Envoy should send this response's body (set in the response headers phase).
     mode_override: ResponseMode | None = None
+    # A request-headers answer that leaves the filter's configured processing mode as it is
+    # (the upstream filter's: no request body); others switch response headers on.
+    keep_mode: bool = False
 
 
 @dataclass(slots=True)

@@ -493,17 +493,38 @@ class UpstreamAttempt(Attempt):
         return Outcome.NO_RESPONSE
 
     def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
-        """Find the request's record (by its id); the body carries the request."""
-        self.record = self.gateway.telemetry.records.find(headers.get("x-request-id"))
-        return Continue()
+        """Find the request's record (by its id) and translate the OpenAI body the downstream
+        filter forwarded for this try's target: the answer replaces the body (Envoy sends this
+        filter none), and takes a breaker slot."""
+        record = self.record = self.gateway.telemetry.records.find(headers.get("x-request-id"))
+        body = record.attempt_body if record is not None else None
+        if body is None:
+            raise RuntimeError("attempt without its request's record")
+        action = self._translate_body(body)
+        action.keep_mode = True
+        return action
 
     def on_request_body(self, body: bytes, end_of_stream: bool) -> Continue:
-        """Translate this try's request for its target, and take a breaker slot."""
+        """Only an upstream filter configured to send bodies (an older bootstrap) gets here:
+        translate the body if the headers answer did not."""
+        if self.adapter is not None:
+            return Continue()
+        return self._translate_body(body)
+
+    def _translate_body(self, body: bytes) -> Continue:
         parsed = orjson.loads(body)  # the OpenAI body the downstream filter validated
         if not isinstance(parsed, dict):
             raise RuntimeError("attempt without a validated OpenAI request")
         request = validate(self.target.route.endpoint, parsed, check_model_id(parsed))
         return self.translate(request)
+
+    def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
+        """As every attempt; a success also ends the retries, so the body kept for them goes."""
+        action = super().on_response_headers(headers, end_of_stream)
+        record = self.record
+        if record is not None and 200 <= self.status < 300:
+            record.attempt_body = None
+        return action
 
     def finish(self) -> None:
         """Settle the attempt, and let go of the request's record."""

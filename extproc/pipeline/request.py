@@ -58,6 +58,7 @@ _POST_ENDPOINTS = {
     "/v1/embeddings": Endpoint.EMBEDDINGS,
 }
 _HEALTH_PATHS = frozenset({"/health", "/healthz"})
+_MAX_REQUEST_ID = 128
 
 
 class RequestPipeline:
@@ -73,8 +74,10 @@ class RequestPipeline:
         "header_timeout",
         "limit_headers",
         "model",
+        "new_request_id",
         "policy_headers",
         "provider",
+        "raw_body",
         "reading",
         "record",
         "shed",
@@ -91,6 +94,9 @@ class RequestPipeline:
         self.model = ""
         self.finished = False
         self.client_headers: dict[str, str] = {}
+        self.new_request_id = False
+        # The request body as received, until it is routed.
+        self.raw_body = b""
         self.provider = ""
         self.attempt: InlineAttempt | None = None
         # The response cache's part of this request (None: not cacheable).
@@ -118,7 +124,8 @@ class RequestPipeline:
         record.started = self.started
         record.method = method[:16]
         record.path = path[:256]
-        record.request_id = headers.get("x-request-id", "")[:128]
+        request_id = headers.get("x-request-id", "")
+        record.request_id = request_id if len(request_id) <= _MAX_REQUEST_ID else ""
         record.trace_id = trace_id_from(headers.get("traceparent"))
         if self.shed is not None:
             # Before authentication, limits and the body: a shed request takes nothing.
@@ -132,7 +139,9 @@ class RequestPipeline:
             record.tenant = tenant.name
             record.key_id = tenant.key_id
             record.operation = endpoint.value
-            self.gateway.telemetry.records.open(record)
+            # A request id another request in flight has (or none) is replaced by a fresh one,
+            # sent upstream: the attempts' streams find this request's record by it.
+            self.new_request_id = not self.gateway.telemetry.records.open(record)
             self.endpoint = endpoint
             self._check_length(headers.get("content-length"))
             self.client_headers = headers
@@ -199,6 +208,7 @@ class RequestPipeline:
         if not body:
             raise bad_request("invalid_json", "request body is required")
         parsed = parse_json_body(body, gateway.max_json_depth)
+        self.raw_body = body
         model_name = check_model_id(parsed)
         route = gateway.models.get(model_name)
         if route is None:
@@ -415,11 +425,17 @@ class RequestPipeline:
             headers.update(translated.set_headers)
             remove.extend(translated.remove_headers)
             new_body = translated.body
-        elif request.body_changed:
-            new_body = serialize(request.body)
-            headers["content-length"] = str(len(new_body))
         else:
-            new_body = None
+            if request.body_changed:
+                new_body = serialize(request.body)
+                headers["content-length"] = str(len(new_body))
+            else:
+                new_body = None
+            if record is not None:
+                record.attempt_body = self.raw_body if new_body is None else new_body
+                if self.new_request_id:
+                    headers["x-request-id"] = record.request_id
+        self.raw_body = b""
         # Only headers the client sent can be here to remove (fewer mutations for Envoy).
         return Continue(
             set_headers=headers,

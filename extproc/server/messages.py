@@ -141,6 +141,7 @@ def _response_key(phase: str, action: Continue) -> tuple[Any, ...] | None:
         metadata,
         action.clear_route_cache,
         action.mode_override,
+        action.keep_mode,
     )
 
 
@@ -161,7 +162,8 @@ def _build_response(phase: str, action: Continue) -> pb.ProcessingResponse:
         getattr(response, phase).CopyFrom(pb.TrailersResponse())
     elif phase in ("request_headers", "response_headers"):
         if common is not None and action.body is not None:
-            # A body in a headers answer (one that had none, end_of_stream) needs this status.
+            # A body in a headers answer needs this status: it replaces whatever body the
+            # message has (or had none: end_of_stream), and Envoy sends none of it to us.
             common.status = pb.CommonResponse.CONTINUE_AND_REPLACE
         getattr(response, phase).CopyFrom(
             pb.HeadersResponse(response=common) if common else _EMPTY_HEADERS
@@ -172,7 +174,7 @@ def _build_response(phase: str, action: Continue) -> pb.ProcessingResponse:
         )
     if action.mode_override is not None:
         response.mode_override.CopyFrom(_MODE_OVERRIDES[action.mode_override])
-    elif phase == "request_headers":
+    elif phase == "request_headers" and not action.keep_mode:
         response.mode_override.CopyFrom(REQUEST_HEADERS_MODE)
     if action.metadata:
         metadata = struct_pb2.Struct()

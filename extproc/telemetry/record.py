@@ -8,6 +8,7 @@ one upstream-filter stream per attempt. They find the same record by the request
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,7 @@ class RequestRecord:
     __slots__ = (
         "answer",
         "answer_complete",
+        "attempt_body",
         "attempts",
         "cache",
         "code",
@@ -98,6 +100,9 @@ class RequestRecord:
         self.status = 0
         self.code = ""  # the gateway's error code, "" for a success
         self.attempts = 0
+        # The OpenAI body the downstream filter forwarded, for a model with several targets:
+        # each attempt's upstream filter translates it for its own target (it is sent no body).
+        self.attempt_body: bytes | None = None
         self.usage: Usage | None = None
         # What the request reserved of its limits and budgets, settled when the record closes.
         self.reservation: Reservation | None = None
@@ -148,10 +153,19 @@ class RecordBook:
     def __init__(self) -> None:
         self._open: dict[str, RequestRecord] = {}
 
-    def open(self, record: RequestRecord) -> None:
-        """Make `record` findable by its request id while it is open."""
-        if record.request_id:
-            self._open[record.request_id] = record
+    def open(self, record: RequestRecord) -> bool:
+        """Make `record` findable by its request id while it is open.
+
+        False when the id is empty or another open request has it (a client may send its own
+        `x-request-id`, which Envoy keeps): the record then gets a fresh id, which the request
+        must carry upstream instead, so that no attempt ever finds another request's record.
+        """
+        request_id = record.request_id
+        fresh = bool(request_id) and request_id not in self._open
+        if not fresh:
+            request_id = record.request_id = uuid.uuid4().hex
+        self._open[request_id] = record
+        return fresh
 
     def find(self, request_id: str | None) -> RequestRecord | None:
         """The open record of `request_id`, held for the caller (release it when done)."""

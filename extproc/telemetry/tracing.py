@@ -260,6 +260,11 @@ class Tracing:
         self.provider.shutdown()
 
 
+# Where an attempt translates its request (its request headers; the body with an older
+# bootstrap that still sends the upstream filter one).
+_TRANSLATING_PHASES = frozenset({"request_headers", "request_body"})
+
+
 class StreamTrace:
     """The span of one sampled ext_proc stream and what it learns while the stream runs."""
 
@@ -299,8 +304,8 @@ class StreamTrace:
             self.record = record
             if not self.attempt:
                 record.trace = self  # the request's end (`Telemetry.emit`) ends this span
-        if self.attempt and phase == "request_body" and record is not None:
-            self.attempt_number = record.attempts
+        if self.attempt and record is not None and phase in _TRANSLATING_PHASES:
+            self.attempt_number = record.attempts  # this attempt's translation counted it
 
     def answer(self, body: bytes) -> None:
         """Bytes of the answer passed on to the client: note its finish reasons."""

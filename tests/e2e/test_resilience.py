@@ -7,6 +7,7 @@ OpenAI-compatible fake and a backup fake spoken to as Anthropic, behind one mode
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import re
 import socket
 import threading
@@ -118,9 +119,18 @@ def resilient_config(backup_url: str, **resilience: Any) -> Any:
     return customize
 
 
-def make_pair(tmp_path: Path, **resilience: Any) -> Iterator[Pair]:
+def make_pair(
+    tmp_path: Path, telemetry: dict[str, Any] | None = None, **resilience: Any
+) -> Iterator[Pair]:
     backup = FakeProviderServer(port=0).start()
-    stack = make_stack(tmp_path, customize=resilient_config(backup.base_url, **resilience))
+    resilient = resilient_config(backup.base_url, **resilience)
+
+    def customize(config: dict[str, Any]) -> None:
+        resilient(config)
+        if telemetry is not None:
+            config["telemetry"] = telemetry
+
+    stack = make_stack(tmp_path, customize=customize)
     try:
         yield Pair(stack, stack.fake, backup)
     finally:
@@ -526,3 +536,118 @@ def test_each_attempt_is_translated_for_its_own_provider_type(
         stack.stop()
         stack.fake.stop()
         backup.stop()
+
+
+def ext_proc_counts(stack: Stack) -> dict[str, int]:
+    """Envoy's ext_proc counters (streams started, messages sent to the processor) of the
+    listener's filter (`http.gateway.`) and of the model cluster's upstream filter."""
+    text = httpx.get(
+        f"{stack.envoy_admin_url}/stats",
+        params={"filter": r"ext_proc\.(streams_started|stream_msgs_sent)$"},
+    ).text
+    counts = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        scope = "downstream" if name.startswith("http.") else "upstream"
+        counts[f"{scope}.{name.rsplit('.', 1)[1]}"] = int(value)
+    return counts
+
+
+@pytest.fixture
+def unread_pair(tmp_path: Path) -> Iterator[Pair]:
+    """A pair whose answers nothing reads (usage accounting off)."""
+    yield from make_pair(tmp_path, telemetry={"usage_accounting": False})
+
+
+def test_an_attempt_costs_two_ext_proc_messages_and_gets_its_body_translated(
+    unread_pair: Pair,
+) -> None:
+    pair = unread_pair
+    # The upstream filter is sent no request body: its answer to the attempt's request headers
+    # carries the body translated for the target (from what the downstream filter read).
+    # Without usage accounting nothing reads the answer's body, so an attempt is request
+    # headers + response headers, and the request 3 + 2 messages on two streams.
+    pair.chat("warm up")
+
+    def sent_since(before: dict[str, int]) -> dict[str, int]:
+        after = ext_proc_counts(pair.stack)
+        return {name: after[name] - before.get(name, 0) for name in after}
+
+    before = ext_proc_counts(pair.stack)
+    for n in range(3):
+        assert pair.chat(f"primary {n}").choices[0].message.content == f"echo: primary {n}"
+    assert sent_since(before) == {
+        "downstream.streams_started": 3,
+        "downstream.stream_msgs_sent": 3 * 3,
+        "upstream.streams_started": 3,
+        "upstream.stream_msgs_sent": 3 * 2,
+    }
+    before = ext_proc_counts(pair.stack)
+    pair.primary.set_behaviour(status=503)
+    assert pair.chat("to the backup").choices[0].message.content == "echo: to the backup"
+    # Two attempts, each with one more message: the primary's error body is read to map it,
+    # the backup's Anthropic answer to translate it.
+    assert sent_since(before) == {
+        "downstream.streams_started": 1,
+        "downstream.stream_msgs_sent": 3,
+        "upstream.streams_started": 2,
+        "upstream.stream_msgs_sent": 2 * 3,
+    }
+    sent = pair.primary.requests[-1]
+    assert sent.json == {
+        "model": "primary-model",
+        "messages": [{"role": "user", "content": "to the backup"}],
+    }
+    # Anthropic's wire: translated for the backup target, not the OpenAI body.
+    backup = pair.backup.requests[-1]
+    assert backup.path == "/v1/messages" and backup.json["model"] == "backup-model"
+
+
+def test_requests_in_flight_with_the_same_client_request_id_keep_their_own_bodies(
+    pair: Pair,
+) -> None:
+    # Envoy keeps an x-request-id the client sent, and the attempts' streams find their
+    # request by it: request A's headers arrive, then all of B (same id; held by the provider),
+    # then A's body. A's attempt must translate A's body, not B's.
+    pair.primary.set_behaviour(latency_s=1.5)
+    host = pair.stack.base_url.removeprefix("http://")
+    a_body = orjson.dumps(
+        {"model": "resilient", "messages": [{"role": "user", "content": "I am A"}]}
+    )
+    a = http.client.HTTPConnection(host, timeout=30)
+    a.putrequest("POST", "/v1/chat/completions")
+    for name, value in (
+        ("authorization", f"Bearer {FULL_KEY}"),
+        ("content-type", "application/json"),
+        ("content-length", str(len(a_body))),
+        ("x-request-id", "the-same-id"),
+    ):
+        a.putheader(name, value)
+    a.endheaders()
+
+    def b() -> httpx.Response:
+        return httpx.post(
+            f"{pair.stack.base_url}/v1/chat/completions",
+            json={"model": "resilient", "messages": [{"role": "user", "content": "I am B"}]},
+            headers={"authorization": f"Bearer {FULL_KEY}", "x-request-id": "the-same-id"},
+            timeout=30,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        b_answer = pool.submit(b)
+        deadline = time.monotonic() + 10
+        while len(pair.primary.requests) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # B reached the provider, and is held there
+        assert len(pair.primary.requests) == 1
+        a.send(a_body)
+        a_answer = a.getresponse()
+        a_reply = orjson.loads(a_answer.read())
+        assert a_answer.status == 200, a_reply
+        assert a_reply["choices"][0]["message"]["content"] == "echo: I am A"
+        b_reply = b_answer.result().json()
+        assert b_reply["choices"][0]["message"]["content"] == "echo: I am B"
+    a.close()
+    assert sorted(r.json["messages"][0]["content"] for r in pair.primary.requests) == [
+        "I am A",
+        "I am B",
+    ]

@@ -378,7 +378,9 @@ def test_ext_proc_modes_and_mutation_rules_downstream_and_upstream() -> None:
         assert filter_config["allow_mode_override"] is True
         mode = filter_config["processing_mode"]
         assert mode["request_header_mode"] == "SEND"
-        assert mode["request_body_mode"] == "BUFFERED"
+        # The upstream filter is sent no body: it answers the attempt's request headers with
+        # the body translated from what the downstream filter read (#16).
+        assert mode.get("request_body_mode", "NONE") == ("BUFFERED" if index == 0 else "NONE")
         # The listener's filter skips response headers until the processor's answer to request
         # headers asks for them: Envoy's replies to unparseable requests are not held (#15).
         assert mode["response_header_mode"] == ("SKIP" if index == 0 else "SEND")

@@ -152,6 +152,36 @@ def test_multi_target_request_is_routed_to_the_model_cluster_untranslated() -> N
         assert header in action.remove_headers
 
 
+def test_a_multi_target_request_keeps_its_body_for_the_attempts_under_its_own_id() -> None:
+    gw = gateway()
+    first, second = RequestPipeline(gw), RequestPipeline(gw)
+    # A client may send its own x-request-id (Envoy keeps it): two requests in flight with the
+    # same one must not share a record, or an attempt would translate the other's body.
+    for pipe in (first, second):
+        pipe.on_request_headers(headers(**{"x-request-id": "mine"}), False)
+    raw = [orjson.dumps({**CHAT, "model": "pair", "user": name}) for name in ("a", "b")]
+    actions = [
+        pipe.on_request_body(body, True) for pipe, body in zip((first, second), raw, strict=True)
+    ]
+    assert isinstance(actions[0], Continue) and isinstance(actions[1], Continue)
+    assert first.record is not None and second.record is not None
+    assert first.record.request_id == "mine" and "x-request-id" not in actions[0].set_headers
+    fresh = second.record.request_id
+    assert fresh != "mine" and actions[1].set_headers["x-request-id"] == fresh
+    for pipe, body, request_id in ((first, raw[0], "mine"), (second, raw[1], fresh)):
+        found = gw.telemetry.records.find(request_id)
+        assert found is pipe.record and found.attempt_body is body  # the bytes as received
+
+
+def test_an_overlong_request_id_is_replaced() -> None:
+    gw = gateway()
+    pipe = RequestPipeline(gw)
+    pipe.on_request_headers(headers(**{"x-request-id": "x" * 129}), False)
+    action = pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
+    assert isinstance(action, Continue) and pipe.record is not None
+    assert action.set_headers["x-request-id"] == pipe.record.request_id != "x" * 129
+
+
 def test_single_target_request_is_translated_once_downstream() -> None:
     gw = gateway()
     hdrs = headers(
@@ -183,12 +213,36 @@ def test_route_ids_are_distinct_per_model() -> None:
 def attempt(
     gw: Gateway, model: str, body: dict[str, Any], path: str = "/v1/chat/completions"
 ) -> Continue:
+    """An attempt's answer to its request headers, for a request whose downstream stream
+    forwarded `body` (the upstream filter is sent no body of its own)."""
     target = gw.models[model].targets[0]
+    record = gw.telemetry.new_record()
+    record.request_id = "req-1"
+    assert gw.telemetry.records.open(record)
+    record.attempt_body = orjson.dumps(body)
     pipe = UpstreamAttempt(gw, target)
-    pipe.on_request_headers({":path": path, ":method": "POST"}, False)
-    action = pipe.on_request_body(orjson.dumps(body), True)
+    action = pipe.on_request_headers(
+        {":path": path, ":method": "POST", "x-request-id": "req-1"}, False
+    )
     assert isinstance(action, Continue)
+    assert action.keep_mode  # the filter's mode (no request body) stands
+    assert pipe.record is record and record.attempts == 1
     return action
+
+
+def test_an_attempt_without_its_requests_record_is_refused() -> None:
+    gw = gateway()
+    pipe = UpstreamAttempt(gw, gw.models["gpt"].targets[0])
+    with pytest.raises(RuntimeError, match="record"):
+        pipe.on_request_headers({":path": "/v1/chat/completions", "x-request-id": "nope"}, False)
+
+
+def test_an_attempt_sent_a_body_by_an_older_bootstrap_translates_it_once() -> None:
+    gw = gateway()
+    pipe = UpstreamAttempt(gw, gw.models["gpt"].targets[0])
+    action = pipe.on_request_body(orjson.dumps(CHAT), True)
+    assert action.body is not None and orjson.loads(action.body)["model"] == "gpt-upstream"
+    assert pipe.on_request_body(orjson.dumps(CHAT), True) == Continue()
 
 
 def test_attempt_translates_for_openai() -> None:

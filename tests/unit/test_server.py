@@ -102,8 +102,20 @@ async def test_chat_request_flow(stub: tuple[Any, ProcessorServer]) -> None:
     assert metadata["gw"]["route"]
 
 
-def attempt_headers(target: str) -> pb.ProcessingRequest:
+def attempt_headers(
+    target: str, gateway: Gateway | None = None, body: bytes | None = None
+) -> pb.ProcessingRequest:
+    """An upstream-filter stream's request headers; with `body`, as Envoy sends them after the
+    downstream stream forwarded it (its request's open record holds it, by x-request-id)."""
     message = header_msg("/v1/chat/completions")
+    if gateway is not None and body is not None:
+        record = gateway.telemetry.new_record()
+        record.request_id = f"req-{id(record)}"
+        assert gateway.telemetry.records.open(record)
+        record.attempt_body = body
+        message.request_headers.headers.headers.append(
+            base_pb2.HeaderValue(key="x-request-id", raw_value=record.request_id.encode())
+        )
     attributes = struct_pb2.Struct()
     attributes.update({TARGET_ATTRIBUTE: target})
     message.attributes["envoy.filters.http.ext_proc"].CopyFrom(attributes)
@@ -116,9 +128,12 @@ async def test_attempt_stream_is_translated_for_its_target(
     client, server = stub
     target = server.gateway.models["m"].targets[0]
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
-    first, second = await exchange(client, attempt_headers(target.id), body_msg(body))
-    assert first.WhichOneof("response") == "request_headers"
-    common = second.request_body.response
+    # The upstream filter is sent no body: the headers answer carries the translated one.
+    (answer,) = await exchange(client, attempt_headers(target.id, server.gateway, body))
+    assert answer.WhichOneof("response") == "request_headers"
+    common = answer.request_headers.response
+    assert common.status == pb.CommonResponse.CONTINUE_AND_REPLACE
+    assert not answer.HasField("mode_override")  # the filter's own mode: no request body
     assert orjson.loads(common.body_mutation.body)["model"] == "m-up"
     set_headers = {
         h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers

@@ -267,8 +267,7 @@ async def test_an_attempt_stream_has_its_own_span(
     two = orjson.dumps({"model": "two", "messages": [{"role": "user", "content": "hi"}]})
     await exchange(
         client,
-        attempt_headers(target.id),
-        body_msg(two),
+        attempt_headers(target.id, gateway, two),
         response_headers(503),
         response_body(provider_error),
     )
@@ -281,7 +280,8 @@ async def test_an_attempt_stream_has_its_own_span(
     assert attributes["http.response.status_code"] == 503
     assert attributes["gateway.target"] == target.id
     assert attributes["gateway.attempt.outcome"] == "failure"
-    assert attributes["error.type"] == "503"  # no request record here: the status says it
+    # The request's record carries the gateway's error code for the provider's 503.
+    assert attributes["error.type"] == "provider_overloaded"
     assert attempt.status.status_code is StatusCode.ERROR
 
 
