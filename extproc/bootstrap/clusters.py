@@ -38,6 +38,7 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
     LbEndpoint,
     LocalityLbEndpoints,
 )
+from envoy_data_plane.envoy.extensions.filters.http.buffer.v3 import Buffer
 from envoy_data_plane.envoy.extensions.filters.http.upstream_codec.v3 import UpstreamCodec
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
@@ -91,6 +92,7 @@ HEALTH_CHECK_MATCH_CRITERIA = {"gateway_health_check": True}
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 EXTPROC_CONNECT_TIMEOUT = timedelta(seconds=1)
 UPSTREAM_CODEC_FILTER = "envoy.filters.http.upstream_codec"
+BUFFER_FILTER = "envoy.filters.http.buffer"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 _REACHED_ON_LOOPBACK = frozenset({"0.0.0.0", "::", "localhost"})
 _LOOPBACK = "127.0.0.1"
@@ -333,6 +335,13 @@ def _model_http_options(
                 typed_config=Any.pack(
                     upstream_ext_proc_filter(config.processor, config.resilience)
                 ),
+            ),
+            # The ext_proc answer that replaces the body drops `content-length` (Envoy's
+            # CONTINUE_AND_REPLACE); buffering the (already buffered) body puts it back, so
+            # providers get a sized body, not a chunked one.
+            HttpFilter(
+                name=BUFFER_FILTER,
+                typed_config=Any.pack(Buffer(max_request_bytes=config.limits.buffer_bytes)),
             ),
             HttpFilter(name=UPSTREAM_CODEC_FILTER, typed_config=Any.pack(UpstreamCodec())),
         ],

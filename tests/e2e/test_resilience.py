@@ -598,6 +598,11 @@ def test_an_attempt_costs_two_ext_proc_messages_and_gets_its_body_translated(
         "model": "primary-model",
         "messages": [{"role": "user", "content": "to the backup"}],
     }
+    # A sized body, as before: not chunked although the ext_proc answer replaced it.
+    for request in (sent, pair.backup.requests[-1]):
+        names = {name.lower(): value for name, value in request.headers}
+        assert "transfer-encoding" not in names
+        assert names["content-length"] == str(len(request.body))
     # Anthropic's wire: translated for the backup target, not the OpenAI body.
     backup = pair.backup.requests[-1]
     assert backup.path == "/v1/messages" and backup.json["model"] == "backup-model"

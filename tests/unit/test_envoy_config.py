@@ -900,16 +900,19 @@ def test_cluster_protocol_is_http2_only_when_every_provider_asks(
         )
 
 
-def test_upstream_filters_are_ext_proc_then_upstream_codec_for_multi_target_models() -> None:
+def test_upstream_filters_are_ext_proc_buffer_then_upstream_codec_for_multi_target_models() -> None:
     config = full_config()
     bootstrap = render_static_bootstrap(config)
     for model in multi_target(config):
         filters = protocol_options(model_cluster(bootstrap, config, model))["http_filters"]
         assert [f["name"] for f in filters] == [
             "envoy.filters.http.ext_proc",
+            # Restores the content-length the ext_proc body replacement drops (#16).
+            "envoy.filters.http.buffer",
             "envoy.filters.http.upstream_codec",
         ]
-        assert filters[1]["typed_config"]["@type"].endswith(
+        assert int(filters[1]["typed_config"]["max_request_bytes"]) == config.limits.buffer_bytes
+        assert filters[2]["typed_config"]["@type"].endswith(
             "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
         )
 
