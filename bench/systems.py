@@ -363,7 +363,7 @@ class Target:
     url: str
     body: bytes
     headers: dict[str, str]
-    envoy_pid: int
+    envoy_pid: int | None  # None: no Envoy in front (the LiteLLM proxy row)
     processor_pid: int | None
     # The redis-server holding this scenario's limits (None: limits, if any, in memory).
     redis_pid: int | None = None
