@@ -377,6 +377,7 @@ class System:
     processor_pid: int
     targets: dict[str, Target]
     anthropic_plain: Target  # plain Envoy straight to the fake's Messages API (reference)
+    fake_url: str = ""
 
 
 def chat_body(
@@ -634,7 +635,7 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
     )
     for target in [*targets.values(), anthropic_plain]:
         wait_for_200(target)
-    return System(fake.pid, processor_pid, targets, anthropic_plain)
+    return System(fake.pid, processor_pid, targets, anthropic_plain, fake.base_url)
 
 
 def wait_for_200(target: Target, timeout: float = 30) -> None:
