@@ -181,6 +181,7 @@ class LiteLLMProxy:
         self.port = port
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stopped = False
 
     @property
     def base_url(self) -> str:
@@ -221,8 +222,9 @@ class LiteLLMProxy:
 
     def stop(self, grace: float = 20) -> None:
         """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
-        if self.proc is None:
-            return
+        if self.proc is None or self._stopped:
+            return  # never signal a group id twice: once reaped, it may be reused
+        self._stopped = True
         group = self.proc.pid  # spawn() made it the leader of its own group
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)

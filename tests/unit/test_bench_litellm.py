@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from bench import litellm
-from bench.systems import ALL_FEATURES, PASSTHROUGH, PLAIN
+from bench.systems import ALL_FEATURES, PASSTHROUGH, PLAIN, System
+from extproc.dev.stack import ProcessGroup
 
 # --- the config LiteLLM runs on ----------------------------------------------------------------
 
@@ -168,3 +169,17 @@ def test_render_says_why_the_row_is_missing() -> None:
     row = {**litellm.LiteLLMRow(False, "skipped (--no-litellm)").__dict__}
     text = litellm.render({"litellm": row, "scenarios": {}})
     assert "unavailable, skipped (--no-litellm)" in text
+
+
+def test_a_proxy_that_does_not_start_leaves_the_row_unavailable(tmp_path: Path) -> None:
+    broken = tmp_path / "litellm"
+    broken.write_text("#!/bin/sh\necho 'no such option' >&2\nexit 2\n")
+    broken.chmod(0o755)
+    system = System(0, 0, {}, None, "http://127.0.0.1:9")  # type: ignore[arg-type]
+    with ProcessGroup() as group:
+        row = litellm.add_row(system, group, tmp_path, broken, system.fake_url)
+    assert not row.available
+    assert row.reason is not None and "exited with code 2" in row.reason
+    assert litellm.LITELLM not in system.targets
+    rendered = yaml.safe_load((tmp_path / "litellm.yaml").read_text())
+    assert rendered["model_list"][0]["litellm_params"]["api_base"] == "http://127.0.0.1:9/v1"
