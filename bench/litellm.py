@@ -372,11 +372,11 @@ def targets(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 def render(report: Mapping[str, Any]) -> str:
     """A short Markdown paragraph on the row: what ran and the two figures, or why it did not."""
     row = report["litellm"]
-    head = f"\nLiteLLM proxy {row['version']} ({row['workers']} workers, {row['scenario']} above)"
+    head = f"\nLiteLLM proxy {row['version']}, row `{row['scenario']}`"
     if not row["available"]:
         return f"{head}: unavailable, {row['reason']}"
     restarts = row.get("worker_restarts", 0)
-    lines = [f"{head}: same request, same fake; CPU = supervisor + workers; {restarts} restarts"]
+    lines = [f"{head}: same request and fake; CPU = supervisor + workers; {restarts} restarts"]
     for entry in targets(report):
         lines.append(f"- {entry['target']}: {entry['measured_text']} ({entry['verdict']})")
     return "\n".join(lines)
