@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from bench.hey import CsvRun, Hey, HeyResult, pooled
+from bench.proctree import tree_cpu_seconds
 from bench.progress import log
 from bench.report import fmt
 from bench.systems import (
@@ -84,7 +85,7 @@ class ScenarioResult:
     one_client: HeyResult
     eight_clients: HeyResult
     processor_cpu_ms_per_req: float | None
-    envoy_cpu_ms_per_req: float
+    envoy_cpu_ms_per_req: float | None  # None: no Envoy (the LiteLLM row)
     fake_cpu_ms_per_req: float
     # The redis-server holding the scenario's limits (None: no Redis behind it).
     redis_cpu_ms_per_req: float | None = None
@@ -118,12 +119,12 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
     for _ in range(s.eight_client_rounds):
         for target in targets:
             processor = target.processor_pid or system.processor_pid
-            pids = [processor, target.envoy_pid, system.fake_pid]
-            pids += [target.redis_pid] if target.redis_pid else []
-            before = [cpu_seconds(pid) for pid in pids]
+            # Process trees: LiteLLM's "processor" is a supervisor and its workers.
+            pids = [processor, target.envoy_pid, system.fake_pid, target.redis_pid]
+            before = [tree_cpu_seconds(pid) if pid else 0.0 for pid in pids]
             eight[target.name].append(hey.run_csv(target, 8, slice_requests[target.name]))
             for index, pid in enumerate(pids):
-                cpu[target.name][index] += cpu_seconds(pid) - before[index]
+                cpu[target.name][index] += tree_cpu_seconds(pid) - before[index] if pid else 0.0
 
     results = {}
     for target in targets:
@@ -134,7 +135,7 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
             one_client,
             eight_clients,
             per_req[0] if target.processor_pid is not None else None,
-            per_req[1],
+            per_req[1] if target.envoy_pid is not None else None,
             per_req[2],
             per_req[3] if target.redis_pid is not None else None,
         )

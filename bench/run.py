@@ -37,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import litellm
 from bench.hey import Hey, ensure_hey
 from bench.measure import (
     FULL,
@@ -73,10 +74,21 @@ from extproc.dev.stack import ProcessGroup, interrupt_on_signals
 
 
 def run(
-    settings: Settings, hey_binary: str, workdir: Path, children: ProcessGroup
+    settings: Settings,
+    hey_binary: str,
+    workdir: Path,
+    children: ProcessGroup,
+    no_litellm: bool = False,
 ) -> dict[str, Any]:
     """Start everything (tracked by `children`), measure every section, return the report."""
+    # Installing LiteLLM (when its venv is missing or stale) comes first: nothing runs yet.
+    litellm_executable = litellm.prepare(no_litellm)
     system = start_system(children, workdir)
+    row = (
+        litellm.add_row(system, children, workdir, litellm_executable, system.fake_url)
+        if isinstance(litellm_executable, Path)
+        else litellm_executable
+    )
     rss_start = rss_kib(system.processor_pid)
     hey = Hey(hey_binary)
     report: dict[str, Any] = {
@@ -84,6 +96,7 @@ def run(
         "settings": asdict(settings),
         "machine": machine_info(),
         "scenarios": {},
+        "litellm": asdict(row),
     }
 
     for name, result in measure_load(hey, system, settings).items():
@@ -148,7 +161,9 @@ def run(
         settings.beside_big_requests,
     )
 
-    report["targets"] = evaluate_targets(report)
+    report["litellm"]["figures"] = litellm.figures(report["scenarios"])
+    report["litellm"]["worker_restarts"] = litellm.worker_restarts(workdir / "litellm.log")
+    report["targets"] = evaluate_targets(report) + litellm.targets(report)
     report["log_lines"] = log_lines(workdir)
     return report
 
@@ -158,6 +173,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument(
         "--quick", action="store_true", help="shorter durations and fewer runs (< 2 min)"
+    )
+    parser.add_argument(
+        "--no-litellm",
+        action="store_true",
+        help=f"skip the LiteLLM proxy row (so does {litellm.ENABLE_VARIABLE}=0)",
     )
     return parser.parse_args(argv)
 
@@ -173,11 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = False
     with interrupt_on_signals():
         try:
-            report = run(settings, hey_binary, workdir, children)
+            report = run(settings, hey_binary, workdir, children, args.no_litellm)
             report["wall_time_s"] = round(elapsed_s(), 1)
             path = write_results(report)
             print()
             print(render_tables(report))
+            print(litellm.render(report))
             print(f"\nwall time {report['wall_time_s']} s; results in {path.relative_to(ROOT)}")
             ok = True
             return 0

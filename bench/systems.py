@@ -363,7 +363,7 @@ class Target:
     url: str
     body: bytes
     headers: dict[str, str]
-    envoy_pid: int
+    envoy_pid: int | None  # None: no Envoy in front (the LiteLLM proxy row)
     processor_pid: int | None
     # The redis-server holding this scenario's limits (None: limits, if any, in memory).
     redis_pid: int | None = None
@@ -377,6 +377,7 @@ class System:
     processor_pid: int
     targets: dict[str, Target]
     anthropic_plain: Target  # plain Envoy straight to the fake's Messages API (reference)
+    fake_url: str = ""
 
 
 def chat_body(
@@ -634,7 +635,7 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
     )
     for target in [*targets.values(), anthropic_plain]:
         wait_for_200(target)
-    return System(fake.pid, processor_pid, targets, anthropic_plain)
+    return System(fake.pid, processor_pid, targets, anthropic_plain, fake.base_url)
 
 
 def wait_for_200(target: Target, timeout: float = 30) -> None:
