@@ -10,6 +10,7 @@ match the filter too). Nothing is started and nothing is timed.
 from __future__ import annotations
 
 from bench.envoy_stats import ExtProcTally, by_message_count, parse_ext_proc_stats
+from bench.report import messages_table
 
 GATEWAY_AFTER_PASSTHROUGH = """\
 cluster.bench-all-unlimited_2c552482.ext_proc.clear_route_cache_disabled: 0
@@ -254,3 +255,22 @@ def test_rows_by_rounded_message_count_fewest_first() -> None:
         "processor_cpu_ms_per_req": 0.3,
     }
     assert rows[3]["scenarios"][0]["streams_per_req"] == 2.0
+
+
+def test_the_table_lists_scenarios_and_their_cpu_per_message() -> None:
+    table = messages_table(
+        {
+            "plain-envoy": scenario(None, cpu=None),
+            "floor": scenario(3.0, cpu=0.15),
+            "unread": scenario(2.99, cpu=0.3),
+            "all-features": scenario(7.0, streams=2.0, cpu=0.91),
+        }
+    )
+    caption, *lines = table.strip().splitlines()
+    assert caption.startswith("By ext_proc messages per request")
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines]
+    assert cells[0] == ["msgs/req", "streams/req", "scenarios (processor CPU ms/req)", "CPU ms/msg"]
+    assert cells[2:] == [  # plain Envoy (no ext_proc filter) is left out
+        ["3", "1.00", "floor (0.150); unread (0.300)", "0.050-0.100"],
+        ["7", "2.00", "all-features (0.910)", "0.130"],
+    ]
