@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from bench.envoy_stats import ExtProcTally, read_ext_proc_stats
 from bench.hey import CsvRun, Hey, HeyResult, pooled
 from bench.proctree import tree_cpu_seconds
 from bench.progress import log
@@ -89,6 +90,9 @@ class ScenarioResult:
     fake_cpu_ms_per_req: float
     # The redis-server holding the scenario's limits (None: no Redis behind it).
     redis_cpu_ms_per_req: float | None = None
+    # ext_proc streams and messages per request, from its Envoy's counters (`envoy_stats`;
+    # None: no ext_proc filter).
+    ext_proc: dict[str, Any] | None = None
 
 
 def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioResult]:
@@ -97,7 +101,8 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
     Both loads run in rounds that cycle through every scenario, so a transient slowdown of the
     machine hits all scenarios alike instead of skewing one scenario's comparison with plain
     Envoy. The 8-client slices are sized from the warm-up's rate to last about
-    `eight_client_slice_s` each; CPU is read before and after each slice.
+    `eight_client_slice_s` each; CPU is read before and after each slice, and outside that
+    the ext_proc counters of the scenario's Envoy (its admin answering costs Envoy CPU).
     """
     targets = list(system.targets.values())  # every scenario, in the order they were made
     slice_requests = {}
@@ -116,15 +121,18 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
     log(f"8 clients: {s.eight_client_rounds} rounds of ~{s.eight_client_slice_s:g}s per scenario")
     eight: dict[str, list[CsvRun]] = {t.name: [] for t in targets}
     cpu = {t.name: [0.0, 0.0, 0.0, 0.0] for t in targets}  # processor, Envoy, fake, Redis
+    ext_proc = ExtProcTally()
     for _ in range(s.eight_client_rounds):
         for target in targets:
             processor = target.processor_pid or system.processor_pid
             # Process trees: LiteLLM's "processor" is a supervisor and its workers.
             pids = [processor, target.envoy_pid, system.fake_pid, target.redis_pid]
+            counters = read_ext_proc_stats(target.envoy_admin)
             before = [tree_cpu_seconds(pid) if pid else 0.0 for pid in pids]
             eight[target.name].append(hey.run_csv(target, 8, slice_requests[target.name]))
             for index, pid in enumerate(pids):
                 cpu[target.name][index] += tree_cpu_seconds(pid) - before[index] if pid else 0.0
+            ext_proc.add(target.name, counters, read_ext_proc_stats(target.envoy_admin))
 
     results = {}
     for target in targets:
@@ -138,6 +146,7 @@ def measure_load(hey: Hey, system: System, s: Settings) -> dict[str, ScenarioRes
             per_req[1] if target.envoy_pid is not None else None,
             per_req[2],
             per_req[3] if target.redis_pid is not None else None,
+            ext_proc.per_request(target.name, eight_clients.responses),
         )
         log(
             f"{target.name}: {eight_clients.rps:.0f} req/s at 8 clients, p50 "

@@ -17,8 +17,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.envoy_stats import by_message_count
 from bench.progress import log
-from bench.systems import ANTHROPIC, ANTHROPIC_REFERENCE, PASSTHROUGH, PLAIN, ROOT, STREAM_EVENTS
+from bench.systems import (
+    ANTHROPIC,
+    ANTHROPIC_REFERENCE,
+    FLOOR,
+    PASSTHROUGH,
+    PLAIN,
+    ROOT,
+    STREAM_EVENTS,
+)
 from extproc.dev.stack import find_envoy_binary
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -138,12 +147,16 @@ def render_tables(report: dict[str, Any]) -> str:
 
     parts.append(
         "\nThroughput and latency at 8 clients (ms; interleaved rounds; "
-        "CPU = ms of CPU per request)"
+        "CPU = ms of CPU per request; ext_proc streams and msgs (messages Envoy sent to the "
+        "processor) per request from Envoy's counters; processor CPU - floor = above the floor "
+        "row's)"
     )
+    floor_cpu = scenarios.get(FLOOR, {}).get("processor_cpu_ms_per_req")
     rows = []
     for name, s in scenarios.items():
         eight = s["eight_clients"]
         ratio = eight["rps"] / max(plain["eight_clients"]["rps"], 1e-9)
+        ext_proc = s.get("ext_proc") or {}
         rows.append(
             [name, fmt(eight["rps"], 0), fmt(ratio)]
             + [fmt(eight[p]) for p in ("p50_ms", "p95_ms", "p99_ms")]
@@ -153,6 +166,9 @@ def render_tables(report: dict[str, Any]) -> str:
                 fmt(s["envoy_cpu_ms_per_req"], 3),
                 fmt(s["fake_cpu_ms_per_req"], 3),
                 fmt(s.get("redis_cpu_ms_per_req"), 3),
+                fmt(ext_proc.get("streams_per_req")),
+                fmt(ext_proc.get("msgs_per_req")),
+                "—" if name == FLOOR else fmt(minus(s["processor_cpu_ms_per_req"], floor_cpu), 3),
                 str(eight["non_200"]),
             ]
         )
@@ -171,11 +187,15 @@ def render_tables(report: dict[str, Any]) -> str:
                 "Envoy CPU",
                 "fake CPU",
                 "Redis CPU",
+                "ext_proc streams/req",
+                "msgs/req",
+                "processor CPU - floor",
                 "non-200",
             ],
             rows,
         )
     )
+    parts.append(messages_table(scenarios))
 
     streams = report["streaming"]
     base = next(s for s in streams if s["name"] == PLAIN)
@@ -309,6 +329,41 @@ def render_tables(report: dict[str, Any]) -> str:
         )
     )
     return "\n".join(parts)
+
+
+def messages_table(scenarios: dict[str, Any]) -> str:
+    """The 8-client rows by ext_proc messages per request: which scenarios sent how many, and
+    what the processor spent on them (Markdown, with its caption)."""
+    rows = [
+        [
+            str(row["msgs_per_req"]),
+            ", ".join(sorted({fmt(m["streams_per_req"]) for m in row["scenarios"]})),
+            "; ".join(
+                f"{m['name']} ({fmt(m['processor_cpu_ms_per_req'], 3)})" for m in row["scenarios"]
+            ),
+            _cpu_per_message(row["scenarios"]),
+        ]
+        for row in by_message_count(scenarios)
+    ]
+    headers = ["msgs/req", "streams/req", "scenarios (processor CPU ms/req)", "CPU ms/msg"]
+    return (
+        "\nBy ext_proc messages per request (8 clients; msgs = messages Envoy sent to the "
+        "processor, rounded; CPU ms/msg = processor CPU / msgs, lowest-highest)\n"
+        + markdown(headers, rows)
+    )
+
+
+def _cpu_per_message(members: Sequence[dict[str, Any]]) -> str:
+    """Processor CPU per ext_proc message (ms) of a table row's scenarios: lowest-highest."""
+    values = sorted(
+        m["processor_cpu_ms_per_req"] / m["msgs_per_req"]
+        for m in members
+        if m["processor_cpu_ms_per_req"] is not None and m["msgs_per_req"] > 0
+    )
+    if not values:
+        return "-"
+    low, high = fmt(values[0], 3), fmt(values[-1], 3)
+    return low if low == high else f"{low}-{high}"
 
 
 def machine_info() -> dict[str, Any]:

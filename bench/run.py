@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import litellm
+from bench.envoy_stats import by_message_count
 from bench.hey import Hey, ensure_hey
 from bench.measure import (
     FULL,
@@ -107,6 +108,8 @@ def run(
         ):
             entry[run_name]["non_200"] = run_result.non_200
         report["scenarios"][name] = entry
+    # The 8-client rows grouped by ext_proc messages per request (the table after them).
+    report["ext_proc_by_messages"] = by_message_count(report["scenarios"])
 
     # Right after the load, before the 1 MB bodies inflate the heap: "before" is the warm state.
     report["memory"] = measure_memory(hey, system, settings.memory_requests, rss_start)

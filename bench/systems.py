@@ -367,6 +367,8 @@ class Target:
     processor_pid: int | None
     # The redis-server holding this scenario's limits (None: limits, if any, in memory).
     redis_pid: int | None = None
+    # Its Envoy's admin interface, for the ext_proc counters (`envoy_stats`).
+    envoy_admin: str | None = None
 
 
 @dataclass
@@ -416,11 +418,19 @@ class Endpoint:
     envoy_pid: int
     processor_pid: int | None
     redis_pid: int | None = None
+    envoy_admin: str | None = None
 
     def target(self, name: str, path: str, body: bytes, headers: dict[str, str]) -> Target:
         """A scenario on this Envoy."""
         return Target(
-            name, self.url + path, body, headers, self.envoy_pid, self.processor_pid, self.redis_pid
+            name,
+            self.url + path,
+            body,
+            headers,
+            self.envoy_pid,
+            self.processor_pid,
+            self.redis_pid,
+            self.envoy_admin,
         )
 
 
@@ -534,7 +544,7 @@ def start_plain_envoy(
     path = workdir / f"{name}-envoy.yaml"
     path.write_text(yaml.safe_dump(plain_bootstrap(port, admin_port, fake_port)), encoding="utf-8")
     envoy = children.start_envoy(path, workdir / f"{name}-envoy.log")
-    return Endpoint(f"http://127.0.0.1:{port}", envoy.pid, None)
+    return Endpoint(f"http://127.0.0.1:{port}", envoy.pid, None, envoy_admin=_admin(admin_port))
 
 
 def start_floor(
@@ -555,7 +565,13 @@ def start_floor(
     path = workdir / f"{name}-envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap), encoding="utf-8")
     envoy = children.start_envoy(path, workdir / f"{name}-envoy.log")
-    return Endpoint(f"http://127.0.0.1:{port}", envoy.pid, processor.pid)
+    return Endpoint(
+        f"http://127.0.0.1:{port}", envoy.pid, processor.pid, envoy_admin=_admin(admin_port)
+    )
+
+
+def _admin(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
 
 
 def start_system(children: ProcessGroup, workdir: Path) -> System:
@@ -570,7 +586,9 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
         f"processor (pid {processor_pid}) and gateway Envoy (pid {gateway.envoy.pid}) "
         f"on {gateway.base_url}"
     )
-    on_gateway = Endpoint(gateway.base_url, gateway.envoy.pid, processor_pid)
+    on_gateway = Endpoint(
+        gateway.base_url, gateway.envoy.pid, processor_pid, envoy_admin=gateway.envoy_admin_url
+    )
 
     lean = {}
     for name, access_log in ((PASSTHROUGH_UNREAD, True), (PASSTHROUGH_QUIET, False)):
@@ -578,7 +596,9 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
             children, workdir / name.split(",")[1].strip().replace(" ", "-"), fake, access_log
         )
         assert stack.processor is not None and stack.envoy is not None
-        lean[name] = Endpoint(stack.base_url, stack.envoy.pid, stack.processor.pid)
+        lean[name] = Endpoint(
+            stack.base_url, stack.envoy.pid, stack.processor.pid, envoy_admin=stack.envoy_admin_url
+        )
         log(f"{name}: processor (pid {stack.processor.pid}) and Envoy on {stack.base_url}")
 
     on_redis, redis = start_redis_gateway(children, workdir / "limits-on-redis", fake)
@@ -589,7 +609,9 @@ def start_system(children: ProcessGroup, workdir: Path) -> System:
         (ALL_FEATURES_TRACED, traced, None),
     ):
         assert stack.processor is not None and stack.envoy is not None
-        second[name] = Endpoint(stack.base_url, stack.envoy.pid, stack.processor.pid, redis_pid)
+        second[name] = Endpoint(
+            stack.base_url, stack.envoy.pid, stack.processor.pid, redis_pid, stack.envoy_admin_url
+        )
         log(f"{name}: processor (pid {stack.processor.pid}) on {stack.base_url}")
     log(f"redis-server (pid {second[ALL_FEATURES_REDIS].redis_pid}) on {redis.url}")
 
