@@ -20,7 +20,7 @@ from typing import Any
 from bench.envoy_stats import by_message_count
 from bench.progress import log
 from bench.systems import (
-    ANTHROPIC,
+    ALL_FEATURES,
     ANTHROPIC_REFERENCE,
     FLOOR,
     PASSTHROUGH,
@@ -33,16 +33,43 @@ from extproc.dev.stack import find_envoy_binary
 RESULTS_DIR = ROOT / "bench" / "results"
 
 
-# The issue's targets: (key, description, threshold text).
-TARGETS: tuple[tuple[str, str, str], ...] = (
-    ("throughput_ratio", "gateway/plain throughput, 8 clients, passthrough", ">= 0.35"),
-    ("added_p50_1c", "added p50, 1 client, passthrough", "<= 0.5 ms"),
-    ("added_p99_1c", "added p99, 1 client, passthrough", "<= 2 ms"),
-    ("added_p50_anthropic", "added p50, 1 client, Anthropic translation", "<= 1 ms"),
-    ("added_ttft", "added median TTFT, streaming passthrough", "<= 1 ms"),
-    ("added_1mb", "added median latency, 1 MB prompt, passthrough", "<= 10 ms"),
-    ("rss_growth", "processor RSS growth over the memory run", "< 10 %"),
+# The targets of issue 16 (the earlier ones against plain Envoy's latency and throughput lie
+# below what any Python ext_proc processor costs, `bench/phases.py`, and are retired), and two
+# guards kept from issue 5: (key, description, threshold text, check).
+TARGETS: tuple[tuple[str, str, str, Callable[[float], bool]], ...] = (
+    (
+        "cpu_above_floor",
+        "processor CPU per pass-through request above the floor's, 8 clients",
+        "<= 0.15 ms",
+        lambda v: v <= 0.15,
+    ),
+    (
+        "throughput_vs_floor",
+        "pass-through throughput / the floor's, 8 clients",
+        ">= 0.85",
+        lambda v: v >= 0.85,
+    ),
+    (
+        "all_features_cpu_ratio",
+        "all-features processor CPU per request / pass-through's",
+        "<= 1.5",
+        lambda v: v <= 1.5,
+    ),
+    (
+        "several_targets_messages",
+        "a model with several targets (all-features): ext_proc messages per request",
+        "<= 4",
+        lambda v: v <= 4,
+    ),
+    (
+        "added_1mb",
+        "added median latency, 1 MB prompt, passthrough",
+        "<= 10 ms",
+        lambda v: v <= 10.0,
+    ),
+    ("rss_growth", "processor RSS growth over the memory run", "< 10 %", lambda v: v < 10.0),
 )
+_UNITS = {"cpu_above_floor": " ms", "added_1mb": " ms", "rss_growth": " %"}
 
 
 def fmt(value: float | None, digits: int = 2) -> str:
@@ -68,40 +95,34 @@ def markdown(headers: Sequence[str], rows: Iterator[Sequence[str]] | list[list[s
     return "\n".join(lines)
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing or b is 0."""
+    return None if a is None or not b else a / b
+
+
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target with its measured figure and PASS/MISS."""
     scenarios = report["scenarios"]
-    plain, passthrough = scenarios[PLAIN], scenarios[PASSTHROUGH]
-    streams = {s["name"]: s for s in report["streaming"]}
+    floor, passthrough = scenarios[FLOOR], scenarios[PASSTHROUGH]
+    all_features = scenarios[ALL_FEATURES]
+    cpu = "processor_cpu_ms_per_req"
     values: dict[str, float | None] = {
-        "throughput_ratio": passthrough["eight_clients"]["rps"]
-        / max(plain["eight_clients"]["rps"], 1e-9),
-        "added_p50_1c": minus(passthrough["one_client"]["p50_ms"], plain["one_client"]["p50_ms"]),
-        "added_p99_1c": minus(passthrough["one_client"]["p99_ms"], plain["one_client"]["p99_ms"]),
-        "added_p50_anthropic": minus(
-            scenarios[ANTHROPIC]["one_client"]["p50_ms"], plain["one_client"]["p50_ms"]
+        "cpu_above_floor": minus(passthrough.get(cpu), floor.get(cpu)),
+        "throughput_vs_floor": ratio(
+            passthrough["eight_clients"]["rps"], floor["eight_clients"]["rps"]
         ),
-        "added_ttft": minus(streams[PASSTHROUGH]["ttft_ms"], streams[PLAIN]["ttft_ms"]),
+        "all_features_cpu_ratio": ratio(all_features.get(cpu), passthrough.get(cpu)),
+        "several_targets_messages": (all_features.get("ext_proc") or {}).get("msgs_per_req"),
         "added_1mb": minus(
             report["big_prompt"][PASSTHROUGH]["median_ms"], report["big_prompt"][PLAIN]["median_ms"]
         ),
         "rss_growth": report["memory"]["growth_pct"],
     }
-    checks: dict[str, Callable[[float], bool]] = {
-        "throughput_ratio": lambda v: v >= 0.35,
-        "added_p50_1c": lambda v: v <= 0.5,
-        "added_p99_1c": lambda v: v <= 2.0,
-        "added_p50_anthropic": lambda v: v <= 1.0,
-        "added_ttft": lambda v: v <= 1.0,
-        "added_1mb": lambda v: v <= 10.0,
-        "rss_growth": lambda v: v < 10.0,
-    }
-    units = {"throughput_ratio": "", "rss_growth": " %"}
     out = []
-    for key, description, threshold in TARGETS:
+    for key, description, threshold, check in TARGETS:
         value = values[key]
-        verdict = "PASS" if value is not None and checks[key](value) else "MISS"
-        measured = fmt(value) + units.get(key, " ms") if value is not None else "-"
+        verdict = "PASS" if value is not None and check(value) else "MISS"
+        measured = fmt(value) + _UNITS.get(key, "") if value is not None else "-"
         out.append(
             {
                 "key": key,
