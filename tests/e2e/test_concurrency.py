@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
 from extproc.dev.redis_server import RedisServer
+from tests.e2e.answers import Answer
 from tests.e2e.conftest import (
     FULL_KEY,
     UPSTREAM_KEYS,
@@ -50,32 +50,6 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> Non
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-class Answer:
-    """What a client got: status, headers, body (the whole stream for a stream)."""
-
-    def __init__(self, response: httpx.Response, body: bytes) -> None:
-        self.status = response.status_code
-        self.headers = response.headers
-        self.body = body
-
-    def error(self) -> dict[str, Any]:
-        parsed = orjson.loads(self.body)
-        error: dict[str, Any] = parsed["error"]
-        assert set(error) == {"message", "type", "param", "code"}, error
-        return error
-
-    def text(self) -> str:
-        """The content of a complete answer (a stream must end with [DONE])."""
-        if self.headers.get("content-type", "").startswith("text/event-stream"):
-            events = [e for e in self.body.decode().split("\n\n") if e.startswith("data: ")]
-            assert events[-1] == "data: [DONE]", events[-3:]
-            chunks = [orjson.loads(e.removeprefix("data: ")) for e in events[:-1]]
-            return "".join(
-                c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
-            )
-        return str(orjson.loads(self.body)["choices"][0]["message"]["content"])
 
 
 def send(stack: Stack, model: str, stream: bool) -> Answer:
