@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,18 +23,15 @@ import pytest
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.redis_server import RedisServer
 from tests.e2e.answers import Answer
 from tests.e2e.conftest import (
     FULL_KEY,
-    UPSTREAM_KEYS,
     Stack,
-    gateway_config,
     make_stack,
     metric,
     reset_breakers,
 )
-from tests.e2e.test_governance_redis import BorrowedFake
+from tests.e2e.redis_replicas import RedisReplicas, redis_replicas
 
 pytestmark = pytest.mark.e2e
 
@@ -179,13 +175,6 @@ CONCURRENT = 6
 MODEL = "chat-openai"
 
 
-class Replicas:
-    def __init__(self, redis: RedisServer, fake: FakeProviderServer, stacks: list[Stack]):
-        self.redis = redis
-        self.fake = fake
-        self.stacks = stacks
-
-
 def limited(redis_url: str) -> Callable[[Json], None]:
     def customize(config: Json) -> None:
         config["governance"] = {"backend": "redis", "redis": {"url": redis_url}}
@@ -212,33 +201,9 @@ def limited(redis_url: str) -> Callable[[Json], None]:
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    root = tmp_path_factory.mktemp("conc-redis")
-    redis = RedisServer(root / "redis").start()
-    fake = FakeProviderServer(port=0).start()
-    customize = limited(redis.url)
-
-    def stack_in(workdir: Path) -> Stack:
-        workdir.mkdir(parents=True)
-
-        def config(fake_url: str) -> Json:
-            data = gateway_config(fake_url, workdir)
-            customize(data)
-            return data
-
-        borrowed: Any = BorrowedFake(fake)
-        return Stack(workdir, config, borrowed, processor_env=UPSTREAM_KEYS)
-
-    stacks = [stack_in(root / f"replica-{index}") for index in range(3)]
-    try:
-        with ThreadPoolExecutor(len(stacks)) as pool:
-            list(pool.map(lambda s: s.start(), stacks))
-        yield Replicas(redis, fake, stacks)
-    finally:
-        for stack in stacks:
-            stack.stop()
-        fake.stop()
-        redis.stop()
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisReplicas]:
+    with redis_replicas(tmp_path_factory.mktemp("conc-redis"), [limited] * 3) as replicas:
+        yield replicas
 
 
 def tenant_usage(stack: Stack, tenant: str) -> Json:
@@ -270,14 +235,14 @@ def refused(exc: openai.APIStatusError) -> Result:
     return Result(exc.status_code, error.get("code"))
 
 
-def spread(replicas: Replicas, key: str, count: int) -> list[openai.OpenAI]:
+def spread(replicas: RedisReplicas, key: str, count: int) -> list[openai.OpenAI]:
     clients = [stack.client(key, timeout=120) for stack in replicas.stacks]
     cycle = itertools.cycle(clients)
     return [next(cycle) for _ in range(count)]
 
 
 def held_streams(
-    replicas: Replicas, key: str, count: int, **create: Any
+    replicas: RedisReplicas, key: str, count: int, **create: Any
 ) -> tuple[list[Result], int]:
     """`count` streams at once over the three replicas, held open by the fake until every one
     is admitted or refused (so no settlement frees room meanwhile); their results, and the
@@ -322,7 +287,7 @@ def held_streams(
         replicas.fake.clear()
 
 
-def settled(replicas: Replicas, tenant: str, requests: int) -> Json:
+def settled(replicas: RedisReplicas, tenant: str, requests: int) -> Json:
     """The tenant's usage once its `requests` are all settled, the same on every replica."""
     stack = replicas.stacks[0]
     wait_until(
@@ -339,14 +304,14 @@ def settled(replicas: Replicas, tenant: str, requests: int) -> Json:
     return usage
 
 
-def no_exceptions(replicas: Replicas) -> None:
+def no_exceptions(replicas: RedisReplicas) -> None:
     for stack in replicas.stacks:
         assert metric(stack, "gateway_processor_exceptions_total") == 0
         assert metric(stack, "gateway_limiter_local_decisions_total") == 0
 
 
 def test_three_processors_admit_exactly_the_requests_per_minute_limit(
-    replicas: Replicas,
+    replicas: RedisReplicas,
 ) -> None:
     replicas.fake.set_behaviour(reply=REPLY)
     total = 2 * RPM
@@ -381,7 +346,7 @@ def test_three_processors_admit_exactly_the_requests_per_minute_limit(
     no_exceptions(replicas)
 
 
-def test_three_processors_admit_exactly_what_a_token_budget_covers(replicas: Replicas) -> None:
+def test_three_processors_admit_exactly_what_a_token_budget_covers(replicas: RedisReplicas) -> None:
     results, open_streams = held_streams(replicas, BUDGET_KEY, 30, max_tokens=MAX_TOKENS)
     statuses = Counter(r.status for r in results)
     print(f"token budget for {BUDGET_REQUESTS} reservations, 30 sent: {dict(statuses)}")
@@ -402,7 +367,7 @@ def test_three_processors_admit_exactly_what_a_token_budget_covers(replicas: Rep
 
 
 def test_three_processors_hold_exactly_the_concurrency_limit_and_free_it(
-    replicas: Replicas,
+    replicas: RedisReplicas,
 ) -> None:
     results, open_streams = held_streams(replicas, CONC_KEY, 20)
     statuses = Counter(r.status for r in results)

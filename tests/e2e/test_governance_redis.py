@@ -6,6 +6,7 @@ limits again once it is back, without a restart. No request ever gets a 500.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -20,9 +21,8 @@ import openai
 import pytest
 
 from extproc.decisions.auth import hash_key
-from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.redis_server import RedisServer
-from tests.e2e.conftest import UPSTREAM_KEYS, Stack, gateway_config, metric
+from tests.e2e.conftest import Stack, metric
+from tests.e2e.redis_replicas import RedisReplicas, redis_replicas
 
 pytestmark = pytest.mark.e2e
 
@@ -33,23 +33,6 @@ BURST_RPM = 300
 TOKENS_TPM = 20_000
 SHARED_RPM = 30
 MODEL = "chat-openai"
-
-
-class BorrowedFake:
-    """One fake provider lent to several stacks: they neither start nor stop it."""
-
-    def __init__(self, fake: FakeProviderServer) -> None:
-        self.fake = fake
-
-    @property
-    def base_url(self) -> str:
-        return self.fake.base_url
-
-    def start(self) -> object:
-        return self
-
-    def stop(self) -> None:
-        return None
 
 
 def governed(redis_url: str, on_failure: str) -> Callable[[dict[str, Any]], None]:
@@ -80,29 +63,14 @@ def governed(redis_url: str, on_failure: str) -> Callable[[dict[str, Any]], None
     return customize
 
 
-def governed_stack(
-    workdir: Path, fake: FakeProviderServer, redis_url: str, on_failure: str
-) -> Stack:
-    workdir.mkdir(parents=True, exist_ok=True)
-    customize = governed(redis_url, on_failure)
-
-    def config(fake_url: str) -> dict[str, Any]:
-        data = gateway_config(fake_url, workdir)
-        customize(data)
-        return data
-
-    fake_for_stack: Any = BorrowedFake(fake)
-    return Stack(workdir, config, fake_for_stack, processor_env=UPSTREAM_KEYS)
-
-
 class Replicas:
     """Three replicas failing open (`local`) and one failing closed (`deny`), one Redis."""
 
-    def __init__(self, redis: RedisServer, fake: FakeProviderServer, stacks: list[Stack]):
-        self.redis = redis
-        self.fake = fake
-        self.open = stacks[:3]
-        self.closed = stacks[3]
+    def __init__(self, shared: RedisReplicas) -> None:
+        self.redis = shared.redis
+        self.fake = shared.fake
+        self.open = shared.stacks[:3]
+        self.closed = shared.stacks[3]
 
     @property
     def all(self) -> list[Stack]:
@@ -111,22 +79,10 @@ class Replicas:
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    root = tmp_path_factory.mktemp("gov-redis")
-    redis = RedisServer(root / "redis").start()
-    fake = FakeProviderServer(port=0).start()
-    stacks = [
-        governed_stack(root / f"replica-{index}", fake, redis.url, mode)
-        for index, mode in enumerate(["local", "local", "local", "deny"])
-    ]
-    try:
-        with ThreadPoolExecutor(len(stacks)) as pool:
-            list(pool.map(lambda s: s.start(), stacks))
-        yield Replicas(redis, fake, stacks)
-    finally:
-        for stack in stacks:
-            stack.stop()
-        fake.stop()
-        redis.stop()
+    modes = ["local", "local", "local", "deny"]
+    customizers = [functools.partial(governed, on_failure=mode) for mode in modes]
+    with redis_replicas(tmp_path_factory.mktemp("gov-redis"), customizers) as shared:
+        yield Replicas(shared)
 
 
 def client(stack: Stack, key: str) -> openai.OpenAI:
