@@ -1,4 +1,5 @@
-"""What an e2e client got back from the gateway, read whole: `Answer` and its checks."""
+"""What an e2e client got back from the gateway, read whole: `Answer` and its checks, and
+`send_chat`, which sends the plain chat request whose answer it is."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 import httpx
 import orjson
+
+from tests.e2e.conftest import FULL_KEY, Stack
 
 
 class Answer:
@@ -34,3 +37,17 @@ class Answer:
                 c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
             )
         return str(orjson.loads(self.body)["choices"][0]["message"]["content"])
+
+
+def send_chat(stack: Stack, model: str, stream: bool, timeout: float) -> Answer:
+    """One chat completion ("hi" to `model`, the full-access key), whole or streamed, read to
+    its end within `timeout` seconds."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    headers = {"authorization": f"Bearer {FULL_KEY}"}
+    with (
+        httpx.Client(timeout=timeout) as client,
+        client.stream(
+            "POST", f"{stack.base_url}/v1/chat/completions", json=body, headers=headers
+        ) as response,
+    ):
+        return Answer(response, response.read())

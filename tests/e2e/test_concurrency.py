@@ -23,9 +23,8 @@ import pytest
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
-from tests.e2e.answers import Answer
+from tests.e2e.answers import Answer, send_chat
 from tests.e2e.conftest import (
-    FULL_KEY,
     Stack,
     make_stack,
     metric,
@@ -49,15 +48,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> Non
 
 
 def send(stack: Stack, model: str, stream: bool) -> Answer:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    headers = {"authorization": f"Bearer {FULL_KEY}"}
-    with (
-        httpx.Client(timeout=120) as client,
-        client.stream(
-            "POST", f"{stack.base_url}/v1/chat/completions", json=body, headers=headers
-        ) as response,
-    ):
-        return Answer(response, response.read())
+    return send_chat(stack, model, stream, timeout=120)
 
 
 # -- one stack: reload and breaker ----------------------------------------------------------

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from tests.e2e.access_log import access_lines
-from tests.e2e.answers import Answer
-from tests.e2e.conftest import FULL_KEY, Stack, make_stack, metric
+from tests.e2e.answers import Answer, send_chat
+from tests.e2e.conftest import Stack, make_stack, metric
 
 pytestmark = pytest.mark.e2e
 
@@ -46,18 +46,8 @@ def fake(small: Stack) -> Iterator[Any]:
     small.fake.clear()
 
 
-def send(stack: Stack, stream: bool, started: threading.Event | None = None) -> Answer:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    headers = {"authorization": f"Bearer {FULL_KEY}"}
-    with (
-        httpx.Client(timeout=60) as client,
-        client.stream(
-            "POST", f"{stack.base_url}/v1/chat/completions", json=body, headers=headers
-        ) as response,
-    ):
-        if started is not None:
-            started.set()
-        return Answer(response, response.read())
+def send(stack: Stack, stream: bool) -> Answer:
+    return send_chat(stack, MODEL, stream, timeout=60)
 
 
 def shed_total(stack: Stack) -> float:
