@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from tests.e2e.conftest import (
     make_stack,
     metric,
     reset_breakers,
+    wait_until,
 )
 from tests.e2e.redis_replicas import RedisReplicas, redis_replicas
 
@@ -36,15 +36,6 @@ pytestmark = pytest.mark.e2e
 
 REPLY = "every word of the answer arrived"
 Json = dict[str, Any]
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def send(stack: Stack, model: str, stream: bool) -> Answer:

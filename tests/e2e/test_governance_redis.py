@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from extproc.decisions.auth import hash_key
-from tests.e2e.conftest import Stack, metric
+from tests.e2e.conftest import Stack, metric, wait_until
 from tests.e2e.redis_replicas import RedisReplicas, redis_replicas
 
 pytestmark = pytest.mark.e2e
@@ -120,15 +120,6 @@ def ask(sdk: openai.OpenAI, text: str = "hello") -> Outcome:
 def no_processor_exceptions(stacks: list[Stack]) -> None:
     for stack in stacks:
         assert metric(stack, "gateway_processor_exceptions_total") == 0, stack.dump_logs()
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- one global limit, three replicas ------------------------------------------------------
@@ -266,7 +257,8 @@ def test_redis_down_serves_on_local_limits_or_refuses_then_shares_again(
         probes.extend(send(a, 1))
         return metric(a, "gateway_limiter_redis_up") == 1
 
-    wait_until(shared_again, "replica a to use Redis again")
+    # Polled every 0.1 s (each check sends a request) for at most 30 s.
+    wait_until(shared_again, "replica a to use Redis again", timeout=30, poll=0.1)
     # The probe that saw Redis back may itself have been decided locally (429): the next
     # request is Redis's, on its empty window.
     probes.extend(send(a, 1))
@@ -291,6 +283,8 @@ def test_redis_down_serves_on_local_limits_or_refuses_then_shares_again(
     wait_until(
         lambda: ask(sdk[replicas.closed.admin_url]).status == 429,
         "the deny replica to answer from Redis again",
+        timeout=30,
+        poll=0.1,
     )
     assert "redis answers again" in (a.processor_log or Path("/nonexistent")).read_text()
     assert Counter(o.status for o in outcomes).keys() <= {200, 429, 503}

@@ -10,7 +10,6 @@ Real Envoy + processor + the fake provider (its stream gate and latency make it 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ import pytest
 
 from tests.e2e.access_log import access_lines
 from tests.e2e.answers import Answer, send_chat
-from tests.e2e.conftest import Stack, make_stack, metric
+from tests.e2e.conftest import Stack, make_stack, metric, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -54,15 +53,6 @@ def shed_total(stack: Stack) -> float:
     return metric(stack, "gateway_shed_requests_total", reason="in_flight")
 
 
-def wait_for(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def overloaded_lines(stack: Stack) -> int:
     return sum(1 for line in access_lines(stack) if line["error_code"] == "overloaded")
 
@@ -86,7 +76,7 @@ def test_at_capacity_new_requests_are_shed_at_once_and_admitted_ones_finish(
     with ThreadPoolExecutor(MAX_IN_FLIGHT + 16) as pool:
         try:
             held = [pool.submit(send, small, True) for _ in range(MAX_IN_FLIGHT)]
-            wait_for(lambda: fake.stream_started == MAX_IN_FLIGHT, "8 streams to be held")
+            wait_until(lambda: fake.stream_started == MAX_IN_FLIGHT, "8 streams to be held")
             assert metric(small, "gateway_requests_in_flight") == MAX_IN_FLIGHT
             # Full: 16 more, streams and not, are each answered at once with a 503 (they
             # return while the 8 are still held: nothing waits in a queue).
@@ -107,8 +97,8 @@ def test_at_capacity_new_requests_are_shed_at_once_and_admitted_ones_finish(
     # The shed requests never reached the provider.
     assert len(fake.requests) == MAX_IN_FLIGHT
     assert shed_total(small) - shed_before == len(shed)
-    wait_for(lambda: overloaded_lines(small) - lines_before == len(shed), "the access log")
-    wait_for(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
+    wait_until(lambda: overloaded_lines(small) - lines_before == len(shed), "the access log")
+    wait_until(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
     # The load dropped: everything is served again, with no restart and nothing to reset.
     fake.set_behaviour(reply=REPLY)
     with ThreadPoolExecutor(MAX_IN_FLIGHT // 2) as pool:
@@ -146,5 +136,5 @@ def test_a_burst_above_capacity_gets_every_request_answered_200_or_503(
             assert answer.text() == REPLY
     assert shed_total(small) - shed_before == statuses[503]
     assert len(fake.requests) == statuses[200]
-    wait_for(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
+    wait_until(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
     assert metric(small, "gateway_processor_exceptions_total") == 0
