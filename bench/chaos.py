@@ -33,7 +33,6 @@ import itertools
 import json
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -48,10 +47,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.systems import UPSTREAM_ENV, SharedFake
+from bench.systems import SharedFake, start_stack
+from bench.traffic import ClientThreads
 from extproc.decisions.auth import hash_key
 from extproc.dev.redis_server import RedisServer
-from extproc.dev.stack import FakeProcess, GatewayStack, ProcessGroup, loopback_sections
+from extproc.dev.stack import FakeProcess, ProcessGroup, loopback_sections
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL = "chaos-chat"
@@ -214,54 +214,38 @@ def send(
     return Outcome(kind, detail, stream, start, end)
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Client threads sending mixed requests (every other one a stream) until stopped."""
 
     def __init__(self, url: str, key: str, clients: int, deadline: float, label: str) -> None:
+        super().__init__(clients, timeout=deadline)
         self.url = f"{url}/v1/chat/completions"
         self.key = key
         self.deadline = deadline
         self.label = label
         self.outcomes: list[Outcome] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._numbers = itertools.count()
-        self._threads = [
-            threading.Thread(target=self._client, args=(index,), daemon=True)
-            for index in range(clients)
-        ]
-
-    def start(self) -> Traffic:
-        """Start the clients."""
-        for thread in self._threads:
-            thread.start()
-        return self
 
     def stop(self) -> list[Outcome]:
         """Let each client finish its request, then stop; every outcome."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.deadline + 30)
-            if thread.is_alive():
-                raise RuntimeError("a client thread outlived its request deadline")
+        if not self.halt(self.deadline + 30):
+            raise RuntimeError("a client thread outlived its request deadline")
         return self.snapshot()
 
     def snapshot(self) -> list[Outcome]:
         """The outcomes so far."""
-        with self._lock:
+        with self.lock:
             return list(self.outcomes)
 
-    def _client(self, index: int) -> None:
-        stream = index % 2 == 0
-        with httpx.Client(timeout=self.deadline) as client:
-            while not self._stop.is_set():
-                text = f"chaos {self.label} {next(self._numbers)}"
-                outcome = send(client, self.url, self.key, stream, text, self.deadline)
-                with self._lock:
-                    self.outcomes.append(outcome)
-                stream = not stream
-                if outcome.kind != "ok":
-                    time.sleep(BACKOFF_S)
+    def send_one(self, client: httpx.Client, index: int, turn: int) -> float:
+        """Streams and whole answers by turns (even clients start with a stream); a pause of
+        `BACKOFF_S` after anything but a success."""
+        stream = (index + turn) % 2 == 0
+        text = f"chaos {self.label} {next(self._numbers)}"
+        outcome = send(client, self.url, self.key, stream, text, self.deadline)
+        with self.lock:
+            self.outcomes.append(outcome)
+        return 0.0 if outcome.kind == "ok" else BACKOFF_S
 
 
 def timeline(outcomes: list[Outcome], t_kill: float, t_restart: float) -> dict[str, Any]:
@@ -315,15 +299,9 @@ class ChaosStack:
                 self.primary.base_url, self.secondary.base_url, workdir, self.redis.url
             )
 
-        self.gateway: GatewayStack[SharedFake] = GatewayStack(
-            workdir,
-            config,
-            SharedFake(self.primary),
-            processor_env=UPSTREAM_ENV,
-            processor_log_level="WARNING",
-            envoy_name="chaos-envoy",
+        self.gateway = start_stack(
+            children, workdir, config, SharedFake(self.primary), envoy_name="chaos-envoy"
         )
-        children.add(self.gateway).start()
 
     def kill(self, fault: str) -> None:
         """SIGKILL the component (and reap it)."""

@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,13 +53,14 @@ from bench.systems import (
     RBAC_UNLIMITED_KEY,
     REPLY,
     ROOT,
-    UPSTREAM_ENV,
     chat_body,
     gateway_config,
+    start_stack,
 )
+from bench.traffic import ClientThreads
 from extproc.decisions.auth import hash_key
 from extproc.dev.redis_server import RedisServer
-from extproc.dev.stack import FakeProcess, GatewayStack, ProcessGroup, interrupt_on_signals
+from extproc.dev.stack import FakeProcess, ProcessGroup, interrupt_on_signals
 
 LIMITED_KEY = "sk-soak-limited-client"
 LIMITED_RPM = 60
@@ -258,44 +258,26 @@ class Minute:
     latencies_ms: list[float] = field(default_factory=list)
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Client threads sending the mix at a fixed rate each, recording per minute."""
 
     def __init__(self, base_url: str, clients: int, rate: float, t0: float) -> None:
+        super().__init__(clients, timeout=30, rate=rate)
         self._url = base_url + CHAT
-        self._clients = clients
-        self._interval = 1.0 / rate
         self._t0 = t0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self.minutes: dict[int, Minute] = {}
         self.total = 0
         self.examples: list[str] = []
 
-    def start(self) -> None:
-        """Start the client threads."""
-        for index in range(self._clients):
-            thread = threading.Thread(target=self._run, args=(index,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
     def stop(self) -> None:
         """Stop sending and wait for the requests in flight."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
+        self.halt(60)
 
-    def _run(self, index: int) -> None:
-        n = index
-        next_at = time.monotonic()
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                kind = MIX[n % len(MIX)]
-                self._send(client, kind, n)
-                n += self._clients
-                next_at += self._interval
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
+    def send_one(self, client: httpx.Client, index: int, turn: int) -> float:
+        """Client `index` sends the entries `index`, `index + clients`, … of the mix in turn."""
+        n = index + turn * self._clients
+        self._send(client, MIX[n % len(MIX)], n)
+        return 0.0
 
     def _send(self, client: httpx.Client, kind: Kind, n: int) -> None:
         headers = {"Authorization": f"Bearer {kind.key}", "Content-Type": "application/json"}
@@ -312,7 +294,7 @@ class Traffic:
         except httpx.HTTPError as exc:
             detail = repr(exc)
         latency = (time.monotonic() - start) * 1000
-        with self._lock:
+        with self.lock:
             minute = self.minutes.setdefault(int((start - self._t0) // 60), Minute())
             minute.requests += 1
             self.total += 1
@@ -397,16 +379,13 @@ def soak(args: argparse.Namespace, workdir: Path, children: ProcessGroup) -> dic
     fake = FakeProcess(
         workdir / "fake.log", "--stream-chunk-count", "50", "--reply", REPLY, "--latency-s", "0.02"
     )
-    stack = children.add(
-        GatewayStack(
-            workdir,
-            lambda url: soak_config(url, workdir, redis.url),
-            fake,
-            processor_env=UPSTREAM_ENV,
-            processor_log_level="WARNING",
-            envoy_name="soak-envoy",
-        )
-    ).start()
+    stack = start_stack(
+        children,
+        workdir,
+        lambda url: soak_config(url, workdir, redis.url),
+        fake,
+        envoy_name="soak-envoy",
+    )
     assert stack.processor is not None and stack.envoy is not None
     pids = {"processor": stack.processor.pid, "envoy": stack.envoy.pid}
     log(f"processor pid {pids['processor']}, Envoy pid {pids['envoy']}, on {stack.base_url}")
@@ -432,7 +411,7 @@ def soak(args: argparse.Namespace, workdir: Path, children: ProcessGroup) -> dic
         next_sample = t0
         while (now := time.monotonic()) < t0 + duration:
             if now >= next_sample:
-                with traffic._lock:
+                with traffic.lock:
                     done = traffic.total
                 for name, pid in pids.items():
                     samples[name].append((now - t0, float(done), float(rss_kib(pid))))
@@ -443,7 +422,7 @@ def soak(args: argparse.Namespace, workdir: Path, children: ProcessGroup) -> dic
                 next_sample += args.sample_s
             minute = int((now - t0) // 60)
             if minute > len(rows):
-                with traffic._lock:
+                with traffic.lock:
                     m = traffic.minutes.get(len(rows), Minute())
                 rows.append(row(len(rows), m, last_rss))
                 print_row(rows[-1])

@@ -463,7 +463,7 @@ def start_lean_gateway(
 ) -> GatewayStack[SharedFake]:
     """A second processor and Envoy on `lean_config`, sharing the running fake."""
     workdir.mkdir()
-    return _start_stack(
+    return start_stack(
         children,
         workdir,
         lambda fake_url: lean_config(fake_url, workdir, access_log),
@@ -487,7 +487,7 @@ def start_traced_gateway(
         data["telemetry"] = {**data.get("telemetry", {}), "tracing": tracing}
         return data
 
-    return _start_stack(children, workdir, config, SharedFake(fake))
+    return start_stack(children, workdir, config, SharedFake(fake))
 
 
 def start_redis_gateway(
@@ -503,12 +503,12 @@ def start_redis_gateway(
         data["governance"] = {"backend": "redis", "redis": {"url": redis.url}}
         return data
 
-    return _start_stack(children, workdir, config, SharedFake(fake)), redis
+    return start_stack(children, workdir, config, SharedFake(fake)), redis
 
 
 def start_gateway(children: ProcessGroup, workdir: Path) -> GatewayStack[FakeProcess]:
     """The fake, the processor (log level WARNING) and its Envoy, on `gateway_config`."""
-    return _start_stack(
+    return start_stack(
         children, workdir, lambda fake_url: gateway_config(fake_url, workdir), bench_fake(workdir)
     )
 
@@ -516,13 +516,15 @@ def start_gateway(children: ProcessGroup, workdir: Path) -> GatewayStack[FakePro
 F = TypeVar("F", FakeProcess, SharedFake)
 
 
-def _start_stack(
+def start_stack(
     children: ProcessGroup,
     workdir: Path,
     config: Callable[[str], dict[str, Any]],
     fake: F,
+    envoy_name: str = "gateway-envoy",
 ) -> GatewayStack[F]:
-    """A processor (log level WARNING) and its Envoy on `config`, tracked by `children`."""
+    """A processor (log level WARNING, the bench's upstream keys) and its Envoy on `config`,
+    started and tracked by `children` (as `soak.py` and `chaos.py` start theirs too)."""
     gateway = children.add(
         GatewayStack(
             workdir,
@@ -530,7 +532,7 @@ def _start_stack(
             fake,
             processor_env=UPSTREAM_ENV,
             processor_log_level="WARNING",
-            envoy_name="gateway-envoy",
+            envoy_name=envoy_name,
         )
     )
     return gateway.start()

@@ -248,6 +248,18 @@ def metric(stack: Stack, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name}{labels}")
 
 
+def wait_until(
+    check: Callable[[], bool], what: str, timeout: float = 60, poll: float = 0.05
+) -> None:
+    """Return once `check()` holds, polled every `poll` seconds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def reset_breakers(stack: Stack) -> None:
     """Close every breaker so one test's injected failures cannot affect the next."""
     changed = httpx.post(f"{stack.admin_url}/breakers/reset", timeout=10).json()["reset"]

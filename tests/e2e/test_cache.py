@@ -11,9 +11,8 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,9 +21,8 @@ import pytest
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.redis_server import RedisServer
 from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack, gateway_config, metric
-from tests.e2e.test_governance_redis import BorrowedFake
+from tests.e2e.redis_replicas import redis_replicas
 
 pytestmark = pytest.mark.e2e
 
@@ -265,36 +263,24 @@ def test_a_hit_counts_as_cached_usage_with_no_cost(
 # -- shared through Redis: three replicas ------------------------------------------------------
 
 
+def cached_on_redis(redis_url: str) -> Callable[[Json], None]:
+    """`cached`, with the cache's entries and locks in Redis at `redis_url`."""
+
+    def customize(data: Json) -> None:
+        cached(data)
+        data["cache"]["backend"] = "redis"
+        data["governance"] = {"redis": {"url": redis_url, "timeout_ms": 500}}
+
+    return customize
+
+
 @pytest.fixture(scope="module")
 def replicas(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[list[Stack], FakeProviderServer]]:
     root = tmp_path_factory.mktemp("cache-redis")
-    redis = RedisServer(root / "redis").start()
-    fake = FakeProviderServer(port=0).start()
-    stacks = []
-    for index in range(3):
-        workdir = root / f"replica-{index}"
-        workdir.mkdir()
-
-        def config(fake_url: str, workdir: Path = workdir) -> Json:
-            data = gateway_config(fake_url, workdir)
-            cached(data)
-            data["cache"]["backend"] = "redis"
-            data["governance"] = {"redis": {"url": redis.url, "timeout_ms": 500}}
-            return data
-
-        borrowed: Any = BorrowedFake(fake)
-        stacks.append(Stack(workdir, config, borrowed, processor_env=UPSTREAM_KEYS))
-    try:
-        with ThreadPoolExecutor(3) as pool:
-            list(pool.map(lambda s: s.start(), stacks))
-        yield stacks, fake
-    finally:
-        for stack in stacks:
-            stack.stop()
-        fake.stop()
-        redis.stop()
+    with redis_replicas(root, [cached_on_redis] * 3) as shared:
+        yield shared.stacks, shared.fake
 
 
 def test_replicas_on_redis_share_entries_and_make_one_provider_call(

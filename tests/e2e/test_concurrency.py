@@ -11,31 +11,26 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 
 from extproc.decisions.auth import hash_key
 from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.redis_server import RedisServer
+from tests.e2e.answers import Answer, send_chat
 from tests.e2e.conftest import (
-    FULL_KEY,
-    UPSTREAM_KEYS,
     Stack,
-    gateway_config,
     make_stack,
     metric,
     reset_breakers,
+    wait_until,
 )
-from tests.e2e.test_governance_redis import BorrowedFake
+from tests.e2e.redis_replicas import RedisReplicas, redis_replicas
 
 pytestmark = pytest.mark.e2e
 
@@ -43,51 +38,8 @@ REPLY = "every word of the answer arrived"
 Json = dict[str, Any]
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Answer:
-    """What a client got: status, headers, body (the whole stream for a stream)."""
-
-    def __init__(self, response: httpx.Response, body: bytes) -> None:
-        self.status = response.status_code
-        self.headers = response.headers
-        self.body = body
-
-    def error(self) -> dict[str, Any]:
-        parsed = orjson.loads(self.body)
-        error: dict[str, Any] = parsed["error"]
-        assert set(error) == {"message", "type", "param", "code"}, error
-        return error
-
-    def text(self) -> str:
-        """The content of a complete answer (a stream must end with [DONE])."""
-        if self.headers.get("content-type", "").startswith("text/event-stream"):
-            events = [e for e in self.body.decode().split("\n\n") if e.startswith("data: ")]
-            assert events[-1] == "data: [DONE]", events[-3:]
-            chunks = [orjson.loads(e.removeprefix("data: ")) for e in events[:-1]]
-            return "".join(
-                c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
-            )
-        return str(orjson.loads(self.body)["choices"][0]["message"]["content"])
-
-
 def send(stack: Stack, model: str, stream: bool) -> Answer:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    headers = {"authorization": f"Bearer {FULL_KEY}"}
-    with (
-        httpx.Client(timeout=120) as client,
-        client.stream(
-            "POST", f"{stack.base_url}/v1/chat/completions", json=body, headers=headers
-        ) as response,
-    ):
-        return Answer(response, response.read())
+    return send_chat(stack, model, stream, timeout=120)
 
 
 # -- one stack: reload and breaker ----------------------------------------------------------
@@ -205,13 +157,6 @@ CONCURRENT = 6
 MODEL = "chat-openai"
 
 
-class Replicas:
-    def __init__(self, redis: RedisServer, fake: FakeProviderServer, stacks: list[Stack]):
-        self.redis = redis
-        self.fake = fake
-        self.stacks = stacks
-
-
 def limited(redis_url: str) -> Callable[[Json], None]:
     def customize(config: Json) -> None:
         config["governance"] = {"backend": "redis", "redis": {"url": redis_url}}
@@ -238,33 +183,9 @@ def limited(redis_url: str) -> Callable[[Json], None]:
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    root = tmp_path_factory.mktemp("conc-redis")
-    redis = RedisServer(root / "redis").start()
-    fake = FakeProviderServer(port=0).start()
-    customize = limited(redis.url)
-
-    def stack_in(workdir: Path) -> Stack:
-        workdir.mkdir(parents=True)
-
-        def config(fake_url: str) -> Json:
-            data = gateway_config(fake_url, workdir)
-            customize(data)
-            return data
-
-        borrowed: Any = BorrowedFake(fake)
-        return Stack(workdir, config, borrowed, processor_env=UPSTREAM_KEYS)
-
-    stacks = [stack_in(root / f"replica-{index}") for index in range(3)]
-    try:
-        with ThreadPoolExecutor(len(stacks)) as pool:
-            list(pool.map(lambda s: s.start(), stacks))
-        yield Replicas(redis, fake, stacks)
-    finally:
-        for stack in stacks:
-            stack.stop()
-        fake.stop()
-        redis.stop()
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisReplicas]:
+    with redis_replicas(tmp_path_factory.mktemp("conc-redis"), [limited] * 3) as replicas:
+        yield replicas
 
 
 def tenant_usage(stack: Stack, tenant: str) -> Json:
@@ -296,14 +217,14 @@ def refused(exc: openai.APIStatusError) -> Result:
     return Result(exc.status_code, error.get("code"))
 
 
-def spread(replicas: Replicas, key: str, count: int) -> list[openai.OpenAI]:
+def spread(replicas: RedisReplicas, key: str, count: int) -> list[openai.OpenAI]:
     clients = [stack.client(key, timeout=120) for stack in replicas.stacks]
     cycle = itertools.cycle(clients)
     return [next(cycle) for _ in range(count)]
 
 
 def held_streams(
-    replicas: Replicas, key: str, count: int, **create: Any
+    replicas: RedisReplicas, key: str, count: int, **create: Any
 ) -> tuple[list[Result], int]:
     """`count` streams at once over the three replicas, held open by the fake until every one
     is admitted or refused (so no settlement frees room meanwhile); their results, and the
@@ -348,7 +269,7 @@ def held_streams(
         replicas.fake.clear()
 
 
-def settled(replicas: Replicas, tenant: str, requests: int) -> Json:
+def settled(replicas: RedisReplicas, tenant: str, requests: int) -> Json:
     """The tenant's usage once its `requests` are all settled, the same on every replica."""
     stack = replicas.stacks[0]
     wait_until(
@@ -365,14 +286,14 @@ def settled(replicas: Replicas, tenant: str, requests: int) -> Json:
     return usage
 
 
-def no_exceptions(replicas: Replicas) -> None:
+def no_exceptions(replicas: RedisReplicas) -> None:
     for stack in replicas.stacks:
         assert metric(stack, "gateway_processor_exceptions_total") == 0
         assert metric(stack, "gateway_limiter_local_decisions_total") == 0
 
 
 def test_three_processors_admit_exactly_the_requests_per_minute_limit(
-    replicas: Replicas,
+    replicas: RedisReplicas,
 ) -> None:
     replicas.fake.set_behaviour(reply=REPLY)
     total = 2 * RPM
@@ -407,7 +328,7 @@ def test_three_processors_admit_exactly_the_requests_per_minute_limit(
     no_exceptions(replicas)
 
 
-def test_three_processors_admit_exactly_what_a_token_budget_covers(replicas: Replicas) -> None:
+def test_three_processors_admit_exactly_what_a_token_budget_covers(replicas: RedisReplicas) -> None:
     results, open_streams = held_streams(replicas, BUDGET_KEY, 30, max_tokens=MAX_TOKENS)
     statuses = Counter(r.status for r in results)
     print(f"token budget for {BUDGET_REQUESTS} reservations, 30 sent: {dict(statuses)}")
@@ -428,7 +349,7 @@ def test_three_processors_admit_exactly_what_a_token_budget_covers(replicas: Rep
 
 
 def test_three_processors_hold_exactly_the_concurrency_limit_and_free_it(
-    replicas: Replicas,
+    replicas: RedisReplicas,
 ) -> None:
     results, open_streams = held_streams(replicas, CONC_KEY, 20)
     statuses = Counter(r.status for r in results)

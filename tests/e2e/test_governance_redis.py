@@ -6,6 +6,7 @@ limits again once it is back, without a restart. No request ever gets a 500.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -20,9 +21,8 @@ import openai
 import pytest
 
 from extproc.decisions.auth import hash_key
-from extproc.dev.fakes import FakeProviderServer
-from extproc.dev.redis_server import RedisServer
-from tests.e2e.conftest import UPSTREAM_KEYS, Stack, gateway_config, metric
+from tests.e2e.conftest import Stack, metric, wait_until
+from tests.e2e.redis_replicas import RedisReplicas, redis_replicas
 
 pytestmark = pytest.mark.e2e
 
@@ -33,23 +33,6 @@ BURST_RPM = 300
 TOKENS_TPM = 20_000
 SHARED_RPM = 30
 MODEL = "chat-openai"
-
-
-class BorrowedFake:
-    """One fake provider lent to several stacks: they neither start nor stop it."""
-
-    def __init__(self, fake: FakeProviderServer) -> None:
-        self.fake = fake
-
-    @property
-    def base_url(self) -> str:
-        return self.fake.base_url
-
-    def start(self) -> object:
-        return self
-
-    def stop(self) -> None:
-        return None
 
 
 def governed(redis_url: str, on_failure: str) -> Callable[[dict[str, Any]], None]:
@@ -80,29 +63,14 @@ def governed(redis_url: str, on_failure: str) -> Callable[[dict[str, Any]], None
     return customize
 
 
-def governed_stack(
-    workdir: Path, fake: FakeProviderServer, redis_url: str, on_failure: str
-) -> Stack:
-    workdir.mkdir(parents=True, exist_ok=True)
-    customize = governed(redis_url, on_failure)
-
-    def config(fake_url: str) -> dict[str, Any]:
-        data = gateway_config(fake_url, workdir)
-        customize(data)
-        return data
-
-    fake_for_stack: Any = BorrowedFake(fake)
-    return Stack(workdir, config, fake_for_stack, processor_env=UPSTREAM_KEYS)
-
-
 class Replicas:
     """Three replicas failing open (`local`) and one failing closed (`deny`), one Redis."""
 
-    def __init__(self, redis: RedisServer, fake: FakeProviderServer, stacks: list[Stack]):
-        self.redis = redis
-        self.fake = fake
-        self.open = stacks[:3]
-        self.closed = stacks[3]
+    def __init__(self, shared: RedisReplicas) -> None:
+        self.redis = shared.redis
+        self.fake = shared.fake
+        self.open = shared.stacks[:3]
+        self.closed = shared.stacks[3]
 
     @property
     def all(self) -> list[Stack]:
@@ -111,22 +79,10 @@ class Replicas:
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
-    root = tmp_path_factory.mktemp("gov-redis")
-    redis = RedisServer(root / "redis").start()
-    fake = FakeProviderServer(port=0).start()
-    stacks = [
-        governed_stack(root / f"replica-{index}", fake, redis.url, mode)
-        for index, mode in enumerate(["local", "local", "local", "deny"])
-    ]
-    try:
-        with ThreadPoolExecutor(len(stacks)) as pool:
-            list(pool.map(lambda s: s.start(), stacks))
-        yield Replicas(redis, fake, stacks)
-    finally:
-        for stack in stacks:
-            stack.stop()
-        fake.stop()
-        redis.stop()
+    modes = ["local", "local", "local", "deny"]
+    customizers = [functools.partial(governed, on_failure=mode) for mode in modes]
+    with redis_replicas(tmp_path_factory.mktemp("gov-redis"), customizers) as shared:
+        yield Replicas(shared)
 
 
 def client(stack: Stack, key: str) -> openai.OpenAI:
@@ -164,15 +120,6 @@ def ask(sdk: openai.OpenAI, text: str = "hello") -> Outcome:
 def no_processor_exceptions(stacks: list[Stack]) -> None:
     for stack in stacks:
         assert metric(stack, "gateway_processor_exceptions_total") == 0, stack.dump_logs()
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- one global limit, three replicas ------------------------------------------------------
@@ -310,7 +257,8 @@ def test_redis_down_serves_on_local_limits_or_refuses_then_shares_again(
         probes.extend(send(a, 1))
         return metric(a, "gateway_limiter_redis_up") == 1
 
-    wait_until(shared_again, "replica a to use Redis again")
+    # Polled every 0.1 s (each check sends a request) for at most 30 s.
+    wait_until(shared_again, "replica a to use Redis again", timeout=30, poll=0.1)
     # The probe that saw Redis back may itself have been decided locally (429): the next
     # request is Redis's, on its empty window.
     probes.extend(send(a, 1))
@@ -335,6 +283,8 @@ def test_redis_down_serves_on_local_limits_or_refuses_then_shares_again(
     wait_until(
         lambda: ask(sdk[replicas.closed.admin_url]).status == 429,
         "the deny replica to answer from Redis again",
+        timeout=30,
+        poll=0.1,
     )
     assert "redis answers again" in (a.processor_log or Path("/nonexistent")).read_text()
     assert Counter(o.status for o in outcomes).keys() <= {200, 429, 503}

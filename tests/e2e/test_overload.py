@@ -10,18 +10,17 @@ Real Envoy + processor + the fake provider (its stream gate and latency make it 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.e2e.access_log import access_lines
-from tests.e2e.conftest import FULL_KEY, Stack, make_stack, metric
+from tests.e2e.answers import Answer, send_chat
+from tests.e2e.conftest import Stack, make_stack, metric, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -46,58 +45,12 @@ def fake(small: Stack) -> Iterator[Any]:
     small.fake.clear()
 
 
-class Answer:
-    """What a client got: status, headers, body (the whole stream for a stream)."""
-
-    def __init__(self, response: httpx.Response, body: bytes) -> None:
-        self.status = response.status_code
-        self.headers = response.headers
-        self.body = body
-
-    def error(self) -> dict[str, Any]:
-        parsed = orjson.loads(self.body)
-        assert set(parsed) == {"error"}, self.body
-        error: dict[str, Any] = parsed["error"]
-        assert set(error) == {"message", "type", "param", "code"}, error
-        return error
-
-    def text(self) -> str:
-        """The content of a complete answer (a stream must end with [DONE])."""
-        if self.headers.get("content-type", "").startswith("text/event-stream"):
-            events = [e for e in self.body.decode().split("\n\n") if e.startswith("data: ")]
-            assert events[-1] == "data: [DONE]", events[-3:]
-            chunks = [orjson.loads(e.removeprefix("data: ")) for e in events[:-1]]
-            return "".join(
-                c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
-            )
-        return str(orjson.loads(self.body)["choices"][0]["message"]["content"])
-
-
-def send(stack: Stack, stream: bool, started: threading.Event | None = None) -> Answer:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    headers = {"authorization": f"Bearer {FULL_KEY}"}
-    with (
-        httpx.Client(timeout=60) as client,
-        client.stream(
-            "POST", f"{stack.base_url}/v1/chat/completions", json=body, headers=headers
-        ) as response,
-    ):
-        if started is not None:
-            started.set()
-        return Answer(response, response.read())
+def send(stack: Stack, stream: bool) -> Answer:
+    return send_chat(stack, MODEL, stream, timeout=60)
 
 
 def shed_total(stack: Stack) -> float:
     return metric(stack, "gateway_shed_requests_total", reason="in_flight")
-
-
-def wait_for(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def overloaded_lines(stack: Stack) -> int:
@@ -123,7 +76,7 @@ def test_at_capacity_new_requests_are_shed_at_once_and_admitted_ones_finish(
     with ThreadPoolExecutor(MAX_IN_FLIGHT + 16) as pool:
         try:
             held = [pool.submit(send, small, True) for _ in range(MAX_IN_FLIGHT)]
-            wait_for(lambda: fake.stream_started == MAX_IN_FLIGHT, "8 streams to be held")
+            wait_until(lambda: fake.stream_started == MAX_IN_FLIGHT, "8 streams to be held")
             assert metric(small, "gateway_requests_in_flight") == MAX_IN_FLIGHT
             # Full: 16 more, streams and not, are each answered at once with a 503 (they
             # return while the 8 are still held: nothing waits in a queue).
@@ -144,8 +97,8 @@ def test_at_capacity_new_requests_are_shed_at_once_and_admitted_ones_finish(
     # The shed requests never reached the provider.
     assert len(fake.requests) == MAX_IN_FLIGHT
     assert shed_total(small) - shed_before == len(shed)
-    wait_for(lambda: overloaded_lines(small) - lines_before == len(shed), "the access log")
-    wait_for(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
+    wait_until(lambda: overloaded_lines(small) - lines_before == len(shed), "the access log")
+    wait_until(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
     # The load dropped: everything is served again, with no restart and nothing to reset.
     fake.set_behaviour(reply=REPLY)
     with ThreadPoolExecutor(MAX_IN_FLIGHT // 2) as pool:
@@ -183,5 +136,5 @@ def test_a_burst_above_capacity_gets_every_request_answered_200_or_503(
             assert answer.text() == REPLY
     assert shed_total(small) - shed_before == statuses[503]
     assert len(fake.requests) == statuses[200]
-    wait_for(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
+    wait_until(lambda: metric(small, "gateway_requests_in_flight") == 0, "every slot freed")
     assert metric(small, "gateway_processor_exceptions_total") == 0
