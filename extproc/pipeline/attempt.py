@@ -500,23 +500,19 @@ class UpstreamAttempt(Attempt):
         body = record.attempt_body if record is not None else None
         if body is None:
             raise RuntimeError("attempt without its request's record")
-        action = self._translate_body(body)
+        parsed = orjson.loads(body)  # the OpenAI body the downstream filter validated
+        if not isinstance(parsed, dict):
+            raise RuntimeError("attempt without a validated OpenAI request")
+        action = self.translate(
+            validate(self.target.route.endpoint, parsed, check_model_id(parsed))
+        )
         action.keep_mode = True
         return action
 
     def on_request_body(self, body: bytes, end_of_stream: bool) -> Continue:
-        """Only an upstream filter configured to send bodies (an older bootstrap) gets here:
-        translate the body if the headers answer did not."""
-        if self.adapter is not None:
-            return Continue()
-        return self._translate_body(body)
-
-    def _translate_body(self, body: bytes) -> Continue:
-        parsed = orjson.loads(body)  # the OpenAI body the downstream filter validated
-        if not isinstance(parsed, dict):
-            raise RuntimeError("attempt without a validated OpenAI request")
-        request = validate(self.target.route.endpoint, parsed, check_model_id(parsed))
-        return self.translate(request)
+        """Not sent by the upstream filter (its mode has no request body); the headers answer
+        replaced the body already."""
+        return Continue()
 
     def on_response_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
         """As every attempt; a success also ends the retries, so the body kept for them goes."""

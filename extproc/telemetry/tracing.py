@@ -260,11 +260,6 @@ class Tracing:
         self.provider.shutdown()
 
 
-# Where an attempt translates its request (its request headers; the body with an older
-# bootstrap that still sends the upstream filter one).
-_TRANSLATING_PHASES = frozenset({"request_headers", "request_body"})
-
-
 class StreamTrace:
     """The span of one sampled ext_proc stream and what it learns while the stream runs."""
 
@@ -304,7 +299,7 @@ class StreamTrace:
             self.record = record
             if not self.attempt:
                 record.trace = self  # the request's end (`Telemetry.emit`) ends this span
-        if self.attempt and record is not None and phase in _TRANSLATING_PHASES:
+        if self.attempt and record is not None and phase == "request_headers":
             self.attempt_number = record.attempts  # this attempt's translation counted it
 
     def answer(self, body: bytes) -> None:

@@ -237,14 +237,6 @@ def test_an_attempt_without_its_requests_record_is_refused() -> None:
         pipe.on_request_headers({":path": "/v1/chat/completions", "x-request-id": "nope"}, False)
 
 
-def test_an_attempt_sent_a_body_by_an_older_bootstrap_translates_it_once() -> None:
-    gw = gateway()
-    pipe = UpstreamAttempt(gw, gw.models["gpt"].targets[0])
-    action = pipe.on_request_body(orjson.dumps(CHAT), True)
-    assert action.body is not None and orjson.loads(action.body)["model"] == "gpt-upstream"
-    assert pipe.on_request_body(orjson.dumps(CHAT), True) == Continue()
-
-
 def test_attempt_translates_for_openai() -> None:
     action = attempt(gateway(), "gpt", CHAT)
     assert action.set_headers[":path"] == "/v1/chat/completions"
