@@ -210,11 +210,11 @@ def test_route_ids_are_distinct_per_model() -> None:
     assert len(set(ids)) == len(ids)
 
 
-def attempt(
+def started_attempt(
     gw: Gateway, model: str, body: dict[str, Any], path: str = "/v1/chat/completions"
-) -> Continue:
-    """An attempt's answer to its request headers, for a request whose downstream stream
-    forwarded `body` (the upstream filter is sent no body of its own)."""
+) -> tuple[UpstreamAttempt, Continue]:
+    """An attempt and its answer to its request headers, for a request whose downstream
+    stream forwarded `body` (the upstream filter is sent no body of its own)."""
     target = gw.models[model].targets[0]
     record = gw.telemetry.new_record()
     record.request_id = "req-1"
@@ -227,7 +227,14 @@ def attempt(
     assert isinstance(action, Continue)
     assert action.keep_mode  # the filter's mode (no request body) stands
     assert pipe.record is record and record.attempts == 1
-    return action
+    return pipe, action
+
+
+def attempt(
+    gw: Gateway, model: str, body: dict[str, Any], path: str = "/v1/chat/completions"
+) -> Continue:
+    """The attempt's answer to its request headers (`started_attempt`)."""
+    return started_attempt(gw, model, body, path)[1]
 
 
 def test_an_attempt_without_its_requests_record_is_refused() -> None:
@@ -454,9 +461,7 @@ def test_inline_envoy_timeout_counts_against_the_target_and_is_not_rewritten() -
 def test_a_provider_cannot_pass_for_envoy_on_the_upstream_path() -> None:
     # The marker is honoured only inline; an upstream attempt treats it as the provider's.
     gw = gateway()
-    target = gw.models["pair"].targets[0]
-    pipe = UpstreamAttempt(gw, target)
-    pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
+    pipe, _ = started_attempt(gw, "pair", {**CHAT, "model": "pair"})
     action = pipe.on_response_headers({":status": "500", "x-gateway-error": "x"}, False)
     assert action.mode_override is not None  # mapped like any provider error
 
@@ -521,9 +526,8 @@ def test_inline_probe_whose_client_left_frees_the_probe_slot() -> None:
 
 def test_upstream_attempt_ending_unanswered_counts_against_the_target() -> None:
     gw = gateway()
-    target = gw.models["pair"].targets[0]
-    pipe = UpstreamAttempt(gw, target)
-    pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
+    pipe, _ = started_attempt(gw, "pair", {**CHAT, "model": "pair"})
+    target = pipe.target
     pipe.finish()
     assert target.breaker.snapshot(0.0)["consecutive_failures"] == 1
 
