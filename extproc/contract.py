@@ -30,6 +30,21 @@ UPSTREAM_TARGET_ATTRIBUTE: Final = (
 )
 
 # -- headers ---------------------------------------------------------------------------------
+# Envoy's router numbers each attempt of a request in this header (the virtual host's
+# `include_request_attempt_count`): "1" for the first, which a lead target's model sends
+# without the per-attempt filters (`bootstrap/lead.py`).
+ATTEMPT_COUNT_HEADER: Final = "x-envoy-attempt-count"
+
+# -- retries ---------------------------------------------------------------------------------
+# The provider 4xx statuses the gateway answers with a 5xx (`providers.errors.provider_error`:
+# 401/403 as `provider_auth_failed`, 408 as `provider_timeout`, the rest as `provider_error`),
+# so they fail over to the next target. An upstream attempt rewrites them before Envoy's router
+# decides on a retry; a lead target's first attempt has no upstream filter, so its route lists
+# them as retriable instead (`tests/unit/test_bootstrap_lead.py` checks the two agree).
+FAILED_OVER_4XX: Final = (
+    401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 414, 415, 416, 417, 418,
+    421, 423, 424, 425, 426, 428, 431, 451,
+)  # fmt: skip
 # Marks an answer whose body is already an OpenAI-style error (value: its error code): the
 # processor's ImmediateResponses, the fallback route, and every local reply Envoy's
 # `local_reply_config` rewrote. The mappers leave marked replies alone; an inline attempt knows

@@ -22,6 +22,7 @@ from extproc.config.schema import (
 from extproc.config.topology import (
     breaker_key,
     inline_translation,
+    model_lead,
     model_route_ids,
     target_id,
     target_priority,
@@ -89,6 +90,8 @@ class ModelRoute:
     timeout_cap: float | None = None  # largest provider timeout cap, if all targets have one
     # Translated by the downstream filter (one target) rather than by each attempt.
     inline: bool = False
+    # Several targets: the one whose first attempt the downstream filter translates.
+    lead: Target | None = None
     # Read pass-through answers for their usage (`telemetry.usage_accounting`).
     account_usage: bool = False
     # Deterministic answers are served again from the response cache.
@@ -269,6 +272,8 @@ class Gateway:
             None,
         )
         route.inline = inline_translation(len(targets))
+        lead = model_lead(self.config, model)
+        route.lead = targets[lead] if lead is not None else None
         caps = [t.provider.timeout_seconds for t in targets]
         if all(cap is not None for cap in caps):
             route.timeout_cap = max(cap for cap in caps if cap is not None)

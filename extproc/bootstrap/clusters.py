@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import timedelta
 
+from betterproto2 import Message
 from envoy_data_plane.envoy.config.cluster.v3 import (
     CircuitBreakers,
     CircuitBreakersThresholds,
@@ -58,6 +59,7 @@ from envoy_data_plane.google.protobuf import Any, Struct
 
 from extproc.bootstrap.common import FAIL_OPEN_CLUSTER, is_ip, protocol_options, socket_address
 from extproc.bootstrap.extproc_filter import EXTPROC_FILTER, upstream_ext_proc_filter
+from extproc.bootstrap.lead import skipped_for_lead
 from extproc.bootstrap.tracing import collector_clusters
 from extproc.config.schema import (
     MAX_IN_FLIGHT_LIMIT,
@@ -70,6 +72,7 @@ from extproc.config.schema import (
 )
 from extproc.config.topology import (
     inline_translation,
+    model_lead,
     model_stat_name,
     target_id,
     target_priority,
@@ -198,6 +201,7 @@ def model_cluster(
     protocol = cluster_protocol(targets)
     any_dns = any(not is_ip(p.host) for p in targets)
     inline = inline_translation(len(targets))
+    lead = model_lead(config, model)
     return Cluster(
         name=route_id,
         # The route id changes when the model's config does; its stats keep the model's name.
@@ -236,7 +240,12 @@ def model_cluster(
             ]
         ),
         typed_extension_protocol_options=protocol_options(
-            _model_http_options(config, protocol, per_attempt=not inline)
+            _model_http_options(
+                config,
+                protocol,
+                per_attempt=not inline,
+                lead=target_id(route_id, lead) if lead is not None else None,
+            )
         ),
     )
 
@@ -314,9 +323,10 @@ def _breaker_health_check(resilience: ResilienceConfig) -> HealthCheck:
 
 
 def _model_http_options(
-    config: GatewayConfig, protocol: HttpProtocol, per_attempt: bool
+    config: GatewayConfig, protocol: HttpProtocol, per_attempt: bool, lead: str | None = None
 ) -> HttpProtocolOptions:
-    """HTTP settings of a model cluster; `per_attempt`: run the upstream ext_proc filter."""
+    """HTTP settings of a model cluster; `per_attempt`: run the upstream ext_proc filter,
+    except for the first attempt when it goes to the `lead` target (`bootstrap/lead.py`)."""
     if protocol is HttpProtocol.HTTP2:
         explicit = HttpProtocolOptionsExplicitHttpConfig(
             http2_protocol_options=Http2ProtocolOptions()
@@ -327,21 +337,21 @@ def _model_http_options(
         )
     if not per_attempt:
         return HttpProtocolOptions(explicit_http_config=explicit)
+    # The ext_proc answer that replaces the body drops `content-length` (Envoy's
+    # CONTINUE_AND_REPLACE); buffering the (already buffered) body puts it back, so providers
+    # get a sized body, not a chunked one.
+    filters: list[tuple[str, Message]] = [
+        (EXTPROC_FILTER, upstream_ext_proc_filter(config.processor, config.resilience)),
+        (BUFFER_FILTER, Buffer(max_request_bytes=config.limits.buffer_bytes)),
+    ]
     return HttpProtocolOptions(
         explicit_http_config=explicit,
         http_filters=[
-            HttpFilter(
-                name=EXTPROC_FILTER,
-                typed_config=Any.pack(
-                    upstream_ext_proc_filter(config.processor, config.resilience)
-                ),
-            ),
-            # The ext_proc answer that replaces the body drops `content-length` (Envoy's
-            # CONTINUE_AND_REPLACE); buffering the (already buffered) body puts it back, so
-            # providers get a sized body, not a chunked one.
-            HttpFilter(
-                name=BUFFER_FILTER,
-                typed_config=Any.pack(Buffer(max_request_bytes=config.limits.buffer_bytes)),
+            *(
+                HttpFilter(name=name, typed_config=Any.pack(settings))
+                if lead is None
+                else skipped_for_lead(name, settings, lead)
+                for name, settings in filters
             ),
             HttpFilter(name=UPSTREAM_CODEC_FILTER, typed_config=Any.pack(UpstreamCodec())),
         ],

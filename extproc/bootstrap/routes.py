@@ -47,7 +47,9 @@ from extproc.config.schema import (
     GatewayConfig,
     ResilienceConfig,
 )
+from extproc.config.topology import model_lead
 from extproc.contract import (
+    FAILED_OVER_4XX,
     GATEWAY_ERROR_HEADER,
     METADATA_NAMESPACE,
     ROUTE_CONFIG_NAME,
@@ -67,7 +69,10 @@ def model_routes(config: GatewayConfig, route_ids: dict[str, str]) -> list[Route
     """One route per model, in config order, each selected by its route id in the metadata."""
     return [
         _model_route(
-            route_ids[model.name], config.limits.default_timeout_seconds, config.resilience
+            route_ids[model.name],
+            config.limits.default_timeout_seconds,
+            config.resilience,
+            lead=model_lead(config, model) is not None,
         )
         for model in config.models
     ]
@@ -84,11 +89,24 @@ def route_config(
     routes.append(_fallback_route())
     return RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[VirtualHost(name=LISTENER_NAME, domains=["*"], routes=routes)],
+        virtual_hosts=[
+            VirtualHost(
+                name=LISTENER_NAME,
+                domains=["*"],
+                routes=routes,
+                # x-envoy-attempt-count: the lead's first attempt skips the upstream filters.
+                include_request_attempt_count=True,
+            )
+        ],
     )
 
 
-def _model_route(route_id: str, default_timeout: float, resilience: ResilienceConfig) -> Route:
+def _model_route(
+    route_id: str, default_timeout: float, resilience: ResilienceConfig, lead: bool
+) -> Route:
+    """The route of one model; `lead`: its first attempt goes out untouched by the upstream
+    filters (`bootstrap/lead.py`), so the provider statuses the gateway fails over on are
+    retried as they come."""
     selected = MetadataMatcher(
         filter=METADATA_NAMESPACE,
         path=[MetadataMatcherPathSegment(key=ROUTE_METADATA_KEY)],
@@ -103,17 +121,18 @@ def _model_route(route_id: str, default_timeout: float, resilience: ResilienceCo
             auto_host_rewrite=True,
             # Overridden per request by the processor (x-envoy-upstream-rq-timeout-ms).
             timeout=timedelta(seconds=default_timeout),
-            retry_policy=_retry_policy(resilience),
+            retry_policy=_retry_policy(resilience, lead),
         ),
     )
 
 
-def _retry_policy(resilience: ResilienceConfig) -> RetryPolicy:
+def _retry_policy(resilience: ResilienceConfig, lead: bool = False) -> RetryPolicy:
     idle = resilience.per_try_idle_timeout_seconds
+    codes = sorted({*RETRIABLE_STATUS_CODES, *FAILED_OVER_4XX}) if lead else RETRIABLE_STATUS_CODES
     return RetryPolicy(
         per_try_idle_timeout=timedelta(seconds=idle) if idle is not None else None,
         retry_on=RETRY_ON,
-        retriable_status_codes=list(RETRIABLE_STATUS_CODES),
+        retriable_status_codes=list(codes),
         num_retries=resilience.max_retries,
         retry_back_off=RetryPolicyRetryBackOff(
             base_interval=timedelta(milliseconds=resilience.retry_base_interval_ms),

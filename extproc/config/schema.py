@@ -440,6 +440,11 @@ class ResilienceConfig(_Strict):
     health_check_interval_ms: Annotated[int, Field(ge=50, le=60000)] = 500
     # Envoy retries (same request, next target): attempts after the first.
     max_retries: Annotated[int, Field(ge=0, le=5)] = 2
+    # A model with several targets whose first priority has one target: its first attempt
+    # is translated by the downstream filter, with no per-attempt ext_proc stream unless Envoy
+    # retries or sends it elsewhere (docs/architecture.md, "The lead target"). False: every
+    # attempt is translated by the upstream filter.
+    inline_first_attempt: bool = True
     retry_base_interval_ms: Annotated[int, Field(ge=1, le=10000)] = 100
     retry_max_interval_ms: Annotated[int, Field(ge=1, le=60000)] = 400
     # Give up on one attempt after this long and try the next target (None: only the

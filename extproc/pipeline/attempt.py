@@ -22,7 +22,12 @@ from enum import Enum, StrEnum, auto
 
 import orjson
 
-from extproc.contract import GATEWAY_ERROR_HEADER, NOT_SENT_CODES, PROVIDER_HEADER
+from extproc.contract import (
+    ATTEMPT_COUNT_HEADER,
+    GATEWAY_ERROR_HEADER,
+    NOT_SENT_CODES,
+    PROVIDER_HEADER,
+)
 from extproc.decisions.breaker import Admission
 from extproc.decisions.openai_request import ValidatedRequest
 from extproc.decisions.validation import check_model_id, validate
@@ -119,6 +124,7 @@ class Attempt:
         "response_model",
         "status",
         "streaming",
+        "superseded",
         "target",
         "usage",
     )
@@ -142,6 +148,8 @@ class Attempt:
         # The request's record (attempts, usage, times), when it has one.
         self.record: RequestRecord | None = None
         self.streaming = False  # counted in gateway_response_streams_active
+        # A lead's first attempt an upstream attempt took over (`InlineAttempt.supersede`).
+        self.superseded = False
 
     # -- where the attempt runs (the subclasses) --------------------------------------------
 
@@ -478,6 +486,21 @@ class InlineAttempt(Attempt):
         self._release_probe()
         return Outcome.CLIENT_GONE
 
+    def supersede(self, tried: bool) -> None:
+        """A lead target's first attempt, translated here, that an attempt's upstream filter
+        took over: Envoy retried after it failed (`tried`: its status is not seen, so it counts
+        as a failure of the lead, a 429's Retry-After included), or sent the first attempt to
+        another target (its health checks and the breaker disagreed): nothing was sent."""
+        self.superseded = True
+        if tried:
+            self._record_failure("failed, retried elsewhere")
+            return
+        self._release_probe()
+        self.outcome = Outcome.NOT_SENT
+        record = self.record
+        if record is not None:
+            record.attempts -= 1
+
 
 class UpstreamAttempt(Attempt):
     """An attempt on its own upstream ext_proc stream (models with several targets)."""
@@ -495,11 +518,15 @@ class UpstreamAttempt(Attempt):
     def on_request_headers(self, headers: dict[str, str], end_of_stream: bool) -> Continue:
         """Find the request's record (by its id) and translate the OpenAI body the downstream
         filter forwarded for this try's target: the answer replaces the body (Envoy sends this
-        filter none), and takes a breaker slot."""
+        filter none), and takes a breaker slot. The first attempt stream of a lead target's
+        request takes over from the downstream filter's translation (`supersede`)."""
         record = self.record = self.gateway.telemetry.records.find(headers.get("x-request-id"))
         body = record.attempt_body if record is not None else None
-        if body is None:
+        if record is None or body is None:
             raise RuntimeError("attempt without its request's record")
+        lead, record.lead = record.lead, None
+        if lead is not None:
+            lead.supersede(tried=headers.get(ATTEMPT_COUNT_HEADER, "1") != "1")
         parsed = orjson.loads(body)  # the OpenAI body the downstream filter validated
         if not isinstance(parsed, dict):
             raise RuntimeError("attempt without a validated OpenAI request")

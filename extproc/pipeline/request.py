@@ -415,26 +415,31 @@ class RequestPipeline:
         # them, so any a client sent are dropped upstream.
         remove = ["authorization", "accept-encoding", TIMEOUT_HEADER, CACHE_HEADER]
         remove.extend(h for h in client if h.startswith("x-envoy-"))
-        if route.inline:
-            # One target: every attempt goes to it, so translate here, once. (Several
-            # targets: the body stays in OpenAI form and each attempt is translated for its
-            # own target by the upstream ext_proc filter, see attempt.py.)
-            self.attempt = InlineAttempt(gateway, route.targets[0])
-            self.attempt.record = record
-            translated = self.attempt.translate(request)
+        lead = route.lead
+        new_body: bytes | None = None
+        if not route.inline:
+            # Several targets: each attempt's upstream filter translates the OpenAI body for
+            # its own target (attempt.py); the record keeps it for them, found by request id.
+            openai = serialize(request.body) if request.body_changed else None
+            if record is not None:
+                record.attempt_body = self.raw_body if openai is None else openai
+                if self.new_request_id:
+                    headers["x-request-id"] = record.request_id
+            if lead is None and openai is not None:
+                new_body = openai
+                headers["content-length"] = str(len(openai))
+        target = route.targets[0] if route.inline else lead
+        if target is not None:
+            # One target: every attempt goes to it, so translate here, once. A lead target:
+            # its first attempt goes out without the upstream filters (bootstrap/lead.py).
+            attempt = self.attempt = InlineAttempt(gateway, target)
+            attempt.record = record
+            if record is not None and lead is not None:
+                record.lead = attempt
+            translated = attempt.translate(request)
             headers.update(translated.set_headers)
             remove.extend(translated.remove_headers)
             new_body = translated.body
-        else:
-            if request.body_changed:
-                new_body = serialize(request.body)
-                headers["content-length"] = str(len(new_body))
-            else:
-                new_body = None
-            if record is not None:
-                record.attempt_body = self.raw_body if new_body is None else new_body
-                if self.new_request_id:
-                    headers["x-request-id"] = record.request_id
         self.raw_body = b""
         # Only headers the client sent can be here to remove (fewer mutations for Envoy).
         return Continue(
@@ -458,6 +463,13 @@ class RequestPipeline:
         """Count the answer (translated by its attempt: upstream, or inline here); have it
         read when the cache stores it or a policy wants its text."""
         attempt = self.attempt
+        record = self.record
+        if record is not None:
+            record.lead = None  # the answer is here: no attempt stream takes over any more
+        if attempt is not None and attempt.superseded:
+            # A lead target's first attempt an upstream attempt took over: the answer is
+            # that attempt's, already translated, as for any model with several targets.
+            self.attempt = attempt = None
         if attempt is not None:
             action = attempt.on_response_headers(headers, end_of_stream)
             sent = attempt.outcome is not Outcome.NOT_SENT
@@ -471,7 +483,6 @@ class RequestPipeline:
             usable = attempt.rejection is None and attempt.plan in _USABLE_PLANS
         else:
             self.provider = headers.get(PROVIDER_HEADER, "")
-            record = self.record
             envoy_reply = headers.get(GATEWAY_ERROR_HEADER)
             if record is not None:
                 if envoy_reply is not None:
@@ -599,6 +610,7 @@ class RequestPipeline:
         record = self.record
         if record is not None:
             self.record = None
+            record.lead = None
             if not self.finished:
                 # The stream ended without an answer the processor saw: the client left.
                 record.answered(CLIENT_CLOSED_STATUS)

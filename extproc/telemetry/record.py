@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from extproc.providers.base import Usage
 
@@ -37,6 +37,13 @@ def trace_id_from(traceparent: str | None) -> str:
     return trace_id.lower()
 
 
+class LeadAttempt(Protocol):
+    """What an attempt's stream needs of a lead target's first attempt (`InlineAttempt`)."""
+
+    def supersede(self, tried: bool) -> None:
+        """An upstream attempt took over; `tried`: the lead was tried first, and failed."""
+
+
 class RequestRecord:
     """What one request did, filled in as its phases run (plain fields, no logic per phase)."""
 
@@ -54,6 +61,7 @@ class RequestRecord:
         "headers_at",
         "holders",
         "key_id",
+        "lead",
         "method",
         "model",
         "on_close",
@@ -103,6 +111,9 @@ class RequestRecord:
         # The OpenAI body the downstream filter forwarded, for a model with several targets:
         # each attempt's upstream filter translates it for its own target (it is sent no body).
         self.attempt_body: bytes | None = None
+        # A lead target's first attempt, translated by the downstream filter, until the
+        # answer reaches it or an attempt's upstream filter takes over (`LeadAttempt`).
+        self.lead: LeadAttempt | None = None
         self.usage: Usage | None = None
         # What the request reserved of its limits and budgets, settled when the record closes.
         self.reservation: Reservation | None = None

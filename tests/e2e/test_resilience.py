@@ -24,7 +24,7 @@ import pytest
 
 from extproc.config.topology import model_stat_name
 from extproc.dev.fakes import FakeProviderServer
-from tests.e2e.conftest import FULL_KEY, Stack, make_stack
+from tests.e2e.conftest import FULL_KEY, UPSTREAM_KEYS, Stack, make_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -176,13 +176,49 @@ def test_streams_fail_over_before_the_first_byte(pair: Pair) -> None:
     assert len(pair.primary.requests) == 1 and len(pair.backup.requests) == 1
 
 
-def test_provider_429_cools_the_target_and_fails_over(pair: Pair) -> None:
+def test_provider_429_cools_the_target_and_fails_over(tmp_path: Path) -> None:
+    # Every attempt on its upstream filter (no lead): the processor sees the 429 itself.
+    for pair in make_pair(tmp_path, inline_first_attempt=False):
+        pair.primary.set_behaviour(status=429, error_headers={"retry-after": "1"})
+        reply = pair.chat("rate limited")
+        assert reply.choices[0].message.content == "echo: rate limited"
+        state = pair.breakers()["p-openai/primary-model"]
+        assert state["state"] == "closed"  # a 429 is a cool-down, not a failure
+        assert state["consecutive_failures"] == 0
+        assert pair.metric("gateway_upstream_attempts_total", outcome="rate_limited") == 1
+
+
+def test_a_lead_targets_429_fails_over_and_counts_as_its_failure(pair: Pair) -> None:
+    # The lead's first attempt has no upstream filter: Envoy retries its 429 unseen, and the
+    # retry's stream counts the lead's try as a failure (docs/architecture.md, "The lead").
     pair.primary.set_behaviour(status=429, error_headers={"retry-after": "1"})
     reply = pair.chat("rate limited")
     assert reply.choices[0].message.content == "echo: rate limited"
+    assert len(pair.primary.requests) == 1 and len(pair.backup.requests) == 1
     state = pair.breakers()["p-openai/primary-model"]
-    assert state["state"] == "closed"  # a 429 is a cool-down, not a failure
-    assert pair.metric("gateway_upstream_attempts_total", outcome="rate_limited") == 1
+    assert state["state"] == "closed" and state["consecutive_failures"] == 1
+    attempts = "gateway_upstream_attempts_total"
+    assert pair.metric(attempts, provider="p-openai", outcome="failure") == 1
+    assert pair.metric(attempts, provider="p-backup", outcome="success") == 1
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_a_lead_targets_4xx_the_gateway_answers_with_a_502_fails_over(
+    pair: Pair, status: int
+) -> None:
+    # Unmapped on the lead's first attempt, so the lead route retries them as they come.
+    pair.primary.set_behaviour(status=status)
+    reply = pair.chat("fail over")
+    assert reply.choices[0].message.content == "echo: fail over"
+    assert len(pair.primary.requests) == 1 and len(pair.backup.requests) == 1
+
+
+def test_a_lead_targets_400_is_the_clients_error_and_not_retried(pair: Pair) -> None:
+    pair.primary.set_behaviour(status=400)
+    response = pair.post()
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "provider_invalid_request"
+    assert len(pair.primary.requests) == 1 and pair.backup.requests == []
 
 
 def test_breaker_opens_after_n_failures_and_then_skips_the_primary(pair: Pair) -> None:
@@ -298,9 +334,11 @@ def test_slow_primary_times_out_per_try_and_fails_over(tmp_path: Path) -> None:
         assert p.envoy_stat("upstream_rq_per_try_timeout") == 1
         assert p.envoy_stat("upstream_rq_retry") == 1
         assert p.envoy_stat("upstream_rq_timeout") == 0
-        # The processor saw the primary's attempt end without an answer, the backup's succeed.
+        # The primary is the lead: its try was made without an upstream filter, and the
+        # retry's stream counted it failed (with one, it would be "no_response"); the backup's
+        # attempt succeeded.
         attempts = "gateway_upstream_attempts_total"
-        assert p.metric(attempts, provider="p-openai", outcome="no_response") == 1
+        assert p.metric(attempts, provider="p-openai", outcome="failure") == 1
         assert p.metric(attempts, provider="p-backup", outcome="success") == 1
         assert p.metric(attempts) == 2
 
@@ -559,35 +597,89 @@ def unread_pair(tmp_path: Path) -> Iterator[Pair]:
     yield from make_pair(tmp_path, telemetry={"usage_accounting": False})
 
 
-def test_an_attempt_costs_two_ext_proc_messages_and_gets_its_body_translated(
-    unread_pair: Pair,
-) -> None:
-    pair = unread_pair
-    # The upstream filter is sent no request body: its answer to the attempt's request headers
-    # carries the body translated for the target (from what the downstream filter read).
-    # Without usage accounting nothing reads the answer's body, so an attempt is request
-    # headers + response headers, and the request 3 + 2 messages on two streams.
+def sent_since(pair: Pair, before: dict[str, int]) -> dict[str, int]:
+    """The ext_proc streams and messages Envoy counted since `before`."""
+    after = ext_proc_counts(pair.stack)
+    return {name: after[name] - before.get(name, 0) for name in after}
+
+
+def three_healthy_requests(pair: Pair) -> dict[str, int]:
+    """The ext_proc streams and messages of three requests the primary answers (after one to
+    warm up)."""
     pair.chat("warm up")
-
-    def sent_since(before: dict[str, int]) -> dict[str, int]:
-        after = ext_proc_counts(pair.stack)
-        return {name: after[name] - before.get(name, 0) for name in after}
-
     before = ext_proc_counts(pair.stack)
     for n in range(3):
         assert pair.chat(f"primary {n}").choices[0].message.content == f"echo: primary {n}"
-    assert sent_since(before) == {
+    return sent_since(pair, before)
+
+
+def failed_over_request(pair: Pair) -> dict[str, int]:
+    """The ext_proc streams and messages of a request the primary fails (503)."""
+    before = ext_proc_counts(pair.stack)
+    pair.primary.set_behaviour(status=503)
+    assert pair.chat("to the backup").choices[0].message.content == "echo: to the backup"
+    return sent_since(pair, before)
+
+
+def test_a_lead_targets_first_attempt_costs_no_attempt_stream(unread_pair: Pair) -> None:
+    pair = unread_pair
+    # The downstream filter translates for the lead (the primary), and the upstream filters
+    # skip the first attempt to it: a healthy request is one stream of 3 messages, as for a
+    # model with one target (without usage accounting nothing reads the answer's body).
+    assert three_healthy_requests(pair) == {
+        "downstream.streams_started": 3,
+        "downstream.stream_msgs_sent": 3 * 3,
+        "upstream.streams_started": 0,
+        "upstream.stream_msgs_sent": 0,
+    }
+    sent = pair.primary.requests[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.json == {
+        "model": "primary-model",
+        "messages": [{"role": "user", "content": "primary 2"}],
+    }
+    assert sent.header("authorization") == f"Bearer {UPSTREAM_KEYS['TEST_OPENAI_KEY']}"
+    names = {name.lower(): value for name, value in sent.headers}
+    assert "transfer-encoding" not in names and names["content-length"] == str(len(sent.body))
+    # The lead fails: Envoy retries on the backup, whose attempt runs the upstream filter
+    # (request headers, response headers, and the Anthropic answer's body to translate).
+    assert failed_over_request(pair) == {
+        "downstream.streams_started": 1,
+        "downstream.stream_msgs_sent": 3,
+        "upstream.streams_started": 1,
+        "upstream.stream_msgs_sent": 3,
+    }
+    # The retry replays the lead's body; the backup's attempt replaced it with its own.
+    backup = pair.backup.requests[-1]
+    assert backup.path == "/v1/messages" and backup.json["model"] == "backup-model"
+    assert backup.header("authorization") is None  # the lead's key was removed
+    assert backup.header("x-api-key") == UPSTREAM_KEYS["TEST_ANTHROPIC_KEY"]
+
+
+def test_an_attempt_costs_two_ext_proc_messages_and_gets_its_body_translated(
+    tmp_path: Path,
+) -> None:
+    # Every attempt on its upstream filter (no lead). That filter is sent no request body: its
+    # answer to the attempt's request headers carries the body translated for the target
+    # (from what the downstream filter read). Without usage accounting nothing reads the
+    # answer's body, so an attempt is request headers + response headers, and the request
+    # 3 + 2 messages on two streams.
+    for pair in make_pair(
+        tmp_path, telemetry={"usage_accounting": False}, inline_first_attempt=False
+    ):
+        check_attempt_messages(pair)
+
+
+def check_attempt_messages(pair: Pair) -> None:
+    assert three_healthy_requests(pair) == {
         "downstream.streams_started": 3,
         "downstream.stream_msgs_sent": 3 * 3,
         "upstream.streams_started": 3,
         "upstream.stream_msgs_sent": 3 * 2,
     }
-    before = ext_proc_counts(pair.stack)
-    pair.primary.set_behaviour(status=503)
-    assert pair.chat("to the backup").choices[0].message.content == "echo: to the backup"
     # Two attempts, each with one more message: the primary's error body is read to map it,
     # the backup's Anthropic answer to translate it.
-    assert sent_since(before) == {
+    assert failed_over_request(pair) == {
         "downstream.streams_started": 1,
         "downstream.stream_msgs_sent": 3,
         "upstream.streams_started": 2,

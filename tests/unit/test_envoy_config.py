@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,8 +35,9 @@ from extproc.config.schema import (
     ModelConfig,
     ProviderConfig,
 )
-from extproc.config.topology import model_route_ids, target_id, target_priority
+from extproc.config.topology import model_lead, model_route_ids, target_id, target_priority
 from extproc.contract import (
+    FAILED_OVER_4XX,
     GATEWAY_ERROR_HEADER,
     HEALTH_CHECK_PATH,
     METADATA_NAMESPACE,
@@ -48,6 +50,7 @@ from extproc.contract import (
 )
 from extproc.pipeline.attempt import CREDENTIAL_HEADERS
 from extproc.pipeline.request import TIMEOUT_HEADER
+from extproc.providers.errors import provider_error
 
 Json = dict[str, Any]
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -183,8 +186,19 @@ def protocol_options(c: Json) -> Json:
     return cast(Json, c["typed_extension_protocol_options"][HTTP_PROTOCOL_OPTIONS])
 
 
+MATCH_DELEGATE = "envoy.filters.http.match_delegate"
+UPSTREAM_CODEC = "envoy.filters.http.upstream_codec"
+
+
+def unwrapped(http_filter: Json) -> Json:
+    """An upstream filter, out of the match delegate a lead target's model wraps it in."""
+    if http_filter["name"] == MATCH_DELEGATE:
+        return cast(Json, http_filter["typed_config"]["extension_config"])
+    return http_filter
+
+
 def upstream_ext_proc(c: Json) -> Json:
-    first = protocol_options(c)["http_filters"][0]
+    first = unwrapped(protocol_options(c)["http_filters"][0])
     assert first["name"] == "envoy.filters.http.ext_proc"
     return cast(Json, first["typed_config"])
 
@@ -468,6 +482,9 @@ def test_one_metadata_selected_route_per_model_in_config_order() -> None:
 def test_retry_policy_follows_resilience_config(resilience: Json) -> None:
     config = full_config(resilience=resilience)
     settings = config.resilience
+    ids = model_route_ids(config)
+    leads = {f"model_{ids[m.name]}" for m in config.models if model_lead(config, m) is not None}
+    assert leads == {f"model_{ids['chain']}"}
     for route in routes(render_static_bootstrap(config))[:-1]:
         policy = route["route"]["retry_policy"]
         assert policy["retry_on"].split(",") == [
@@ -476,7 +493,10 @@ def test_retry_policy_follows_resilience_config(resilience: Json) -> None:
             "connect-failure",
             "retriable-status-codes",
         ]
-        assert policy["retriable_status_codes"] == [429]
+        # A lead's first attempt reaches the router unmapped: the 4xx statuses the gateway
+        # answers with a 5xx fail over as they come.
+        lead = route["name"] in leads
+        assert policy["retriable_status_codes"] == sorted([429, *(FAILED_OVER_4XX if lead else ())])
         # Rendered even when 0: an absent num_retries means one retry to Envoy.
         assert policy["num_retries"] == settings.max_retries
         back_off = policy["retry_back_off"]
@@ -904,7 +924,10 @@ def test_upstream_filters_are_ext_proc_buffer_then_upstream_codec_for_multi_targ
     config = full_config()
     bootstrap = render_static_bootstrap(config)
     for model in multi_target(config):
-        filters = protocol_options(model_cluster(bootstrap, config, model))["http_filters"]
+        filters = [
+            unwrapped(f)
+            for f in protocol_options(model_cluster(bootstrap, config, model))["http_filters"]
+        ]
         assert [f["name"] for f in filters] == [
             "envoy.filters.http.ext_proc",
             # Restores the content-length the ext_proc body replacement drops (#16).
@@ -915,6 +938,65 @@ def test_upstream_filters_are_ext_proc_buffer_then_upstream_codec_for_multi_targ
         assert filters[2]["typed_config"]["@type"].endswith(
             "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
         )
+
+
+def test_a_lead_model_skips_its_upstream_filters_on_the_first_attempt_to_the_lead() -> None:
+    config = full_config()
+    bootstrap = render_static_bootstrap(config)
+    (vhost,) = hcm(bootstrap)["route_config"]["virtual_hosts"]
+    assert vhost["include_request_attempt_count"] is True  # the matcher reads the number
+    for model in multi_target(config):
+        filters = protocol_options(model_cluster(bootstrap, config, model))["http_filters"]
+        lead = model_lead(config, model)
+        if lead is None:  # "weighted", "h2", "twice": several targets share the first priority
+            assert MATCH_DELEGATE not in [f["name"] for f in filters]
+            continue
+        assert model.name == "chain" and lead == 0
+        lead_id = target_id(model_route_ids(config)[model.name], lead)
+        # ext_proc and buffer each skipped for that one attempt; the codec always runs.
+        assert [f["name"] for f in filters] == [MATCH_DELEGATE, MATCH_DELEGATE, UPSTREAM_CODEC]
+        for wrapped in filters[:2]:
+            (matcher,) = wrapped["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+            assert matcher["on_match"]["action"]["typed_config"]["@type"].endswith(".SkipFilter")
+            single = matcher["predicate"]["single_predicate"]
+            assert single["input"]["typed_config"]["@type"].endswith(
+                "xds.type.matcher.v3.HttpAttributesCelMatchInput"
+            )
+            cel = single["custom_match"]["typed_config"]
+            assert cel["@type"] == "type.googleapis.com/xds.type.matcher.v3.CelMatcher"
+            assert cel_text(cel["expr_match"]["cel_expr_parsed"]["expr"]) == (
+                "request.headers['x-envoy-attempt-count'] == '1' && "
+                f"xds.upstream_host_metadata.filter_metadata['gw']['target'] == '{lead_id}'"
+            )
+
+
+def cel_text(expr: Json) -> str:
+    """A rendered CEL syntax tree (the operators the lead matcher uses) as CEL text."""
+    if "const_expr" in expr:
+        return repr(expr["const_expr"]["string_value"])
+    if "ident_expr" in expr:
+        return cast(str, expr["ident_expr"]["name"])
+    if "select_expr" in expr:
+        select = expr["select_expr"]
+        return f"{cel_text(select['operand'])}.{select['field']}"
+    call = expr["call_expr"]
+    left, right = (cel_text(arg) for arg in call["args"])
+    if call["function"] == "_[_]":
+        return f"{left}[{right}]"
+    operator = {"_==_": "==", "_&&_": "&&"}[call["function"]]
+    return f"{left} {operator} {right}"
+
+
+def test_the_failed_over_4xx_are_those_the_gateway_answers_with_a_5xx() -> None:
+    # The lead's route retries these as they come; an upstream attempt rewrites them.
+    mapped = [
+        int(code)
+        for code in HTTPStatus
+        if 400 <= code < 500
+        and code != 429
+        and provider_error(int(code), "some message", "p").status >= 500
+    ]
+    assert mapped == list(FAILED_OVER_4XX)
 
 
 def test_single_target_models_have_no_upstream_filter() -> None:

@@ -74,6 +74,13 @@ def gateway(accounting: bool = True, **limits: Any) -> Gateway:
                         {"provider": "az", "model": "dep 1"},
                     ],
                 },
+                {
+                    "name": "split",
+                    "targets": [
+                        {"provider": "oa", "model": "gpt-upstream", "priority": 0},
+                        {"provider": "az", "model": "dep 1", "priority": 0},
+                    ],
+                },
                 {"name": "same", "targets": [{"provider": "oa", "model": "same"}]},
                 {"name": "azgpt", "targets": [{"provider": "az", "model": "dep 1"}]},
                 {"name": "llama", "targets": [{"provider": "local", "model": "llama3"}]},
@@ -139,17 +146,121 @@ def fails(
 CHAT = {"model": "gpt", "messages": [{"role": "user", "content": "hi 😀"}]}
 
 
-def test_multi_target_request_is_routed_to_the_model_cluster_untranslated() -> None:
+def test_multi_target_request_without_a_lead_is_routed_to_the_model_cluster_untranslated() -> None:
     gw = gateway()
+    assert gw.models["split"].lead is None  # two targets share the first priority
     hdrs = headers(**{"accept-encoding": "gzip", "x-gateway-timeout": "5"})
-    action = run(gw, {**CHAT, "model": "pair"}, hdrs)
-    assert action.metadata == {"gw": {"route": gw.models["pair"].route_id, "model": "pair"}}
+    action = run(gw, {**CHAT, "model": "split"}, hdrs)
+    assert action.metadata == {"gw": {"route": gw.models["split"].route_id, "model": "split"}}
     assert action.clear_route_cache
     # The body stays as the client wrote it: each attempt translates it for its target.
     assert action.body is None
     assert ":path" not in action.set_headers
     for header in ("authorization", "accept-encoding", "x-gateway-timeout"):
         assert header in action.remove_headers
+
+
+def lead_request(gw: Gateway) -> tuple[RequestPipeline, Continue]:
+    """A request to "pair" (lead: oa, then az) through the downstream filter's phases."""
+    pipe = RequestPipeline(gw)
+    pipe.on_request_headers(headers(**{"x-request-id": "lead-1"}), False)
+    action = pipe.on_request_body(orjson.dumps({**CHAT, "model": "pair"}), True)
+    assert isinstance(action, Continue)
+    return pipe, action
+
+
+def test_a_lead_target_request_is_translated_downstream_for_the_lead_and_kept_for_retries() -> None:
+    gw = gateway()
+    route = gw.models["pair"]
+    assert route.lead is route.targets[0] and not route.inline
+    pipe, action = lead_request(gw)
+    # The first attempt goes out as the lead's request: no upstream filter runs for it.
+    assert action.set_headers[":path"] == "/v1/chat/completions"
+    assert action.set_headers["authorization"] == "Bearer sk-upstream-oa"
+    assert action.body is not None and orjson.loads(action.body)["model"] == "gpt-upstream"
+    # A retry's upstream filter translates the OpenAI body, kept in the record.
+    record = pipe.record
+    assert record is not None and record.lead is pipe.attempt and record.attempts == 1
+    assert record.attempt_body is not None
+    assert orjson.loads(record.attempt_body)["model"] == "pair"
+
+
+def test_off_a_lead_target_model_is_translated_per_attempt() -> None:
+    loaded = gateway().loaded
+    off = loaded.config.resilience.model_copy(update={"inline_first_attempt": False})
+    config = loaded.config.model_copy(update={"resilience": off})
+    gw = Gateway(LoadedConfig(config, loaded.credentials, "test"))
+    assert gw.models["pair"].lead is None
+    assert run(gw, {**CHAT, "model": "pair"}).body is None
+
+
+def lead_answered(gw: Gateway, pipe: RequestPipeline, status: int) -> Continue:
+    answer = {":status": str(status), "content-type": "application/json", "content-length": "2"}
+    action = pipe.on_response_headers(answer, False)
+    assert isinstance(action, Continue)
+    return action
+
+
+def pair_attempts(gw: Gateway, provider: str, outcome: str) -> float:
+    labels = {"model": "pair", "provider": provider, "outcome": outcome}
+    return gw.metrics.registry.get_sample_value("gateway_upstream_attempts_total", labels) or 0
+
+
+def test_a_lead_answer_is_the_downstream_attempts_own() -> None:
+    gw = gateway()
+    pipe, _ = lead_request(gw)
+    lead_answered(gw, pipe, 200)
+    assert pipe.attempt is not None and pipe.attempt.outcome is Outcome.SUCCESS
+    assert pipe.provider == "oa" and pair_attempts(gw, "oa", "success") == 1
+    assert pipe.record is not None and pipe.record.lead is None
+
+
+def retry_of_lead(gw: Gateway, attempt_count: str) -> UpstreamAttempt:
+    """The upstream filter's attempt stream of the "pair" request, to its second target."""
+    retry = UpstreamAttempt(gw, gw.models["pair"].targets[1])
+    action = retry.on_request_headers(
+        {
+            ":path": "/v1/chat/completions",
+            "x-request-id": "lead-1",
+            "x-envoy-attempt-count": attempt_count,
+        },
+        False,
+    )
+    assert isinstance(action, Continue) and action.body is not None
+    assert "/deployments/dep%201/" in action.set_headers[":path"]  # translated for Azure
+    return retry
+
+
+def test_a_retry_after_the_lead_counts_it_failed_and_answers_for_itself() -> None:
+    gw = gateway()
+    pipe, _ = lead_request(gw)
+    lead = pipe.attempt
+    assert lead is not None
+    retry = retry_of_lead(gw, "2")
+    # The lead's answer (a 5xx or a 429 Envoy retried on) never reached the processor.
+    assert lead.superseded and lead.outcome is Outcome.FAILURE
+    assert lead.target.breaker.snapshot(0.0)["consecutive_failures"] == 1
+    assert pair_attempts(gw, "oa", "failure") == 1
+    assert retry.record is not None and retry.record.attempts == 2 and retry.record.lead is None
+    # The answer the downstream filter sees is the retry's, already translated by it.
+    retry.on_response_headers(
+        {":status": "200", "content-type": "application/json", "content-length": "2"}, False
+    )
+    action = lead_answered(gw, pipe, 200)
+    assert pipe.attempt is None and action.mode_override is None
+    assert pair_attempts(gw, "oa", "success") == 0
+
+
+def test_a_first_attempt_envoy_sent_elsewhere_leaves_the_lead_unsent() -> None:
+    gw = gateway()
+    pipe, _ = lead_request(gw)
+    lead = pipe.attempt
+    assert lead is not None
+    retry = retry_of_lead(gw, "1")  # health checks and the breaker disagreed for a moment
+    assert lead.superseded and lead.outcome is Outcome.NOT_SENT
+    assert lead.target.breaker.snapshot(0.0)["consecutive_failures"] == 0
+    assert pair_attempts(gw, "oa", "failure") == 0
+    assert retry.record is not None and retry.record.attempts == 1
 
 
 def test_a_multi_target_request_keeps_its_body_for_the_attempts_under_its_own_id() -> None:
