@@ -249,8 +249,10 @@ def test_a_failover_shows_each_attempt_under_its_own_envoy_span(tr: Traced) -> N
     )
     assert answer.usage is not None
     assert len(tr.stack.fake.requests) == 1 and len(tr.backup.requests) == 1
-    # The downstream stream and one upstream-filter stream per attempt.
-    trace = wait_for_trace(tr, trace_id, streams_and_ingress(3))
+    # The downstream stream, and an upstream-filter stream for the retry only: the primary
+    # is the lead, whose first attempt the downstream filter translated (no stream of its
+    # own). Envoy's span of each try shows both, the lead's status included.
+    trace = wait_for_trace(tr, trace_id, streams_and_ingress(2))
     ingress = check_one_trace_from_the_client(trace, client_span)
     tries = sorted(
         (s for s in trace.envoy if s.name.startswith("router ")),
@@ -259,14 +261,7 @@ def test_a_failover_shows_each_attempt_under_its_own_envoy_span(tr: Traced) -> N
     assert [t.attributes["http.status_code"] for t in tries] == ["503", "200"]
     assert all(t.parent_span_id == ingress.span_id for t in tries)
     streams = {s.name: s for s in trace.processor_streams()}
-    assert set(streams) == {"chat failover", "chat primary-model", "chat backup-model"}
-    first = streams["chat primary-model"].attributes
-    assert first["gateway.attempt"] == 1
-    assert first["gen_ai.provider.name"] == "openai"
-    assert first["http.response.status_code"] == 503
-    assert first["error.type"]
-    assert first["gateway.attempt.outcome"] == "failure"
-    assert streams["chat primary-model"].status_code == 2  # ERROR
+    assert set(streams) == {"chat failover", "chat backup-model"}
     second = streams["chat backup-model"].attributes
     assert second["gateway.attempt"] == 2
     assert second["gen_ai.provider.name"] == "anthropic"
