@@ -125,6 +125,18 @@ def test_chat_non_stream_shape_via_sdk(client: openai.OpenAI) -> None:
     assert completion.usage.total_tokens == 12
 
 
+def test_a_fake_told_to_keep_few_requests_remembers_only_the_latest() -> None:
+    # The command-line fake keeps none: a benchmark's 1 MB prompts piled up to 22 GB.
+    with FakeProviderServer(port=0, keep=2) as fake:
+        for n in range(3):
+            answer = httpx.post(
+                f"{fake.base_url}/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": f"n{n}"}]},
+            )
+            assert answer.status_code == 200
+        assert [r.json["messages"][0]["content"] for r in fake.requests] == ["n1", "n2"]
+
+
 def test_chat_non_stream_exact_wire_shape(fake: FakeProviderServer) -> None:
     status, headers, body = http(fake, "/v1/chat/completions", chat_body("a b c"))
     assert status == 200

@@ -50,7 +50,7 @@ async def serve(args: argparse.Namespace) -> None:
     )
     sock = bind_socket(args.host, args.port)
     runner = web.AppRunner(
-        create_app(FakeProvider(behaviour)),
+        create_app(FakeProvider(behaviour, keep=0)),
         handle_signals=False,
         shutdown_timeout=2.0,
         access_log=logging.getLogger("aiohttp.access") if args.access_log else None,

@@ -16,6 +16,7 @@ import sys
 import termios
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
@@ -183,10 +184,13 @@ class WireFormat(Protocol):
 class FakeProvider:
     """Request log and behaviour of one fake upstream; safe to drive from any thread."""
 
-    def __init__(self, behaviour: Behaviour | None = None) -> None:
+    def __init__(self, behaviour: Behaviour | None = None, keep: int | None = None) -> None:
+        """`keep`: how many of the latest requests to remember (None: all, for tests; the
+        command-line server, which nothing reads them from, keeps none, or a benchmark's
+        1 MB prompts would pile up in memory)."""
         self._initial = behaviour or Behaviour()
         self._cond = threading.Condition(threading.Lock())
-        self._requests: list[RecordedRequest] = []
+        self._requests: deque[RecordedRequest] = deque(maxlen=keep)
         self._behaviour = self._initial
         self._failures_left = self._initial.fail_times or 0
         self._seq = 0

@@ -40,8 +40,9 @@ class FakeProviderServer(FakeProvider):
         *,
         behaviour: Behaviour | None = None,
         shutdown_timeout: float = 1.0,
+        keep: int | None = None,
     ) -> None:
-        super().__init__(behaviour)
+        super().__init__(behaviour, keep)
         self.host = host
         self._requested_port = port
         self._port: int | None = None
