@@ -40,7 +40,7 @@ ATTEMPT_COUNT_HEADER: Final = "x-envoy-attempt-count"
 # 401/403 as `provider_auth_failed`, 408 as `provider_timeout`, the rest as `provider_error`),
 # so they fail over to the next target. An upstream attempt rewrites them before Envoy's router
 # decides on a retry; a lead target's first attempt has no upstream filter, so its route lists
-# them as retriable instead (`tests/unit/test_bootstrap_lead.py` checks the two agree).
+# them as retriable instead (`tests/unit/test_envoy_config.py` checks the two agree).
 FAILED_OVER_4XX: Final = (
     401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 414, 415, 416, 417, 418,
     421, 423, 424, 425, 426, 428, 431, 451,

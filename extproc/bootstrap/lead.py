@@ -1,7 +1,7 @@
 """The upstream filters of a model with a lead target skip its first attempt.
 
 The downstream filter translates a lead model's request for its lead target (the one target of
-its first priority, `config.topology.lead_target`), so the first attempt, when Envoy sends it
+its first priority, `config.topology.model_lead`), so the first attempt, when Envoy sends it
 there, needs neither the per-attempt ext_proc filter nor the buffer filter behind it: each is
 wrapped in a match delegate whose matcher skips it for exactly that attempt. Envoy's router
 numbers the attempts (`x-envoy-attempt-count`, the virtual host's `include_request_attempt_count`)

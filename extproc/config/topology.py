@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
 
 from extproc.config.schema import (
     PROCESSOR_ONLY_MODEL_FIELDS,
@@ -82,21 +81,16 @@ def inline_translation(target_count: int) -> bool:
     return target_count == 1
 
 
-def lead_target(priorities: Sequence[int], enabled: bool) -> int | None:
+def model_lead(config: GatewayConfig, model: ModelConfig) -> int | None:
     """The index of a several-target model's lead: the one target of its first priority, whose
     first attempt the downstream filter translates (`resilience.inline_first_attempt`); None
     when there is one target, several share the first priority, or it is off."""
-    if not enabled or len(priorities) < 2:
+    if not config.resilience.inline_first_attempt or len(model.targets) < 2:
         return None
+    priorities = [target_priority(t, i) for i, t in enumerate(model.targets)]
     first = min(priorities)
     leads = [i for i, p in enumerate(priorities) if p == first]
     return leads[0] if len(leads) == 1 else None
-
-
-def model_lead(config: GatewayConfig, model: ModelConfig) -> int | None:
-    """The index of the model's lead target (`lead_target`), if it has one."""
-    priorities = [target_priority(t, i) for i, t in enumerate(model.targets)]
-    return lead_target(priorities, config.resilience.inline_first_attempt)
 
 
 def breaker_key(provider: str, upstream_model: str) -> str:

@@ -201,17 +201,12 @@ def lead_answered(gw: Gateway, pipe: RequestPipeline, status: int) -> Continue:
     return action
 
 
-def pair_attempts(gw: Gateway, provider: str, outcome: str) -> float:
-    labels = {"model": "pair", "provider": provider, "outcome": outcome}
-    return gw.metrics.registry.get_sample_value("gateway_upstream_attempts_total", labels) or 0
-
-
 def test_a_lead_answer_is_the_downstream_attempts_own() -> None:
     gw = gateway()
     pipe, _ = lead_request(gw)
     lead_answered(gw, pipe, 200)
     assert pipe.attempt is not None and pipe.attempt.outcome is Outcome.SUCCESS
-    assert pipe.provider == "oa" and pair_attempts(gw, "oa", "success") == 1
+    assert pipe.provider == "oa" and attempts_counted(gw, "success", model="pair") == 1
     assert pipe.record is not None and pipe.record.lead is None
 
 
@@ -240,7 +235,7 @@ def test_a_retry_after_the_lead_counts_it_failed_and_answers_for_itself() -> Non
     # The lead's answer (a 5xx or a 429 Envoy retried on) never reached the processor.
     assert lead.superseded and lead.outcome is Outcome.FAILURE
     assert lead.target.breaker.snapshot(0.0)["consecutive_failures"] == 1
-    assert pair_attempts(gw, "oa", "failure") == 1
+    assert attempts_counted(gw, "failure", model="pair") == 1
     assert retry.record is not None and retry.record.attempts == 2 and retry.record.lead is None
     # The answer the downstream filter sees is the retry's, already translated by it.
     retry.on_response_headers(
@@ -248,7 +243,7 @@ def test_a_retry_after_the_lead_counts_it_failed_and_answers_for_itself() -> Non
     )
     action = lead_answered(gw, pipe, 200)
     assert pipe.attempt is None and action.mode_override is None
-    assert pair_attempts(gw, "oa", "success") == 0
+    assert attempts_counted(gw, "success", model="pair") == 0
 
 
 def test_a_first_attempt_envoy_sent_elsewhere_leaves_the_lead_unsent() -> None:
@@ -259,7 +254,7 @@ def test_a_first_attempt_envoy_sent_elsewhere_leaves_the_lead_unsent() -> None:
     retry = retry_of_lead(gw, "1")  # health checks and the breaker disagreed for a moment
     assert lead.superseded and lead.outcome is Outcome.NOT_SENT
     assert lead.target.breaker.snapshot(0.0)["consecutive_failures"] == 0
-    assert pair_attempts(gw, "oa", "failure") == 0
+    assert attempts_counted(gw, "failure", model="pair") == 0
     assert retry.record is not None and retry.record.attempts == 1
 
 
@@ -605,8 +600,8 @@ def test_an_answer_cut_short_counts_against_the_target_only_when_buffered(
     assert requests_counted(gw, model=model, provider="ant", status="200" if stream else "502") == 1
 
 
-def attempts_counted(gw: Gateway, outcome: str) -> float:
-    labels = {"model": "gpt", "provider": "oa", "outcome": outcome}
+def attempts_counted(gw: Gateway, outcome: str, model: str = "gpt") -> float:
+    labels = {"model": model, "provider": "oa", "outcome": outcome}
     value = gw.metrics.registry.get_sample_value("gateway_upstream_attempts_total", labels)
     return value or 0.0
 
