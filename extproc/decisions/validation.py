@@ -42,6 +42,10 @@ FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CONTENT_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
 
 
+# Bodies up to this size count their brackets before walking their nesting (`parse_json_body`).
+COUNT_BRACKETS_BELOW = 16 * 1024
+
+
 def payload_too_large(limit: int) -> GatewayError:
     """The 413 for a body above the configured limit."""
     return GatewayError(
@@ -69,8 +73,13 @@ def parse_json_body(raw: bytes, max_depth: int) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise bad_request("invalid_json", "request body must be a JSON object")
     # Nesting deeper than max_depth needs more than max_depth opening brackets; counting them
-    # (in C, strings included, so never too few) spares most bodies the walk.
-    if raw.count(b"{") + raw.count(b"[") > max_depth and json_depth_exceeds(data, max_depth):
+    # (in C, strings included, so never too few) spares a small body the walk. A large body is
+    # walked straight away: its walk visits its containers only, and a prompt of plain text
+    # has a handful, while two counts read every byte (0.6 ms a megabyte, 14 % of the
+    # processor's samples on 1 MB prompts).
+    if (len(raw) > COUNT_BRACKETS_BELOW or raw.count(b"{") + raw.count(b"[") > max_depth) and (
+        json_depth_exceeds(data, max_depth)
+    ):
         raise _too_deep(max_depth)
     return data
 

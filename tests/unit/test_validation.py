@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from extproc.decisions.openai_request import Endpoint, ToolChoice, ToolChoiceMode
 from extproc.decisions.validation import (
+    COUNT_BRACKETS_BELOW,
     check_model_id,
     check_timeout,
     json_depth_exceeds,
@@ -251,6 +252,22 @@ def test_parse_rejects_exactly_the_bodies_nested_too_deep(
         assert error_of(parse_json_body, raw, limit).code == "invalid_json"
     else:
         assert parse_json_body(raw, limit) == value
+
+
+@pytest.mark.parametrize("depth", [8, 9])
+def test_a_large_body_is_walked_without_counting_its_brackets(depth: int) -> None:
+    # Above COUNT_BRACKETS_BELOW the nesting is walked straight away: a prompt full of brackets
+    # in its text is still accepted, nesting one level too deep is still refused.
+    padding = "[{" * COUNT_BRACKETS_BELOW
+    value: Any = "x"
+    for _ in range(depth - 1):
+        value = [value]
+    raw = orjson.dumps({"prompt": padding, "nested": value})
+    assert len(raw) > COUNT_BRACKETS_BELOW
+    if depth > 8:
+        assert error_of(parse_json_body, raw, 8).code == "invalid_json"
+    else:
+        assert parse_json_body(raw, 8)["prompt"] == padding
 
 
 def test_emoji_and_rtl_survive_decoding() -> None:
