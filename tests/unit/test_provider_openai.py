@@ -18,6 +18,7 @@ from extproc.config.schema import ProviderConfig, ProviderType
 from extproc.errors import GatewayError
 from extproc.providers.base import Usage
 from extproc.providers.openai.adapter import OpenAIAdapter
+from extproc.providers.openai.response import OpenAIStreamReader
 from tests.unit.adapters import prepare
 
 PROVIDER = ProviderConfig(
@@ -138,3 +139,63 @@ def test_content_types_the_client_can_use() -> None:
             502,
             "malformed_provider_response",
         )
+
+
+class ParsedOnly(OpenAIStreamReader):
+    """The reader with every chunk left to the SSE parser: the reference for its split path."""
+
+    def _plain_events(self, chunk: bytes) -> list[bytes] | None:
+        return None
+
+
+_USAGE = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+_EVENT_SHAPES = st.sampled_from(
+    [
+        lambda n: chunk(choices=[{"index": 0, "delta": {"content": f"t{n}"}}]),
+        lambda n: chunk(choices=[{"index": 0, "delta": {"content": f"t{n}"}}], usage=None),
+        # vLLM's continuous usage stats: usage in every chunk, the last one counts.
+        lambda n: chunk(choices=[], usage={**_USAGE, "completion_tokens": n}),
+        lambda n: chunk(choices=[{"index": 0, "delta": {"content": '"usage": 1'}}]),
+        lambda n: b'data: {"id": "c", "model": "m2", "usage": null, "choices": []}\n\n',
+        lambda n: b": keep-alive\n\n",
+        lambda n: b"event: chunk\n" + chunk(choices=[]),
+        lambda n: b'data: {"id": "c",\ndata: "model": "m3"}\n\n',
+        lambda n: chunk(choices=[]).replace(b"\n\n", b"\r\n\r\n"),
+    ]
+)
+
+
+@given(
+    st.lists(_EVENT_SHAPES, max_size=8),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
+    st.booleans(),
+)
+def test_the_split_path_reads_a_stream_as_the_parser_does(
+    shapes: list[Any], usage_only: bool, done: bool, cuts: list[int], strip: bool
+) -> None:
+    # Chunks of whole one-line `data:` events skip the SSE parser; any stream, at any
+    # chunking, must come out with the same bytes, usage, model and completeness either way.
+    stream = b"".join(shape(n) for n, shape in enumerate(shapes))
+    if usage_only:
+        stream += chunk(choices=[], usage=_USAGE)
+    stream += b"data: [DONE]\n\n" if done else b""
+    points = sorted({c for c in cuts if c < len(stream)})
+    pieces = [stream[i:j] for i, j in zip([0, *points], [*points, len(stream)], strict=True)]
+    fast, parsed = OpenAIStreamReader("oai", strip), ParsedOnly("oai", strip)
+    for index, piece in enumerate(pieces):
+        last = index == len(pieces) - 1
+        assert fast.feed(piece, last) == parsed.feed(piece, last)
+
+
+def test_a_null_usage_chunk_is_not_parsed_once_the_model_is_known() -> None:
+    reader = OpenAIStreamReader("oai")
+    reader.feed(chunk(choices=[], usage=None), False)
+    assert reader.model == ANSWERED_BY
+    # A chunk that only pretends to be one (not even JSON) is skipped, not parsed...
+    reader.feed(b'data: {"usage": null, \n\n', False)
+    # ...and one whose usage is set is read, spaced or not.
+    spaced = b'data: {"id": "c", "choices": [], "usage": ' + orjson.dumps(_USAGE) + b"}\n\n"
+    read = reader.feed(spaced + b"data: [DONE]\n\n", True)
+    assert (read.usage, read.model, read.complete) == (Usage(9, 2, 11), ANSWERED_BY, True)

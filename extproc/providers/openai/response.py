@@ -14,9 +14,18 @@ import orjson
 from extproc.providers.base import Translated, Usage
 from extproc.providers.errors import malformed_response
 from extproc.providers.openai_format import error_event
-from extproc.streaming.sse import DONE, SSEEvent, SSEParseError, SSEParser
+from extproc.streaming.sse import DONE, SSEParseError, SSEParser
 
-DONE_DATA = "[DONE]"
+DONE_DATA = b"[DONE]"
+_USAGE_KEY = b'"usage"'
+_NULL_USAGE = b'"usage":null'
+_NULL_USAGE_SPACED = b'"usage": null'
+
+
+def _may_hold_usage(data: bytes) -> bool:
+    """False only for an event whose one `"usage"` key is null (or that has none)."""
+    count = data.count(_USAGE_KEY)
+    return count > 1 or (count == 1 and _NULL_USAGE not in data and _NULL_USAGE_SPACED not in data)
 
 
 def read_answer(body: bytes, provider: str) -> tuple[Usage | None, str | None]:
@@ -81,12 +90,20 @@ class OpenAIStreamReader:
         out = chunk
         if not self._done:
             try:
-                events = self._parser.feed(chunk)
-                if self._strip:
-                    out = self._without_usage(chunk, events)
+                datas = self._plain_events(chunk)
+                if datas is not None:
+                    kept = [data for data in datas if not self._event(data)]
+                    if len(kept) < len(datas):  # the usage-only event left out
+                        out = b"".join(b"data: " + data + b"\n\n" for data in kept)
+                    if self._complete:
+                        self._strip = False  # [DONE] passed: nothing more to hold back
                 else:
-                    for event in events:
-                        self._event(event.data)
+                    events = [event.data.encode() for event in self._parser.feed(chunk)]
+                    if self._strip:
+                        out = self._without_usage(chunk, events)
+                    else:
+                        for data in events:
+                            self._event(data)
             except SSEParseError:
                 self._done = True  # nothing more to learn; the bytes still pass
                 self._strip = False
@@ -98,31 +115,55 @@ class OpenAIStreamReader:
             out += close + error_event(malformed_response(self._provider, what)) + DONE
         return Translated(out, self.usage, self.model, self._complete)
 
-    def _without_usage(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
-        """The complete events of this chunk, the usage-only one left out; `chunk` itself
-        when that is exactly what it holds."""
+    def _plain_events(self, chunk: bytes) -> list[bytes] | None:
+        """The data of `chunk`'s events when it holds whole events of one `data: ` line each
+        (what OpenAI-compatible servers send, one event or a few a chunk) and the parser holds
+        nothing; else None, and the SSE parser reads it. A split on bytes, not a parse line by
+        line: this runs for every chunk of every stream read for its usage."""
+        if not chunk.endswith(b"\n\n") or b"\r" in chunk or self._parser.pending:
+            return None
+        datas = chunk[:-2].split(b"\n\n")
+        for index, block in enumerate(datas):
+            if not block.startswith(b"data: ") or b"\n" in block:
+                return None
+            datas[index] = block[6:]
+        return datas
+
+    def _without_usage(self, chunk: bytes, datas: list[bytes]) -> bytes:
+        """The complete events the parser read from this chunk, the usage-only one left out;
+        `chunk` itself when that is exactly what it holds."""
         kept: list[bytes] = []
         dropped = False
-        for event in events:
-            if self._event(event.data):
+        for data in datas:
+            if self._event(data):
                 dropped = True
             else:
-                kept.append(b"data: " + event.data.encode() + b"\n\n")
+                kept.append(b"data: " + data + b"\n\n")
         if not dropped and not self._parser.pending and chunk.endswith(b"\n\n"):
             return chunk
         if self._done:
             self._strip = False  # [DONE] passed: nothing more to hold back
         return b"".join(kept)
 
-    def _event(self, data: str) -> bool:
-        """Learn from one event; True for the usage-only event the client did not ask for."""
+    def _event(self, data: bytes) -> bool:
+        """Learn from one event; True for the usage-only event the client did not ask for.
+
+        Once the model is known, an event is parsed only if it may hold usage: OpenAI's
+        chunks carry `"usage":null` until the last one (with `include_usage`), and a quote
+        inside a JSON string is escaped, so `"usage"` elsewhere can only be a key.
+        """
         if data == DONE_DATA:
             self._done = self._complete = True
+            return False
+        if self.model is not None and not _may_hold_usage(data):
             return False
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return False
+            try:  # invalid UTF-8: read as the SSE parser decodes it, with replacements
+                payload = orjson.loads(data.decode("utf-8", "replace"))
+            except orjson.JSONDecodeError:
+                return False
         if not isinstance(payload, dict):
             return False
         model = _model(payload)
