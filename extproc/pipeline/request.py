@@ -537,11 +537,13 @@ class RequestPipeline:
     def on_response_body(self, chunk: bytes, end_of_stream: bool) -> Action:
         """Translate an inline attempt's answer; keep what the cache or a policy reads."""
         attempt = self.attempt
-        action: Action = Continue()
+        action: Action
         if attempt is not None:
             action = attempt.on_response_body(chunk, end_of_stream)
             if attempt.final_status is not None:
                 self.answer(attempt.final_status)
+        else:
+            action = Continue()
         if self.reading is not None:
             if isinstance(action, Respond):  # the attempt answered instead: nothing to keep
                 self.reading = None

@@ -105,6 +105,18 @@ def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
         )
     if action.body is not None:
         return _build_response(phase, action)
+    if not (
+        action.set_headers
+        or action.remove_headers
+        or action.metadata
+        or action.clear_route_cache
+        or action.keep_mode
+        or action.mode_override is not None
+    ):  # a plain Continue (every chunk of a stream read as it passes): one answer per phase
+        plain = _PLAIN_RESPONSES.get(phase)
+        if plain is None:
+            plain = _PLAIN_RESPONSES[phase] = _build_response(phase, action)
+        return plain
     key = _response_key(phase, action)
     if key is None:
         return _build_response(phase, action)
@@ -120,6 +132,8 @@ def to_response(phase: str, action: Action) -> pb.ProcessingResponse:
 # action any, could not grow it without limit.
 RESPONSE_CACHE_SIZE = 1024
 _RESPONSES: dict[tuple[Any, ...], pb.ProcessingResponse] = {}
+# The answer to a plain `Continue()`, by phase (a handful of phases: bounded).
+_PLAIN_RESPONSES: dict[str, pb.ProcessingResponse] = {}
 
 
 def _response_key(phase: str, action: Continue) -> tuple[Any, ...] | None:
