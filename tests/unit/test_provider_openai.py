@@ -193,8 +193,9 @@ def test_a_null_usage_chunk_is_not_parsed_once_the_model_is_known() -> None:
     reader = OpenAIStreamReader("oai")
     reader.feed(chunk(choices=[], usage=None), False)
     assert reader.model == ANSWERED_BY
-    # A chunk that only pretends to be one (not even JSON) is skipped, not parsed...
-    reader.feed(b'data: {"usage": null, \n\n', False)
+    # Another null-usage chunk is skipped, not parsed: its model is not read...
+    reader.feed(b'data: {"model": "other", "usage": null, "choices": []}\n\n', False)
+    assert reader.model == ANSWERED_BY
     # ...and one whose usage is set is read, spaced or not.
     spaced = b'data: {"id": "c", "choices": [], "usage": ' + orjson.dumps(_USAGE) + b"}\n\n"
     read = reader.feed(spaced + b"data: [DONE]\n\n", True)

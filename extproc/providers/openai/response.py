@@ -91,19 +91,18 @@ class OpenAIStreamReader:
         if not self._done:
             try:
                 datas = self._plain_events(chunk)
-                if datas is not None:
-                    kept = [data for data in datas if not self._event(data)]
-                    if len(kept) < len(datas):  # the usage-only event left out
-                        out = b"".join(b"data: " + data + b"\n\n" for data in kept)
-                    if self._complete:
-                        self._strip = False  # [DONE] passed: nothing more to hold back
-                else:
-                    events = [event.data.encode() for event in self._parser.feed(chunk)]
-                    if self._strip:
-                        out = self._without_usage(chunk, events)
-                    else:
-                        for data in events:
-                            self._event(data)
+                whole = datas is not None  # the chunk is exactly its events
+                if datas is None:
+                    datas = [event.data.encode() for event in self._parser.feed(chunk)]
+                    whole = not self._parser.pending and chunk.endswith(b"\n\n")
+                strip = self._strip
+                kept = [data for data in datas if not self._event(data)]
+                if strip and not (whole and len(kept) == len(datas)):
+                    # The usage-only event left out, or a chunk that ends inside an event:
+                    # its complete events go on, so that event never leaves in part.
+                    out = b"".join(b"data: " + data + b"\n\n" for data in kept)
+                if self._complete:
+                    self._strip = False  # [DONE] passed: nothing more to hold back
             except SSEParseError:
                 self._done = True  # nothing more to learn; the bytes still pass
                 self._strip = False
@@ -128,22 +127,6 @@ class OpenAIStreamReader:
                 return None
             datas[index] = block[6:]
         return datas
-
-    def _without_usage(self, chunk: bytes, datas: list[bytes]) -> bytes:
-        """The complete events the parser read from this chunk, the usage-only one left out;
-        `chunk` itself when that is exactly what it holds."""
-        kept: list[bytes] = []
-        dropped = False
-        for data in datas:
-            if self._event(data):
-                dropped = True
-            else:
-                kept.append(b"data: " + data + b"\n\n")
-        if not dropped and not self._parser.pending and chunk.endswith(b"\n\n"):
-            return chunk
-        if self._done:
-            self._strip = False  # [DONE] passed: nothing more to hold back
-        return b"".join(kept)
 
     def _event(self, data: bytes) -> bool:
         """Learn from one event; True for the usage-only event the client did not ask for.
